@@ -1,0 +1,77 @@
+"""Beacon's Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from config import Settings, load_settings
+from webapp.extensions import db, migrate, socketio
+from webapp.logging_setup import configure_logging
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _engine_options(database_url: str) -> dict:
+    if database_url.startswith("sqlite"):
+        # Web and worker processes write the same file: wait for the lock instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+
+def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) -> Flask:
+    """Build the app. Workers pass ``serve_sockets=False``: they emit write-only instead."""
+    settings = settings or load_settings()
+    configure_logging(settings)
+    if settings.database_url.startswith("sqlite:///"):
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secrets.token_hex(32),  # no cookies are used; Flask wants one anyway
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings.database_url),
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["beacon_settings"] = settings
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True)
+
+    from webapp import api, cli
+
+    api.register(app)
+    cli.register(app)
+
+    if serve_sockets:
+        socketio.init_app(
+            app,
+            async_mode="gevent",
+            message_queue=settings.redis_url,
+            cors_allowed_origins=list(settings.cors_origins) or "*",
+            max_http_buffer_size=64 * 1024,
+        )
+        import webapp.sockets  # noqa: F401  (registers the event handlers)
+
+        if not settings.jwt_verify_key:
+            log.warning("no JWT key configured: every connection and API call will be refused")
+    return app

@@ -1,0 +1,12 @@
+"""REST blueprints."""
+
+from flask import Flask
+
+from webapp.api import errors, health, topics, users
+
+
+def register(app: Flask) -> None:
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(topics.bp)
+    app.register_blueprint(users.bp)

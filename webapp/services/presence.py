@@ -1,0 +1,167 @@
+"""Live connection bookkeeping in Redis: who is online, and who is looking at which topic.
+
+A user is online while at least one connection (tab, device, on any web process) is live.
+Counting happens in Lua scripts so that the first connect and the last disconnect are decided
+atomically, whatever the number of web processes. Each web process refreshes a heartbeat key;
+connections of a process whose heartbeat expired (it crashed, no disconnect fired) are removed
+by ``sweep_dead_processes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger(__name__)
+
+PREFIX = "beacon:presence"
+ONLINE = f"{PREFIX}:online"
+PROCESSES = f"{PREFIX}:procs"
+
+_CONNECT = """
+local added = redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1] .. ' ' .. ARGV[2])
+if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: user conns hash, online set, process conns set, sid topics set
+# ARGV: user id, sid, topic key prefix
+_DISCONNECT = """
+local removed = redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[1] .. ' ' .. ARGV[2])
+local topics = redis.call('SMEMBERS', KEYS[4])
+for _, topic in ipairs(topics) do
+  redis.call('HDEL', ARGV[3] .. topic, ARGV[2])
+end
+redis.call('DEL', KEYS[4])
+if removed == 1 and redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def _conns_key(user_id: str) -> str:
+    return f"{PREFIX}:conns:{user_id}"
+
+
+def _proc_conns_key(proc_id: str) -> str:
+    return f"{PREFIX}:proc:{proc_id}:conns"
+
+
+def _proc_alive_key(proc_id: str) -> str:
+    return f"{PREFIX}:proc:{proc_id}:alive"
+
+
+def _sid_topics_key(sid: str) -> str:
+    return f"{PREFIX}:sid:{sid}:topics"
+
+
+TOPIC_PREFIX = f"{PREFIX}:topic:"
+
+
+def _topic_key(topic_id: str) -> str:
+    return f"{TOPIC_PREFIX}{topic_id}"
+
+
+@dataclass
+class Presence:
+    """Presence operations over one Redis client."""
+
+    redis: redis.Redis
+    heartbeat_ttl: int = 30
+
+    def __post_init__(self) -> None:
+        self._connect = self.redis.register_script(_CONNECT)
+        self._disconnect = self.redis.register_script(_DISCONNECT)
+
+    # processes -------------------------------------------------------------------------------
+    def heartbeat(self, proc_id: str) -> None:
+        """Mark a web process alive for ``heartbeat_ttl`` seconds."""
+        pipe = self.redis.pipeline()
+        pipe.set(_proc_alive_key(proc_id), "1", ex=self.heartbeat_ttl)
+        pipe.sadd(PROCESSES, proc_id)
+        pipe.execute()
+
+    def sweep_dead_processes(self) -> list[str]:
+        """End the connections of processes whose heartbeat expired.
+
+        Returns the user ids that went offline because of it. Safe to run concurrently from
+        several places: a connection is removed once, so each user goes offline once.
+        """
+        offline: list[str] = []
+        for proc_id in self.redis.smembers(PROCESSES):
+            if self.redis.exists(_proc_alive_key(proc_id)):
+                continue
+            members = self.redis.smembers(_proc_conns_key(proc_id))
+            for member in members:
+                user_id, _, sid = member.partition(" ")
+                if self.disconnect(user_id, sid, proc_id):
+                    offline.append(user_id)
+            if not self.redis.exists(_proc_alive_key(proc_id)):
+                self.redis.srem(PROCESSES, proc_id)
+            log.info("presence sweep: process %s gone, %d connections ended", proc_id, len(members))
+        return offline
+
+    # connections -----------------------------------------------------------------------------
+    def connect(self, user_id: str, sid: str, proc_id: str) -> bool:
+        """Record a live connection; True when it is the user's first (they came online)."""
+        keys = [_conns_key(user_id), ONLINE, _proc_conns_key(proc_id)]
+        return bool(self._connect(keys=keys, args=[user_id, sid, proc_id]))
+
+    def disconnect(self, user_id: str, sid: str, proc_id: str) -> bool:
+        """Forget a connection; True when it was the user's last (they went offline)."""
+        keys = [_conns_key(user_id), ONLINE, _proc_conns_key(proc_id), _sid_topics_key(sid)]
+        return bool(self._disconnect(keys=keys, args=[user_id, sid, TOPIC_PREFIX]))
+
+    def connection_count(self, user_id: str) -> int:
+        return int(self.redis.hlen(_conns_key(user_id)))
+
+    # topics ----------------------------------------------------------------------------------
+    def join_topic(self, user_id: str, sid: str, topic_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hset(_topic_key(topic_id), sid, user_id)
+        pipe.sadd(_sid_topics_key(sid), topic_id)
+        pipe.execute()
+
+    def leave_topic(self, sid: str, topic_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hdel(_topic_key(topic_id), sid)
+        pipe.srem(_sid_topics_key(sid), topic_id)
+        pipe.execute()
+
+    def active_users(self, topic_id: str) -> set[str]:
+        """Users with a live connection joined to the topic."""
+        return set(self.redis.hvals(_topic_key(topic_id)))
+
+    # queries ---------------------------------------------------------------------------------
+    def online_user_ids(self) -> set[str]:
+        return set(self.redis.smembers(ONLINE))
+
+    def online_among(self, user_ids: list[str]) -> set[str]:
+        """The subset of ``user_ids`` that is online, in one round trip."""
+        if not user_ids:
+            return set()
+        flags = self.redis.smismember(ONLINE, user_ids)
+        return {uid for uid, flag in zip(user_ids, flags, strict=False) if flag}
+
+
+_instances: dict[str, Presence] = {}
+
+
+def presence_for(redis_url: str, heartbeat_ttl: int) -> Presence:
+    """The process-wide ``Presence`` for a Redis URL (scripts registered once)."""
+    from webapp.redis_client import get_redis
+
+    instance = _instances.get(redis_url)
+    if instance is None:
+        instance = Presence(get_redis(redis_url), heartbeat_ttl)
+        _instances[redis_url] = instance
+    return instance

@@ -1,0 +1,152 @@
+"""Unread counters: bulk increments applied exactly once, and mark-as-read."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from webapp import realtime
+from webapp.extensions import db
+from webapp.models import Message, ProcessedEvent, TopicMember, User, utcnow
+from webapp.services import context
+from webapp.services.topics import member_topic
+from webapp.services.validation import parse_message_ids, parse_uuid, require_object
+
+
+def _claim(key: str) -> bool:
+    """Insert a processed-event marker in the current transaction; False if it already exists."""
+    dialect = db.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(ProcessedEvent)
+        .values(key=key, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(ProcessedEvent.key)
+    )
+    return db.session.execute(stmt).first() is not None
+
+
+def apply_increment(
+    message_id: int, exclude_user_ids: list[str]
+) -> tuple[bool, list[tuple[str, int]]]:
+    """+1 for every member of the message's topic except ``exclude_user_ids``, exactly once.
+
+    One UPDATE for all members, in the same transaction as the processed-event marker, so a
+    retried or redelivered task changes nothing. Members who already read past the message
+    (a mark-as-read overtook the task) are not counted. Returns (applied, [(user_id, count)]);
+    a repeat returns the current counts so that their update can be re-announced.
+    """
+    message = db.session.get(Message, message_id)
+    if message is None:
+        return False, []
+    excluded = [uuid.UUID(u) for u in exclude_user_ids]
+    targets = [
+        TopicMember.topic_id == message.topic_id,
+        TopicMember.user_id.not_in(excluded),
+    ]
+    if _claim(f"unread:{message_id}"):
+        stmt = (
+            update(TopicMember)
+            .where(
+                *targets,
+                or_(
+                    TopicMember.last_read_message_id.is_(None),
+                    TopicMember.last_read_message_id < message_id,
+                ),
+            )
+            .values(unread_count=TopicMember.unread_count + 1)
+            .returning(TopicMember.user_id, TopicMember.unread_count)
+            .execution_options(synchronize_session=False)
+        )
+        rows = db.session.execute(stmt).all()
+        applied = True
+    else:
+        rows = db.session.execute(
+            select(TopicMember.user_id, TopicMember.unread_count).where(*targets)
+        ).all()
+        applied = False
+    db.session.commit()
+    return applied, [(str(user_id), count) for user_id, count in rows]
+
+
+def announce_counts(topic_id: uuid.UUID, room_id: uuid.UUID, counts: list[tuple[str, int]]) -> None:
+    """Send each user's new count to all of their devices."""
+    redis_url = context.settings().redis_url
+    for user_id, count in counts:
+        realtime.emit(
+            redis_url,
+            "unread_update",
+            {"topic_id": str(topic_id), "room_id": str(room_id), "unread_count": count},
+            to=realtime.user_room(user_id),
+        )
+
+
+def increment_for_message(message_id: int, exclude_user_ids: list[str]) -> int:
+    """The unread task's whole job: apply once, then announce. Returns members counted."""
+    applied, counts = apply_increment(message_id, exclude_user_ids)
+    if counts:
+        message = db.session.get(Message, message_id)
+        if message is not None:
+            announce_counts(message.topic_id, message.topic.channel_id, counts)
+    return len(counts) if applied else 0
+
+
+def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
+    """Reset the caller's count for a topic and tell the room and the caller's devices."""
+    data = require_object(payload, allowed={"room_id", "topic_id", "message_ids"})
+    topic_id = parse_uuid(data.get("topic_id"), "topic_id")
+    room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
+    requested = parse_message_ids(data.get("message_ids"))
+    topic, member = member_topic(user.id, topic_id, room_id)
+
+    read_ids: list[int] = []
+    if requested:
+        read_ids = list(
+            db.session.execute(
+                select(Message.id).where(Message.topic_id == topic.id, Message.id.in_(requested))
+            ).scalars()
+        )
+    latest = db.session.execute(
+        select(func.max(Message.id)).where(Message.topic_id == topic.id)
+    ).scalar()
+    values: dict[str, Any] = {"unread_count": 0}
+    if latest is not None:
+        # Never move the read marker backwards when two devices mark at once.
+        values["last_read_message_id"] = case(
+            (
+                or_(
+                    TopicMember.last_read_message_id.is_(None),
+                    TopicMember.last_read_message_id < latest,
+                ),
+                latest,
+            ),
+            else_=TopicMember.last_read_message_id,
+        )
+    db.session.execute(
+        update(TopicMember)
+        .where(TopicMember.id == member.id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+    redis_url = context.settings().redis_url
+    result = {
+        "topic_id": str(topic.id),
+        "room_id": str(topic.channel_id),
+        "user_id": str(user.id),
+        "message_ids": read_ids,
+        "unread_count": 0,
+        "last_read_message_id": latest,
+    }
+    realtime.emit(
+        redis_url,
+        "messages_read",
+        result,
+        to=[realtime.topic_room(topic.id), realtime.user_room(user.id)],
+    )
+    announce_counts(topic.id, topic.channel_id, [(str(user.id), 0)])
+    return result

@@ -1,0 +1,84 @@
+"""Parsing of untrusted client input into typed values, with clear refusals."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from webapp.errors import InvalidInput
+
+MAX_IDS = 1000
+MAX_BIGINT = 2**63 - 1
+
+
+def require_object(payload: Any, *, allowed: set[str] | None = None) -> dict[str, Any]:
+    """A JSON object payload; unknown keys are refused when ``allowed`` is given."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("invalid_payload", "the payload must be a JSON object")
+    if allowed is not None:
+        extra = set(payload) - allowed
+        if extra:
+            names = ", ".join(sorted(str(k)[:40] for k in extra)[:5])
+            raise InvalidInput("unknown_field", f"unknown field(s): {names}")
+    return payload
+
+
+def parse_uuid(value: Any, field: str, *, required: bool = True) -> uuid.UUID | None:
+    if value is None:
+        if required:
+            raise InvalidInput("missing_field", f"{field} is required")
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidInput(f"invalid_{field}", f"{field} must be an id string")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(f"invalid_{field}", f"{field} is not a valid id") from None
+
+
+def parse_message_body(value: Any, max_length: int) -> str:
+    if value is None:
+        raise InvalidInput("missing_field", "message is required")
+    if not isinstance(value, str):
+        raise InvalidInput("invalid_message", "message must be a string")
+    if not value.strip():
+        raise InvalidInput("empty_message", "message must not be empty")
+    if len(value) > max_length:
+        raise InvalidInput(
+            "message_too_long",
+            f"message is {len(value)} characters; the limit is {max_length}",
+            max_length=max_length,
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("invalid_message", "message is not valid unicode text") from None
+    return value
+
+
+def parse_positive_int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BIGINT:
+        raise InvalidInput(f"invalid_{field}", f"{field} must be a positive integer")
+    return value
+
+
+def parse_message_ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_IDS:
+        raise InvalidInput(
+            "invalid_message_ids", f"message_ids must be a list of at most {MAX_IDS} ids"
+        )
+    return sorted({parse_positive_int(v, "message_ids") for v in value})
+
+
+def parse_query_int(raw: str | None, field: str, default: int, lo: int, hi: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"invalid_{field}", f"{field} must be an integer") from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"invalid_{field}", f"{field} must be between {lo} and {hi}")
+    return value

@@ -1,0 +1,56 @@
+"""Turn a handler's result or refusal into the ack every client event answers with."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import redis
+from flask import session
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import SQLAlchemyError
+
+from webapp.errors import BeaconError, Unauthorized
+from webapp.extensions import db
+from webapp.models import User
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[User, Any], dict[str, Any]]
+
+
+def current_user() -> User:
+    user_id = session.get("user_id")
+    user = db.session.get(User, uuid.UUID(user_id)) if user_id else None
+    if user is None:
+        raise Unauthorized("unauthorized", "this connection is not signed in")
+    return user
+
+
+def acked(handler: Handler) -> Callable[..., dict[str, Any]]:
+    """Wrap ``handler(user, payload)`` so it always answers ``{"ok": ...}``, never raises."""
+
+    @wraps(handler)
+    def wrapper(payload: Any = None, *_ignored: Any) -> dict[str, Any]:
+        try:
+            return {"ok": True, **handler(current_user(), payload)}
+        except BeaconError as exc:
+            db.session.rollback()
+            return {"ok": False, **exc.to_dict()}
+        except (SQLAlchemyError, redis.RedisError, BrokerError):
+            db.session.rollback()
+            log.exception("%s failed: a backing service is unavailable", handler.__name__)
+            return {
+                "ok": False,
+                "error": "unavailable",
+                "message": "the service is temporarily unavailable; try again",
+            }
+        except Exception:
+            db.session.rollback()
+            log.exception("%s failed", handler.__name__)
+            return {"ok": False, "error": "internal_error", "message": "unexpected server error"}
+
+    return wrapper

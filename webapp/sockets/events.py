@@ -1,0 +1,61 @@
+"""Client -> server events of the brief; each answers through its ack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from flask_socketio import emit, join_room, leave_room
+
+from webapp.extensions import socketio
+from webapp.models import User
+from webapp.realtime import topic_room
+from webapp.services import context, messages, unread
+from webapp.services.topics import member_topic
+from webapp.services.validation import parse_uuid, require_object
+from webapp.sockets.acks import acked
+
+
+@socketio.on("join_topic")
+@acked
+def join_topic(user: User, payload: Any) -> dict[str, Any]:
+    data = require_object(payload, allowed={"topic_id", "room_id"})
+    topic_id = parse_uuid(data.get("topic_id"), "topic_id")
+    room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
+    topic, member = member_topic(user.id, topic_id, room_id)
+    join_room(topic_room(topic.id))
+    context.presence().join_topic(str(user.id), request.sid, str(topic.id))
+    return {"topic_id": str(topic.id), "unread_count": member.unread_count}
+
+
+@socketio.on("leave_topic")
+@acked
+def leave_topic(user: User, payload: Any) -> dict[str, Any]:
+    data = require_object(payload, allowed={"topic_id", "room_id"})
+    topic_id = parse_uuid(data.get("topic_id"), "topic_id")
+    leave_room(topic_room(topic_id))
+    context.presence().leave_topic(request.sid, str(topic_id))
+    return {"topic_id": str(topic_id)}
+
+
+@socketio.on("send_message")
+@acked
+def send_message(user: User, payload: Any) -> dict[str, Any]:
+    return {"message": messages.post_message(user, payload)}
+
+
+@socketio.on("mark_as_read")
+@acked
+def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
+    return unread.mark_as_read(user, payload)
+
+
+@socketio.on("*")
+def unknown_event(event: str, *_args: Any) -> dict[str, Any]:
+    reply = {
+        "ok": False,
+        "error": "unknown_event",
+        "message": f"unknown event {str(event)[:64]!r}",
+    }
+    emit("error", {"code": reply["error"], "message": reply["message"]})
+    return reply

@@ -1,0 +1,5 @@
+"""Celery workers: ``celery -A workers worker -Q unread`` (and ``-Q push -P gevent``)."""
+
+from workers.celery_app import celery
+
+__all__ = ["celery"]

@@ -1,0 +1,1 @@
+"""Celery tasks. Each is thin: it calls one service function."""
