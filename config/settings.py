@@ -113,7 +113,10 @@ class Settings:
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (default: the process environment plus ``.env``)."""
     if env is None:
-        load_dotenv(ENV_FILE, override=False)
+        # BEACON_ENV_FILE picks another file; set it empty to read the environment only.
+        env_file = os.environ.get("BEACON_ENV_FILE", str(ENV_FILE))
+        if env_file:
+            load_dotenv(env_file, override=False)
         env = dict(os.environ)
     defaults = Settings()
     algorithm = env.get("JWT_ALGORITHM", defaults.jwt_algorithm).upper()

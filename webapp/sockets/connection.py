@@ -30,13 +30,13 @@ def on_connect(auth: Any = None) -> None:
     try:
         user = verify_token(context.settings(), _token(auth))
     except BeaconError as exc:
-        raise ConnectionRefusedError(exc.to_dict()) from None
+        # The JS client sees err.message (text) and err.data ({error, message}).
+        raise ConnectionRefusedError(exc.message, exc.to_dict()) from None
     except Exception:
         db.session.rollback()
         log.exception("connect failed")
-        raise ConnectionRefusedError(
-            {"error": "unavailable", "message": "the service is temporarily unavailable"}
-        ) from None
+        text = "the service is temporarily unavailable"
+        raise ConnectionRefusedError(text, {"error": "unavailable", "message": text}) from None
     user_id = str(user.id)
     session["user_id"] = user_id
     join_room(user_room(user_id))

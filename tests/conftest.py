@@ -1,0 +1,288 @@
+"""System-test fixtures: a real Redis, real PostgreSQL, the real web process and Celery worker.
+
+Tests that take the ``beacon`` fixture run once per database backend (``--backends``, default
+``sqlite,postgresql``). Each backend gets its own stack (database, Redis logical database, web
+process, worker) for the whole session; tests isolate themselves by creating fresh users and
+topics instead of wiping shared state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.harness.postgres_server import PostgresServer
+from tests.harness.processes import ManagedProcess, wait_http_ok, wait_log_contains
+from tests.harness.redis_server import RedisServer
+from tests.harness.sio_client import RecordingClient
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+FLASK = [PYTHON, "-m", "flask", "--app", "wsgi"]
+CELERY = [PYTHON, "-m", "celery", "-A", "workers"]
+JWT_SECRET = "test-secret-" + "x" * 40
+BACKENDS = ("sqlite", "postgresql")
+_redis_dbs = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backends",
+        default=os.environ.get("BEACON_TEST_BACKENDS", ",".join(BACKENDS)),
+        help="comma-separated database backends for system tests (sqlite,postgresql)",
+    )
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    chosen = [b.strip() for b in config.getoption("--backends").split(",") if b.strip()]
+    unknown = set(chosen) - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    return chosen
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", selected_backends(metafunc.config), scope="session")
+
+
+def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of every Beacon process under test (no developer .env leaks in)."""
+    return {
+        "BEACON_ENV_FILE": "",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "JWT_SECRET": JWT_SECRET,
+        "JWT_ALGORITHM": "HS256",
+        "PRESENCE_HEARTBEAT_INTERVAL": "0.5",
+        "PRESENCE_HEARTBEAT_TTL": "3",
+        "PRESENCE_SWEEP_INTERVAL": "1",
+        "MAX_MESSAGE_LENGTH": "2000",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+def run_flask(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``flask --app wsgi ...`` as a real subprocess (what operators and scripts run)."""
+    return subprocess.run(
+        [*FLASK, *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("beacon-run")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    reason = PostgresServer.unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {reason}")
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+def make_database_url(
+    backend: str, name: str, run_dir: Path, request: pytest.FixtureRequest
+) -> str:
+    """A fresh, empty database of the given backend."""
+    if backend == "sqlite":
+        path = run_dir / f"{name}.db"
+        path.unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+    return request.getfixturevalue("postgres_server").create_database(name)
+
+
+@dataclass
+class TestUser:
+    id: str
+    username: str
+    token: str
+
+
+@dataclass
+class TestTopic:
+    room_id: str
+    topic_id: str
+
+    def ref(self, **extra: Any) -> dict[str, Any]:
+        return {"room_id": self.room_id, "topic_id": self.topic_id, **extra}
+
+
+@dataclass
+class Stack:
+    """A running Beacon (web + worker) on one backend, plus helpers to drive it."""
+
+    backend: str
+    url: str
+    env: dict[str, str]
+    app: Any
+    web: ManagedProcess
+    worker: ManagedProcess
+    clients: list[RecordingClient] = field(default_factory=list)
+
+    def cli(self, *args: str) -> str:
+        """Run a ``beacon`` CLI command in-process (the real Click command) and return stdout."""
+        result = self.app.test_cli_runner().invoke(args=["beacon", *args])
+        if result.exit_code != 0:
+            raise AssertionError(f"beacon {' '.join(args)} failed: {result.output}")
+        return result.output.strip()
+
+    def user(self, prefix: str = "user", display_name: str | None = None) -> TestUser:
+        username = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        args = ["create-user", username]
+        if display_name:
+            args += ["--display-name", display_name]
+        user_id = self.cli(*args)
+        return TestUser(user_id, username, self.cli("token", username))
+
+    def topic(self, *members: TestUser, channel: str | None = None) -> TestTopic:
+        channel = channel or f"chan-{uuid.uuid4().hex[:8]}"
+        args = ["create-topic", channel, f"topic-{uuid.uuid4().hex[:6]}"]
+        for m in members:
+            args += ["--member", m.username]
+        room_id, topic_id = self.cli(*args).split()
+        return TestTopic(room_id, topic_id)
+
+    def client(
+        self, user: TestUser | None, name: str | None = None, **kwargs: Any
+    ) -> RecordingClient:
+        client = RecordingClient(name=name or (user.username if user else "anon"))
+        self.clients.append(client)
+        client.connect(self.url, user.token if user else None, **kwargs)
+        return client
+
+    def new_client(self, name: str = "client") -> RecordingClient:
+        """An unconnected client, closed after the test."""
+        client = RecordingClient(name=name)
+        self.clients.append(client)
+        return client
+
+    def api(
+        self, user: TestUser | None, method: str, path: str, **kwargs: Any
+    ) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if user is not None:
+            headers["Authorization"] = f"Bearer {user.token}"
+        return requests.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+
+    def unread(self, user: TestUser, topic: TestTopic) -> int:
+        """The stored count, read straight from the database."""
+        from sqlalchemy import select
+
+        from webapp.extensions import db
+        from webapp.models import TopicMember
+
+        with self.app.app_context():
+            return db.session.execute(
+                select(TopicMember.unread_count).where(
+                    TopicMember.topic_id == uuid.UUID(topic.topic_id),
+                    TopicMember.user_id == uuid.UUID(user.id),
+                )
+            ).scalar_one()
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.disconnect()
+        self.clients.clear()
+
+
+def start_web(name: str, env: dict[str, str], port: int, log_dir: Path) -> ManagedProcess:
+    web = ManagedProcess(name, [PYTHON, "wsgi.py"], {**env, "PORT": str(port)}, ROOT, log_dir)
+    wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=web)
+    return web
+
+
+def start_worker(
+    name: str,
+    env: dict[str, str],
+    log_dir: Path,
+    queues: str = "unread,push",
+    extra: list[str] | None = None,
+) -> ManagedProcess:
+    worker = ManagedProcess(
+        name,
+        [
+            *CELERY,
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            "2",
+            "--without-mingle",
+            "--without-gossip",
+            "-n",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            "--loglevel",
+            "INFO",
+            *(extra or []),
+        ],
+        env,
+        ROOT,
+        log_dir,
+    )
+    wait_log_contains(worker, " ready.", timeout=60)
+    return worker
+
+
+@pytest.fixture(scope="session")
+def stack(
+    backend: str, redis_server: RedisServer, run_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    from tests.harness.ports import free_port
+
+    database_url = make_database_url(backend, f"beacon_{backend}", run_dir, request)
+    env = base_env(database_url, redis_server.url_for_db(next(_redis_dbs)))
+    run_flask(env, "db", "upgrade")
+    port = free_port()
+    web = start_web(f"web-{backend}", env, port, run_dir)
+    worker = start_worker(f"worker-{backend}", env, run_dir)
+
+    from config import load_settings
+    from webapp import create_app
+
+    app = create_app(load_settings({**env, "PORT": str(port)}), serve_sockets=False)
+    stack = Stack(backend, f"http://127.0.0.1:{port}", env, app, web, worker)
+    try:
+        yield stack
+    finally:
+        stack.close_clients()
+        worker.stop()
+        web.stop()
+        with app.app_context():
+            from webapp.extensions import db
+
+            db.engine.dispose()
+
+
+@pytest.fixture
+def beacon(stack: Stack) -> Iterator[Stack]:
+    """The running stack; clients opened during the test are closed after it."""
+    yield stack
+    stack.close_clients()
