@@ -19,7 +19,7 @@ worker_prefetch_multiplier = 1
 worker_soft_shutdown_timeout = 10.0
 worker_enable_soft_shutdown_on_idle = True
 
-imports = ("workers.tasks.unread", "workers.tasks.presence")
+imports = ("workers.tasks.unread", "workers.tasks.presence", "workers.tasks.push")
 task_default_queue = "unread"
 task_routes = {
     "beacon.unread.*": {"queue": "unread"},
@@ -32,4 +32,5 @@ beat_schedule = {
         "task": "beacon.presence.sweep",
         "schedule": _settings.presence_sweep_interval,
     },
+    "push-prune-failing": {"task": "beacon.push.prune_failing", "schedule": 3600.0},
 }

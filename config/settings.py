@@ -81,6 +81,7 @@ class Settings:
     push_request_timeout: float = 10.0
     push_allowed_hosts: tuple[str, ...] = ()
     push_failure_limit: int = 10
+    push_max_subscriptions: int = 20
     app_base_url: str = "http://127.0.0.1:5000"
 
     max_message_length: int = 4000
@@ -147,6 +148,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         push_request_timeout=_float(env, "PUSH_REQUEST_TIMEOUT", defaults.push_request_timeout),
         push_allowed_hosts=_list(env.get("PUSH_ALLOWED_HOSTS")),
         push_failure_limit=_int(env, "PUSH_FAILURE_LIMIT", defaults.push_failure_limit),
+        push_max_subscriptions=_int(
+            env, "PUSH_MAX_SUBSCRIPTIONS", defaults.push_max_subscriptions
+        ),
         app_base_url=env.get("APP_BASE_URL") or f"http://{host}:{port}",
         max_message_length=_int(env, "MAX_MESSAGE_LENGTH", defaults.max_message_length),
         cors_origins=tuple(

@@ -25,6 +25,7 @@ from tests.harness.postgres_server import PostgresServer
 from tests.harness.processes import ManagedProcess, wait_http_ok, wait_log_contains
 from tests.harness.redis_server import RedisServer
 from tests.harness.sio_client import RecordingClient
+from tests.pushservice.server import PushServiceClient, running_push_service
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -57,7 +58,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    """The environment of every Beacon process under test (no developer .env leaks in)."""
+    """The environment of every Beacon process under test (no developer .env leaks in).
+
+    Push is disabled unless ``extra`` carries VAPID keys (see the ``stack`` fixture).
+    """
     return {
         "BEACON_ENV_FILE": "",
         "DATABASE_URL": database_url,
@@ -68,6 +72,10 @@ def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
         "PRESENCE_HEARTBEAT_TTL": "3",
         "PRESENCE_SWEEP_INTERVAL": "1",
         "MAX_MESSAGE_LENGTH": "2000",
+        "PUSH_MAX_RETRIES": "3",
+        "PUSH_RETRY_BASE": "0.2",
+        "PUSH_RETRY_MAX": "2",
+        "PUSH_REQUEST_TIMEOUT": "5",
         "LOG_LEVEL": "INFO",
         **extra,
     }
@@ -95,6 +103,20 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def push_service() -> Iterator[PushServiceClient]:
+    """A local push service on loopback: verifies VAPID, decrypts, records, fails on demand."""
+    with running_push_service() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def vapid_keys() -> tuple[str, str]:
+    from webapp.services.push_sender import generate_vapid_keypair
+
+    return generate_vapid_keypair()
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +166,8 @@ class Stack:
     env: dict[str, str]
     app: Any
     web: ManagedProcess
-    worker: ManagedProcess
+    workers: dict[str, ManagedProcess]
+    push: PushServiceClient
     clients: list[RecordingClient] = field(default_factory=list)
 
     def cli(self, *args: str) -> str:
@@ -220,12 +243,9 @@ def start_web(name: str, env: dict[str, str], port: int, log_dir: Path) -> Manag
 
 
 def start_worker(
-    name: str,
-    env: dict[str, str],
-    log_dir: Path,
-    queues: str = "unread,push",
-    extra: list[str] | None = None,
+    name: str, env: dict[str, str], log_dir: Path, queues: str, *pool: str
 ) -> ManagedProcess:
+    """A real ``celery -A workers worker`` for ``queues``; ``pool`` e.g. ``-P gevent -c 50``."""
     worker = ManagedProcess(
         name,
         [
@@ -233,15 +253,13 @@ def start_worker(
             "worker",
             "-Q",
             queues,
-            "-c",
-            "2",
+            *(pool or ("-c", "2")),
             "--without-mingle",
             "--without-gossip",
             "-n",
             f"{name}-{uuid.uuid4().hex[:6]}@%h",
             "--loglevel",
             "INFO",
-            *(extra or []),
         ],
         env,
         ROOT,
@@ -253,27 +271,46 @@ def start_worker(
 
 @pytest.fixture(scope="session")
 def stack(
-    backend: str, redis_server: RedisServer, run_dir: Path, request: pytest.FixtureRequest
+    backend: str,
+    redis_server: RedisServer,
+    push_service: PushServiceClient,
+    vapid_keys: tuple[str, str],
+    run_dir: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Stack]:
+    """Web, an ``unread`` worker and a ``push`` worker (gevent pool), as in production."""
     from tests.harness.ports import free_port
 
     database_url = make_database_url(backend, f"beacon_{backend}", run_dir, request)
-    env = base_env(database_url, redis_server.url_for_db(next(_redis_dbs)))
-    run_flask(env, "db", "upgrade")
     port = free_port()
+    push_host = push_service.base_url.split("://", 1)[1]
+    env = base_env(
+        database_url,
+        redis_server.url_for_db(next(_redis_dbs)),
+        VAPID_PRIVATE_KEY=vapid_keys[0],
+        VAPID_PUBLIC_KEY=vapid_keys[1],
+        VAPID_SUBJECT="mailto:ops@beacon.test",
+        PUSH_ALLOWED_HOSTS=push_host,
+        APP_BASE_URL=f"http://127.0.0.1:{port}",
+    )
+    run_flask(env, "db", "upgrade")
     web = start_web(f"web-{backend}", env, port, run_dir)
-    worker = start_worker(f"worker-{backend}", env, run_dir)
+    workers = {
+        "unread": start_worker(f"unread-{backend}", env, run_dir, "unread"),
+        "push": start_worker(f"push-{backend}", env, run_dir, "push", "-P", "gevent", "-c", "50"),
+    }
 
     from config import load_settings
     from webapp import create_app
 
     app = create_app(load_settings({**env, "PORT": str(port)}), serve_sockets=False)
-    stack = Stack(backend, f"http://127.0.0.1:{port}", env, app, web, worker)
+    stack = Stack(backend, f"http://127.0.0.1:{port}", env, app, web, workers, push_service)
     try:
         yield stack
     finally:
         stack.close_clients()
-        worker.stop()
+        for worker in workers.values():
+            worker.stop()
         web.stop()
         with app.app_context():
             from webapp.extensions import db

@@ -36,10 +36,30 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
         cursor.close()
 
 
+def _check_push_keys(settings: Settings) -> None:
+    """One clear warning when Web Push cannot work; everything else runs regardless."""
+    if not settings.push_enabled:
+        log.warning(
+            "Web Push is disabled: VAPID_PRIVATE_KEY / VAPID_PUBLIC_KEY are not set "
+            "(create them with: python scripts/generate_secrets.py)"
+        )
+        return
+    from webapp.services.push_sender import vapid_public_key_from_private
+
+    try:
+        derived = vapid_public_key_from_private(settings.vapid_private_key)
+    except ValueError as exc:
+        log.warning("VAPID_PRIVATE_KEY is malformed (%s): pushes will fail", exc)
+        return
+    if derived != settings.vapid_public_key:
+        log.warning("VAPID_PUBLIC_KEY does not match VAPID_PRIVATE_KEY: pushes will be refused")
+
+
 def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) -> Flask:
     """Build the app. Workers pass ``serve_sockets=False``: they emit write-only instead."""
     settings = settings or load_settings()
-    configure_logging(settings)
+    if serve_sockets:
+        configure_logging(settings)  # workers keep Celery's logging (see workers/celery_app.py)
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
             parents=True, exist_ok=True
@@ -74,4 +94,5 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
 
         if not settings.jwt_verify_key:
             log.warning("no JWT key configured: every connection and API call will be refused")
+        _check_push_keys(settings)
     return app

@@ -28,6 +28,12 @@ class JsonFormatter(logging.Formatter):
 _configured = False
 
 
+def use_json(handlers: list[logging.Handler]) -> None:
+    """Switch existing handlers (e.g. Celery's) to JSON lines."""
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
+
+
 def configure_logging(settings: Settings) -> None:
     global _configured
     if _configured:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from flask import Flask
 
 _flask_app: Flask | None = None
@@ -30,3 +31,13 @@ class AppContextTask(Task):
 
 celery = Celery("beacon", task_cls=AppContextTask)
 celery.config_from_object("celeryconfig")
+
+
+@signals.after_setup_logger.connect
+def _json_logs(logger: logging.Logger, **_: Any) -> None:
+    """Celery owns worker logging; LOG_JSON=1 only changes the line format."""
+    from config import load_settings
+    from webapp.logging_setup import use_json
+
+    if load_settings().log_json:
+        use_json(logger.handlers)

@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from webapp.api import errors, health, topics, users
+from webapp.api import errors, health, notifications, topics, users
 
 
 def register(app: Flask) -> None:
@@ -10,3 +10,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(topics.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(notifications.bp)

@@ -74,7 +74,7 @@ def post_message(user: User, payload: Any) -> dict[str, Any]:
     # Who is looking at the topic right now is decided at send time, so a retried task
     # counts exactly the same members.
     exclude = context.presence().active_users(str(topic.id)) | {str(user.id)}
-    dispatch.message_posted(message.id, sorted(exclude))
+    dispatch.message_posted(message.id, sorted(exclude), push=settings.push_enabled)
     return full
 
 

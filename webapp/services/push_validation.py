@@ -41,7 +41,15 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}\Z")
 _NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+\Z")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 # Names that only mean something inside a network (RFC 6761, 6762, 8375 and common practice).
-_INTERNAL_SUFFIXES = ("localhost", "local", "internal", "localdomain", "home.arpa", "lan", "intranet")
+_INTERNAL_SUFFIXES = (
+    "localhost",
+    "local",
+    "internal",
+    "localdomain",
+    "home.arpa",
+    "lan",
+    "intranet",
+)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -70,15 +78,18 @@ def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
             return False
         if ip.scope_id:
             return False
-    return not (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or getattr(ip, "is_site_local", False)  # fec0::/10, IPv6 only
-    ) and ip.is_global
+    return (
+        not (
+            ip.is_loopback
+            or ip.is_private
+            or ip.is_link_local
+            or ip.is_multicast
+            or ip.is_reserved
+            or ip.is_unspecified
+            or getattr(ip, "is_site_local", False)  # fec0::/10, IPv6 only
+        )
+        and ip.is_global
+    )
 
 
 def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -191,7 +202,9 @@ def check_endpoint_target(url: str, allowed_hosts: tuple[str, ...]) -> None:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            raise SubscriptionError("forbidden_host", "endpoint host resolves to a non-IP") from None
+            raise SubscriptionError(
+                "forbidden_host", "endpoint host resolves to a non-IP"
+            ) from None
         if not is_public_address(ip):
             raise SubscriptionError(
                 "forbidden_host", f"endpoint host resolves to a non-public address ({ip})"
@@ -251,7 +264,9 @@ def validate_subscription(data: object, allowed_hosts: tuple[str, ...]) -> Subsc
     try:
         ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
     except ValueError:
-        raise SubscriptionError("invalid_p256dh", "keys.p256dh is not a point on P-256") from None
+        raise SubscriptionError(
+            "invalid_p256dh", "keys.p256dh is not a point on the P-256 curve"
+        ) from None
     _decode_key(auth, "auth", 16)
     assert isinstance(p256dh, str) and isinstance(auth, str)
     return SubscriptionKeys(endpoint=endpoint, p256dh=p256dh.rstrip("="), auth=auth.rstrip("="))

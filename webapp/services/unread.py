@@ -6,27 +6,14 @@ import uuid
 from typing import Any
 
 from sqlalchemy import case, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from webapp import realtime
 from webapp.extensions import db
-from webapp.models import Message, ProcessedEvent, TopicMember, User, utcnow
+from webapp.models import Message, TopicMember, User
 from webapp.services import context
+from webapp.services.idempotency import claim
 from webapp.services.topics import member_topic
 from webapp.services.validation import parse_message_ids, parse_uuid, require_object
-
-
-def _claim(key: str) -> bool:
-    """Insert a processed-event marker in the current transaction; False if it already exists."""
-    dialect = db.session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(ProcessedEvent)
-        .values(key=key, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["key"])
-        .returning(ProcessedEvent.key)
-    )
-    return db.session.execute(stmt).first() is not None
 
 
 def apply_increment(
@@ -47,7 +34,7 @@ def apply_increment(
         TopicMember.topic_id == message.topic_id,
         TopicMember.user_id.not_in(excluded),
     ]
-    if _claim(f"unread:{message_id}"):
+    if claim(f"unread:{message_id}"):
         stmt = (
             update(TopicMember)
             .where(

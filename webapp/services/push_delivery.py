@@ -1,0 +1,229 @@
+"""Web Push for new messages: who gets one (fan-out), and what one send does to the database.
+
+Fan-out picks the members who are not the sender and have no live connection, and plans one
+push per subscription; ``@username`` turns a member's push into a ``mention`` (Urgency high).
+Each send is recorded under ``push:<message>:<subscription>`` when delivered, so a redelivered
+task does not notify twice; an expired subscription is deleted by id *and* the keys it was
+sent with, so a browser that re-subscribed meanwhile keeps its fresh row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, select, update
+
+from webapp.extensions import db
+from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
+from webapp.services import context
+from webapp.services.idempotency import claim, is_claimed
+from webapp.services.messages import preview
+from webapp.services.push_sender import PushResult, PushSender, SubscriptionKeys
+from webapp.services.push_validation import SubscriptionError, check_endpoint_target
+
+log = logging.getLogger(__name__)
+
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.\-]{1,64})")
+
+_sender: PushSender | None = None
+_sender_lock = threading.Lock()
+
+
+def sender() -> PushSender:
+    """This process's one sender (pooled connections, cached VAPID JWTs)."""
+    global _sender
+    if _sender is None:
+        with _sender_lock:
+            if _sender is None:
+                s = context.settings()
+                if not s.push_enabled:
+                    raise RuntimeError("Web Push is disabled: no VAPID key pair configured")
+                _sender = PushSender(
+                    s.vapid_private_key, s.vapid_subject, timeout=s.push_request_timeout
+                )
+    return _sender
+
+
+def mentioned_usernames(body: str) -> set[str]:
+    return {m.lower().rstrip(".") for m in MENTION.findall(body)}
+
+
+@dataclass(frozen=True)
+class PushJob:
+    subscription_id: str
+    message_id: int
+    payload: dict[str, Any]
+    urgency: str
+    topic: str
+
+
+def push_payload(message: Message, sender_user: User, kind: str) -> dict[str, Any]:
+    topic = message.topic
+    title = (
+        f"{sender_user.name} mentioned you in {topic.name}"
+        if kind == "mention"
+        else f"{sender_user.name} in {topic.name}"
+    )
+    base = context.settings().app_base_url.rstrip("/")
+    return {
+        "type": kind,
+        "title": title,
+        "body": preview(message.body),
+        "topic_id": str(topic.id),
+        "room_id": str(topic.channel_id),
+        "message_id": message.id,
+        "url": f"{base}/?room={topic.channel_id}&topic={topic.id}",
+    }
+
+
+def plan_fanout(message_id: int) -> list[PushJob]:
+    """One job per subscription of every offline member other than the sender."""
+    message = db.session.get(Message, message_id)
+    if message is None:
+        return []
+    rows = db.session.execute(
+        select(User.id, User.username)
+        .join(TopicMember, TopicMember.user_id == User.id)
+        .where(TopicMember.topic_id == message.topic_id, User.id != message.sender_id)
+    ).all()
+    members = {str(uid): username for uid, username in rows}
+    online = context.presence().online_among(list(members))
+    offline = [uuid.UUID(uid) for uid in members if uid not in online]
+    if not offline:
+        log.info("push fan-out message=%s offline_members=0 subscriptions=0", message_id)
+        return []
+    mentioned = mentioned_usernames(message.body)
+    sender_user = message.sender
+    payloads: dict[str, dict[str, Any]] = {}
+    jobs = []
+    subs = db.session.execute(
+        select(PushSubscription.id, PushSubscription.user_id).where(
+            PushSubscription.user_id.in_(offline)
+        )
+    ).all()
+    for sub_id, user_id in subs:
+        kind = "mention" if members[str(user_id)].lower() in mentioned else "message"
+        if kind not in payloads:
+            payloads[kind] = push_payload(message, sender_user, kind)
+        jobs.append(
+            PushJob(
+                subscription_id=str(sub_id),
+                message_id=message.id,
+                payload=payloads[kind],
+                urgency="high" if kind == "mention" else "normal",
+                topic=str(message.topic_id),
+            )
+        )
+    log.info(
+        "push fan-out message=%s offline_members=%d subscriptions=%d",
+        message_id,
+        len(offline),
+        len(jobs),
+    )
+    return jobs
+
+
+def _log_outcome(sub_id: str, message_id: int, result: PushResult) -> None:
+    log.info(
+        "push outcome=%s status=%s subscription=%s message=%s reason=%s",
+        result.outcome,
+        result.status,
+        sub_id,
+        message_id,
+        result.reason,
+        extra={
+            "beacon_event": "push",
+            "beacon_outcome": result.outcome,
+            "beacon_status": result.status,
+            "beacon_subscription_id": sub_id,
+            "beacon_message_id": message_id,
+        },
+    )
+
+
+def record_failure(sub_id: str, reason: str) -> None:
+    db.session.execute(
+        update(PushSubscription)
+        .where(PushSubscription.id == uuid.UUID(sub_id))
+        .values(
+            failure_count=PushSubscription.failure_count + 1,
+            last_failure_at=utcnow(),
+        )
+    )
+    db.session.commit()
+    log.warning("push subscription=%s failed for good: %s", sub_id, reason)
+
+
+def deliver(job: PushJob) -> PushResult | None:
+    """Send one push and apply its outcome; None when there is nothing (left) to do.
+
+    A ``retry`` outcome changes nothing here: the task decides to retry or to give up.
+    """
+    key = f"push:{job.message_id}:{job.subscription_id}"
+    sub_id = uuid.UUID(job.subscription_id)
+    if is_claimed(key):
+        log.info(
+            "push skipped subscription=%s message=%s: already delivered",
+            job.subscription_id,
+            job.message_id,
+        )
+        return None
+    sub = db.session.get(PushSubscription, sub_id)
+    if sub is None:
+        return None
+    settings = context.settings()
+    keys = SubscriptionKeys(sub.endpoint, sub.p256dh, sub.auth)
+    db.session.rollback()  # no transaction held open across the HTTP request
+    try:
+        check_endpoint_target(keys.endpoint, settings.push_allowed_hosts)
+    except SubscriptionError as exc:
+        outcome = "retry" if exc.code == "dns_error" else "rejected"
+        result = PushResult(status=None, outcome=outcome, reason=exc.message)
+    else:
+        body = json.dumps(job.payload, separators=(",", ":")).encode()
+        result = sender().send(
+            keys, body, ttl=settings.push_ttl, urgency=job.urgency, topic=job.topic
+        )
+    _log_outcome(job.subscription_id, job.message_id, result)
+
+    if result.outcome == "delivered":
+        if claim(key):
+            db.session.execute(
+                update(PushSubscription)
+                .where(PushSubscription.id == sub_id)
+                .values(last_success_at=utcnow(), failure_count=0)
+            )
+        db.session.commit()
+    elif result.outcome == "expired":
+        db.session.execute(
+            delete(PushSubscription).where(
+                and_(
+                    PushSubscription.id == sub_id,
+                    PushSubscription.endpoint == keys.endpoint,
+                    PushSubscription.p256dh == keys.p256dh,
+                    PushSubscription.auth == keys.auth,
+                )
+            )
+        )
+        db.session.commit()
+    elif result.outcome == "rejected":
+        record_failure(job.subscription_id, result.reason)
+    return result
+
+
+def prune_failing() -> int:
+    """Delete subscriptions that failed too often in a row (beat)."""
+    limit = context.settings().push_failure_limit
+    deleted = db.session.execute(
+        delete(PushSubscription).where(PushSubscription.failure_count >= limit)
+    ).rowcount
+    db.session.commit()
+    if deleted:
+        log.info("pruned %d push subscriptions that kept failing", deleted)
+    return deleted

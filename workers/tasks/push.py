@@ -1,0 +1,62 @@
+"""Web Push tasks (queue ``push``; run it with ``-P gevent``: the work is waiting on HTTP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import OperationalError
+
+from webapp.services import context, push_delivery
+from webapp.services.push_sender import backoff_delay
+from workers.celery_app import celery
+
+DB_RETRY = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+
+
+@celery.task(name="beacon.push.fan_out", **DB_RETRY)
+def fan_out(message_id: int) -> int:
+    """Plan one send per subscription of each offline member; each is its own task."""
+    jobs = push_delivery.plan_fanout(message_id)
+    for job in jobs:
+        send_push.apply_async(
+            args=[job.subscription_id, job.message_id, job.payload, job.urgency, job.topic]
+        )
+    return len(jobs)
+
+
+@celery.task(bind=True, name="beacon.push.send", **DB_RETRY)
+def send_push(
+    self: Task,
+    subscription_id: str,
+    message_id: int,
+    payload: dict[str, Any],
+    urgency: str,
+    topic: str,
+) -> str | None:
+    job = push_delivery.PushJob(subscription_id, message_id, payload, urgency, topic)
+    result = push_delivery.deliver(job)
+    if result is None or result.outcome != "retry":
+        return result.outcome if result else None
+    settings = context.settings()
+    attempt = self.request.retries
+    if attempt >= settings.push_max_retries:
+        push_delivery.record_failure(
+            subscription_id, f"gave up after {attempt + 1} attempts: {result.reason}"
+        )
+        return "failed"
+    delay = backoff_delay(
+        attempt, settings.push_retry_base, settings.push_retry_max, result.retry_after
+    )
+    raise self.retry(countdown=delay, max_retries=None)
+
+
+@celery.task(name="beacon.push.prune_failing", **DB_RETRY)
+def prune_failing() -> int:
+    return push_delivery.prune_failing()
