@@ -16,6 +16,9 @@ task_ignore_result = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# Task events let Flower show every task, its arguments and its retries.
+worker_send_task_events = True
+task_send_sent_event = True
 worker_soft_shutdown_timeout = 10.0
 worker_enable_soft_shutdown_on_idle = True
 

@@ -234,6 +234,11 @@ start_service push .venv/bin/celery -A workers worker -Q push -P gevent -c 100 -
     --loglevel INFO
 start_service beat .venv/bin/celery -A workers beat --loglevel INFO \
     --schedule "$RUN_DIR/celerybeat-schedule"
+if [ -n "${FLOWER_BASIC_AUTH:-}" ] || grep -q '^FLOWER_BASIC_AUTH=.' .env 2>/dev/null; then
+    start_service flower ./scripts/flower.sh
+else
+    say "Flower not started (set FLOWER_BASIC_AUTH=user:password to start it on :5555)"
+fi
 
 # -- wait for the web tier --------------------------------------------------------------------
 deadline=$((SECONDS + READY_TIMEOUT))

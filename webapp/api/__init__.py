@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from webapp.api import errors, health, notifications, topics, users
+from webapp.api import demo, errors, health, metrics, notifications, topics, users
 
 
 def register(app: Flask) -> None:
@@ -11,3 +11,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(topics.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(notifications.bp)
+    app.register_blueprint(demo.bp)
+    app.register_blueprint(metrics.bp)

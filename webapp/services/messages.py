@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from webapp import realtime
+from webapp import metrics, realtime
 from webapp.extensions import db
 from webapp.models import Message, Topic, User, isoformat
 from webapp.services import context, dispatch
@@ -66,6 +66,7 @@ def post_message(user: User, payload: Any) -> dict[str, Any]:
     message = Message(topic_id=topic.id, sender_id=user.id, body=body)
     db.session.add(message)
     db.session.commit()
+    metrics.MESSAGES.inc()
 
     full = message_payload(message, topic, user)
     realtime.emit(settings.redis_url, "new_message", full, to=realtime.topic_room(topic.id))

@@ -19,8 +19,10 @@ from typing import Any
 
 from sqlalchemy import and_, delete, select, update
 
+from webapp import metrics
 from webapp.extensions import db
 from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
+from webapp.redis_client import get_redis
 from webapp.services import context
 from webapp.services.idempotency import claim, is_claimed
 from webapp.services.messages import preview
@@ -130,6 +132,7 @@ def plan_fanout(message_id: int) -> list[PushJob]:
 
 
 def _log_outcome(sub_id: str, message_id: int, result: PushResult) -> None:
+    metrics.record_push(get_redis(context.settings().redis_url), result.status)
     log.info(
         "push outcome=%s status=%s subscription=%s message=%s reason=%s",
         result.outcome,

@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app, request, session
 from flask_socketio import ConnectionRefusedError, join_room
 
+from webapp import metrics
 from webapp.auth import bearer_token, verify_token
 from webapp.errors import BeaconError
 from webapp.extensions import db, socketio
@@ -41,6 +42,7 @@ def on_connect(auth: Any = None) -> None:
     session["user_id"] = user_id
     join_room(user_room(user_id))
     heartbeat.ensure_started(current_app._get_current_object())
+    metrics.CONNECTIONS.inc()
     if context.presence().connect(user_id, request.sid, heartbeat.PROCESS_ID):
         apply_transition(user_id, came_online=True)
 
@@ -50,6 +52,7 @@ def on_disconnect(*_reason: Any) -> None:
     user_id = session.get("user_id")
     if not user_id:
         return
+    metrics.CONNECTIONS.dec()
     try:
         if context.presence().disconnect(user_id, request.sid, heartbeat.PROCESS_ID):
             apply_transition(user_id, came_online=False)

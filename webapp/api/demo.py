@@ -1,0 +1,109 @@
+"""The browser demo: the page at ``/``, its service worker, and a development-only login.
+
+The page and the service worker are static files in ``webapp/static`` (the app's ``/static``
+route serves the rest). ``DEV_LOGIN=1`` adds two endpoints that let anyone become any user —
+for a laptop demo and the browser tests only; with it off (the default) they answer 404.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request, send_from_directory
+from flask.blueprints import BlueprintSetupState
+from sqlalchemy import select
+
+from config import Settings
+from webapp.auth import issue_token
+from webapp.errors import InvalidInput, NotFound
+from webapp.extensions import db
+from webapp.models import User
+from webapp.services import context
+from webapp.services.user_status import user_status_payload
+from webapp.services.validation import require_object
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+DEV_TOKEN_TTL = 12 * 3600
+MAX_DEV_USERS = 200
+
+# The page loads nothing from other origins: scripts, styles and images are all ours.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+bp = Blueprint("demo", __name__)
+
+
+@bp.record_once
+def _warn_dev_login(state: BlueprintSetupState) -> None:
+    settings: Settings | None = state.app.extensions.get("beacon_settings")
+    if settings is None or not settings.dev_login:
+        return
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = settings.host == "localhost"
+    log.warning(
+        "DEV_LOGIN is on: /api/dev/token gives anyone a token for any user%s. "
+        "Never enable it in production.",
+        "" if loopback else f" — and HOST={settings.host} is not a loopback address",
+    )
+
+
+def _no_cache(response):  # type: ignore[no-untyped-def]
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/")
+def index():
+    """The demo page (``?room=<id>&topic=<id>`` opens a topic; push notifications link here)."""
+    response = send_from_directory(STATIC_DIR, "index.html", max_age=0)
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return _no_cache(response)
+
+
+@bp.get("/sw.js")
+def service_worker():
+    """Served from the root so that its scope is the whole origin."""
+    response = send_from_directory(
+        STATIC_DIR, "sw.js", mimetype="text/javascript", max_age=0
+    )
+    response.headers["Service-Worker-Allowed"] = "/"
+    return _no_cache(response)
+
+
+def _require_dev_login() -> None:
+    if not context.settings().dev_login:
+        raise NotFound("not_found", "development login is disabled (set DEV_LOGIN=1 to enable it)")
+
+
+@bp.get("/api/dev/users")
+def dev_users():
+    """Every user (development only), with the same status fields as ``user_status_change``."""
+    _require_dev_login()
+    users = db.session.execute(select(User).order_by(User.username).limit(MAX_DEV_USERS))
+    return jsonify({"users": [user_status_payload(u) for u in users.scalars()]})
+
+
+@bp.post("/api/dev/token")
+def dev_token():
+    """``{"username"}`` -> a signed JWT for that user (development only)."""
+    _require_dev_login()
+    data = require_object(request.get_json(silent=True), allowed={"username"})
+    username = data.get("username")
+    if not isinstance(username, str) or not 1 <= len(username) <= 64:
+        raise InvalidInput("invalid_username", "username must be a string of 1-64 characters")
+    user = db.session.execute(select(User).where(User.username == username)).scalar_one_or_none()
+    if user is None:
+        raise NotFound("user_not_found", f"no user named {username!r}")
+    token = issue_token(context.settings(), user.id, DEV_TOKEN_TTL)
+    return jsonify({"token": token, "expires_in": DEV_TOKEN_TTL, "user": user_status_payload(user)})

@@ -1,0 +1,102 @@
+"""Prometheus metrics.
+
+Two kinds: what one web process knows (its live connections, messages it accepted) lives in
+prometheus-client objects; what the cluster knows (online users, queue depth, task outcomes
+and push responses recorded by every worker) is kept as Redis counters and read by a custom
+collector at scrape time, so any web process's ``/metrics`` shows the whole cluster's figures.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from webapp.services.presence import ONLINE
+
+log = logging.getLogger(__name__)
+
+TASKS_KEY = "beacon:metrics:tasks"  # field "<queue>|<task>|<outcome>"
+PUSH_KEY = "beacon:metrics:push"  # field "<status class>"
+QUEUES = ("unread", "push")
+
+registry = CollectorRegistry(auto_describe=True)
+CONNECTIONS = Gauge(
+    "beacon_connections", "Live Socket.IO connections on this web process", registry=registry
+)
+MESSAGES = Counter("beacon_messages", "Messages accepted by this web process", registry=registry)
+
+
+def status_class(status: int | None) -> str:
+    return "network_error" if status is None else f"{status // 100}xx"
+
+
+def record_task(client: redis.Redis, queue: str, task: str, outcome: str) -> None:
+    """Count a task outcome (success, retry, failure) cluster-wide; never raises."""
+    try:
+        client.hincrby(TASKS_KEY, f"{queue}|{task}|{outcome}", 1)
+    except redis.RedisError:
+        log.debug("could not record task metric", exc_info=True)
+
+
+def record_push(client: redis.Redis, status: int | None) -> None:
+    try:
+        client.hincrby(PUSH_KEY, status_class(status), 1)
+    except redis.RedisError:
+        log.debug("could not record push metric", exc_info=True)
+
+
+class ClusterCollector(Collector):
+    """Reads the cluster-wide figures from Redis at scrape time."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            pipe = self.client.pipeline()
+            pipe.scard(ONLINE)
+            for queue in QUEUES:
+                pipe.llen(queue)
+            pipe.hgetall(TASKS_KEY)
+            pipe.hgetall(PUSH_KEY)
+            online, *rest = pipe.execute()
+        except redis.RedisError:
+            log.warning("metrics: Redis unavailable, cluster figures omitted")
+            return
+        depths, tasks, pushes = rest[: len(QUEUES)], rest[-2], rest[-1]
+
+        yield GaugeMetricFamily("beacon_online_users", "Users with a live connection", online)
+        depth = GaugeMetricFamily("beacon_queue_depth", "Tasks waiting", labels=["queue"])
+        for queue, value in zip(QUEUES, depths, strict=True):
+            depth.add_metric([queue], value)
+        yield depth
+        outcomes = CounterMetricFamily(
+            "beacon_tasks", "Task outcomes", labels=["queue", "task", "outcome"]
+        )
+        for field, value in sorted(tasks.items()):
+            queue, task, outcome = field.split("|", 2)
+            outcomes.add_metric([queue, task, outcome], float(value))
+        yield outcomes
+        responses = CounterMetricFamily(
+            "beacon_push_responses", "Push service answers by status class", labels=["status"]
+        )
+        for field, value in sorted(pushes.items()):
+            responses.add_metric([field], float(value))
+        yield responses
+
+
+_collector: ClusterCollector | None = None
+
+
+def render(client: redis.Redis) -> bytes:
+    """The exposition text for this process plus the cluster."""
+    global _collector
+    if _collector is None:
+        _collector = ClusterCollector(client)
+        registry.register(_collector)
+    return generate_latest(registry)
