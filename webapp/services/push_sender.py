@@ -1,23 +1,27 @@
 """The one Web Push sender: aes128gcm payload encryption (RFC 8291) plus VAPID (RFC 8292).
 
 Why not call ``pywebpush.webpush()`` per message: it rebuilds everything on every call — it
-parses the VAPID key, signs a fresh ES256 JWT, decodes the subscription key and, without a
-session, opens a new TCP/TLS connection and a new ``requests`` session. That is several times
-the cost of the only work a push really needs, the per-recipient encryption (a fresh ephemeral
-P-256 key, one ECDH, HKDF and AES-GCM; Web Push has no multi-recipient send). So this module:
+parses the VAPID key, signs a fresh ES256 JWT (which the push service must then verify again),
+decodes the subscription key and, without a session, builds a new ``requests`` session and opens
+a new TCP/TLS connection. None of that is needed per message; the only per-recipient work is
+the encryption (a fresh ephemeral P-256 key, one ECDH, HKDF and AES-GCM: Web Push has no
+multi-recipient send). So this module:
 
-* encrypts with ``http_ece.encrypt`` and a fresh ephemeral key per message, but decodes each
-  subscription's public key once (small cache) and generates keys with ``cryptography`` directly;
+* encrypts with ``http_ece.encrypt`` and a fresh ephemeral key per message, generated with
+  ``cryptography`` directly, and decodes each subscription's public key only once (cache);
 * signs the VAPID JWT once per push-service origin and reuses it until it is within an hour of
   expiry (``exp`` 12 h ahead, never more than 24 h; Apple asks for at most one refresh an hour);
 * sends over one pooled ``requests.Session`` per sender, always with a timeout, never following
-  redirects (a redirect would let a push endpoint bounce the worker into the internal network);
+  redirects (a redirect would let a push endpoint bounce the worker into the internal network),
+  preparing requests itself because ``Session.request`` costs more than the exchange;
 * maps the push service's answer to an outcome the worker acts on (delivered / expired / retry /
   rejected) and never puts the endpoint or the keys in the reason: together they are a
   credential that would let anyone push to that browser.
 
-``send_many`` runs ``send`` on a small thread pool: encryption and the round trip of different
-recipients overlap, which matters when the push service is far away.
+Where the time goes (bench/push_throughput.py): encryption is about a quarter of a push's CPU,
+the HTTP exchange through requests/urllib3 most of the rest. ``send_many`` encrypts a batch
+first (hot caches) and posts it from a small thread pool, so waiting for one answer overlaps
+the next request.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ import binascii
 import email.utils
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
+import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +49,8 @@ from urllib.parse import urlsplit
 
 import http_ece
 import requests
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -50,6 +59,7 @@ from requests.adapters import HTTPAdapter
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
+    "ForbiddenAddressError",
     "PushResult",
     "PushSender",
     "SubscriptionKeys",
@@ -61,8 +71,8 @@ __all__ = [
 Outcome = Literal["delivered", "expired", "retry", "rejected"]
 
 _CURVE = ec.SECP256R1()
-# RFC 8291 section 4: push services must accept 4096 bytes of body; one aes128gcm record of
-# rs=4096 holds 4096 - 86 (header with a 65-byte key id) - 16 (tag) - 1 (delimiter) bytes.
+# RFC 8291 section 4: push services must accept a 4096-byte body; that is 86 bytes of header
+# (salt, record size, 65-byte key id), the payload, a 1-byte delimiter and a 16-byte tag.
 MAX_PAYLOAD_BYTES = 3993
 JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
 JWT_REFRESH_MARGIN = 3600  # re-sign when less than this is left
@@ -71,6 +81,7 @@ URGENCIES = frozenset({"very-low", "low", "normal", "high"})
 REASON_MAX_CHARS = 200
 _BODY_READ_LIMIT = 4096  # never buffer more than this of a push service's answer
 _KEY_CACHE_SIZE = 4096
+_BATCH = 256  # send_many: messages encrypted ahead of posting
 _JWT_HEADER_B64 = base64.urlsafe_b64encode(b'{"typ":"JWT","alg":"ES256"}').rstrip(b"=").decode()
 _SAFE_URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+\Z")
 
@@ -202,6 +213,13 @@ def _parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 # -- the sender ------------------------------------------------------------------------------
+def _check_options(ttl: int, urgency: str) -> None:
+    if urgency not in URGENCIES:
+        raise ValueError(f"urgency must be one of {sorted(URGENCIES)}")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
+        raise ValueError("ttl must be a non-negative integer")
+
+
 def _origin(endpoint: str) -> str:
     """``scheme://host[:port]`` of an endpoint: the VAPID ``aud`` and the JWT cache key."""
     parts = urlsplit(endpoint)
@@ -228,10 +246,88 @@ def _secrets_of(sub: SubscriptionKeys) -> list[str]:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
+# -- connection guard ------------------------------------------------------------------------
+class ForbiddenAddressError(urllib3.exceptions.NewConnectionError):
+    """A push endpoint's host resolved, at connect time, to an address we must not talk to."""
+
+    reason = "endpoint host resolved to a non-public address at connect time; nothing sent"
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is anywhere in the chain requests and urllib3 wrap errors in."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        stack.extend(current.args)
+        stack.extend((getattr(current, "reason", None), current.__cause__, current.__context__))
+    return False
+
+
+def _guarded_pool_classes(allowed_hosts: tuple[str, ...]) -> dict[str, type]:
+    """urllib3 pools whose new connections check the peer address before any byte is sent."""
+    from webapp.services.push_validation import host_is_allowlisted, is_public_address
+
+    def check(conn: urllib3.connection.HTTPConnection, sock: socket.socket) -> None:
+        if host_is_allowlisted(conn.host, conn.port or 0, allowed_hosts):
+            return
+        try:
+            peer = ipaddress.ip_address(str(sock.getpeername()[0]).split("%", 1)[0])
+        except (OSError, ValueError, IndexError):
+            peer = None
+        if peer is None or not is_public_address(peer):
+            sock.close()
+            raise ForbiddenAddressError(conn, ForbiddenAddressError.reason)
+
+    class GuardedHTTPConnection(urllib3.connection.HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            check(self, sock)
+            return sock
+
+    class GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            check(self, sock)
+            return sock
+
+    class GuardedHTTPPool(urllib3.HTTPConnectionPool):
+        ConnectionCls = GuardedHTTPConnection
+
+    class GuardedHTTPSPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = GuardedHTTPSConnection
+
+    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
+
+
+class _PushAdapter(HTTPAdapter):
+    """requests' HTTPAdapter, optionally with connect-time address checks."""
+
+    def __init__(self, allowed_hosts: tuple[str, ...] | None, **kwargs: object) -> None:
+        self._allowed_hosts = allowed_hosts
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        allowed = getattr(self, "_allowed_hosts", None)  # absent after unpickling
+        if allowed is not None:
+            self.poolmanager.pool_classes_by_scheme = _guarded_pool_classes(allowed)
+
+
 class PushSender:
     """Encrypts and delivers Web Push messages; one instance per worker process.
 
-    Thread-safe: ``send`` may be called from several threads or greenlets at once.
+    Thread-safe: ``send`` may be called from several threads or greenlets at once. With
+    ``allowed_hosts`` (``PUSH_ALLOWED_HOSTS``), every new connection is checked after it is
+    made: if the address actually connected to is not public and the host is not allowlisted,
+    nothing is sent. That closes the window ``check_endpoint_target`` leaves open between its
+    DNS lookup and the HTTP client's (DNS rebinding). Not applied through an HTTP proxy, which
+    is then the egress control.
     """
 
     def __init__(
@@ -242,13 +338,14 @@ class PushSender:
         timeout: float,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
-        pool_maxsize: int = 32,
+        pool_maxsize: int = 64,
         max_workers: int = 8,
+        allowed_hosts: tuple[str, ...] | None = None,
     ) -> None:
         if not vapid_subject.startswith(("mailto:", "https:")):
             raise ValueError("VAPID subject must be a mailto: or https: URL")
-        if not timeout or timeout <= 0:
-            raise ValueError("a positive timeout is required: a hanging push service must not")
+        if not (0 < timeout < math.inf):
+            raise ValueError("a finite positive timeout is required: hanging requests pile up")
         self._key = _load_private_key(vapid_private_key)
         self.public_key = _public_key_b64(self._key)
         self._subject = vapid_subject
@@ -263,23 +360,32 @@ class PushSender:
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(
+            adapter = _PushAdapter(
+                allowed_hosts,
                 pool_connections=16,  # distinct push-service origins kept
                 pool_maxsize=max(pool_maxsize, self._max_workers),
                 max_retries=0,  # retrying is the worker's job (with backoff)
             )
             session.mount("https://", adapter)
             session.mount("http://", adapter)
+        elif allowed_hosts is not None:
+            raise ValueError("allowed_hosts guards connections of the sender's own session only")
         self.session = session
-        # Resolving proxies from the environment on every request costs more than the HTTP
-        # exchange itself; when the environment names none, tell requests so once.
+        # We call session.send() with a request we prepare ourselves (Session.request costs
+        # more than the HTTP exchange), so apply the environment here, once: a CA bundle named
+        # by REQUESTS_CA_BUNDLE, and "no proxies" when none are configured (resolving proxies
+        # per request is slow). Configured proxies are still resolved per URL by requests.
         self._send_kwargs: dict[str, object] = {
             "timeout": self._timeout,
-            "allow_redirects": False,
-            "stream": True,
+            "allow_redirects": False,  # a redirect could point the worker at internal hosts
+            "stream": True,  # read at most _BODY_READ_LIMIT of the answer
         }
-        if self._owns_session and not requests.utils.getproxies():
-            self._send_kwargs["proxies"] = {}
+        if self._owns_session:
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:
+                self._send_kwargs["verify"] = bundle
+            if not requests.utils.getproxies():
+                self._send_kwargs["proxies"] = {}
 
         self._lock = threading.Lock()
         self._jwt_cache: dict[str, tuple[str, int]] = {}
@@ -301,42 +407,11 @@ class PushSender:
         ``ttl`` is how long (seconds) the push service keeps the message for an offline
         browser; ``topic`` is any string, hashed into a collapse key (newer replaces older).
         """
-        if urgency not in URGENCIES:
-            raise ValueError(f"urgency must be one of {sorted(URGENCIES)}")
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
-            raise ValueError("ttl must be a non-negative integer")
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return PushResult(
-                None, "rejected", None, f"payload too large ({len(payload)} > {MAX_PAYLOAD_BYTES})"
-            )
-        try:
-            receiver, auth = self._receiver(sub)
-        except (ValueError, TypeError, binascii.Error):
-            return PushResult(None, "rejected", None, "invalid subscription keys")
-        try:
-            vapid = self._vapid_header(_origin(sub.endpoint))
-        except ValueError:
-            return PushResult(None, "rejected", None, "invalid endpoint URL")
-
-        body = http_ece.encrypt(
-            payload,
-            private_key=ec.generate_private_key(_CURVE),  # ephemeral: one per message
-            dh=receiver,
-            auth_secret=auth,
-            version="aes128gcm",
-        )
-        headers = {
-            "Authorization": vapid,
-            "TTL": str(ttl),
-            "Urgency": urgency,
-            "Content-Encoding": "aes128gcm",
-            "Content-Type": "application/octet-stream",
-            "Accept-Encoding": "identity",
-            "User-Agent": "beacon-push/1",
-        }
-        if topic is not None:
-            headers["Topic"] = self.topic_header(topic)
-        return self._post(sub, headers, body)
+        _check_options(ttl, urgency)
+        prepared = self._prepare(sub, payload, ttl, urgency, topic)
+        if isinstance(prepared, PushResult):
+            return prepared
+        return self._post(sub, *prepared)
 
     def send_many(
         self,
@@ -346,7 +421,13 @@ class PushSender:
         urgency: str = "normal",
         topic: str | None = None,
     ) -> list[PushResult]:
-        """``send`` for many recipients on a small thread pool; results in input order."""
+        """``send`` to many recipients; results in input order.
+
+        Messages are encrypted in batches on the calling thread (hot caches), then posted by
+        a small thread pool so that waiting for one push service answer overlaps the next
+        request.
+        """
+        _check_options(ttl, urgency)
         items = list(messages)
         if len(items) <= 1 or self._max_workers == 1:
             return [self.send(s, p, ttl=ttl, urgency=urgency, topic=topic) for s, p in items]
@@ -356,11 +437,14 @@ class PushSender:
                     max_workers=self._max_workers, thread_name_prefix="push-send"
                 )
             executor = self._executor
-        return list(
-            executor.map(
-                lambda m: self.send(m[0], m[1], ttl=ttl, urgency=urgency, topic=topic), items
-            )
-        )
+        results: list[PushResult] = []
+        for start in range(0, len(items), _BATCH):
+            batch = [
+                (sub, self._prepare(sub, payload, ttl, urgency, topic))
+                for sub, payload in items[start : start + _BATCH]
+            ]
+            results.extend(executor.map(self._post_prepared, batch))
+        return results
 
     def topic_header(self, topic: str) -> str:
         """The ``Topic`` header for a collapse key: 32 chars of base64url (RFC 8030 limit)."""
@@ -383,6 +467,48 @@ class PushSender:
         self.close()
 
     # -- internals -----------------------------------------------------------------------------
+    def _prepare(
+        self, sub: SubscriptionKeys, payload: bytes, ttl: int, urgency: str, topic: str | None
+    ) -> tuple[dict[str, str], bytes] | PushResult:
+        """Headers and encrypted body for one push, or why it cannot be sent at all."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return PushResult(
+                None, "rejected", None, f"payload too large ({len(payload)} > {MAX_PAYLOAD_BYTES})"
+            )
+        try:
+            receiver, auth = self._receiver(sub)
+        except (ValueError, TypeError, binascii.Error):
+            return PushResult(None, "rejected", None, "invalid subscription keys")
+        try:
+            vapid = self._vapid_header(_origin(sub.endpoint))
+        except ValueError:
+            return PushResult(None, "rejected", None, "invalid endpoint URL")
+        body = http_ece.encrypt(
+            payload,
+            private_key=ec.generate_private_key(_CURVE),  # ephemeral: one per message
+            dh=receiver,
+            auth_secret=auth,
+            version="aes128gcm",
+        )
+        headers = {
+            "Authorization": vapid,
+            "TTL": str(ttl),
+            "Urgency": urgency,
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+            "Accept-Encoding": "identity",
+            "User-Agent": "beacon-push/1",
+        }
+        if topic is not None:
+            headers["Topic"] = self.topic_header(topic)
+        return headers, body
+
+    def _post_prepared(
+        self, item: tuple[SubscriptionKeys, tuple[dict[str, str], bytes] | PushResult]
+    ) -> PushResult:
+        sub, prepared = item
+        return prepared if isinstance(prepared, PushResult) else self._post(sub, *prepared)
+
     def _receiver(self, sub: SubscriptionKeys) -> tuple[ec.EllipticCurvePublicKey, bytes]:
         """The subscription's decoded public key and auth secret, decoded once."""
         cache_key = (sub.p256dh, sub.auth)
@@ -452,6 +578,8 @@ class PushSender:
             finally:
                 response.close()
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if _caused_by(exc, ForbiddenAddressError):
+                return PushResult(None, "rejected", None, ForbiddenAddressError.reason)
             # The exception text holds the URL: report only its kind.
             return PushResult(None, "retry", None, f"network error: {type(exc).__name__}")
         return self._classify(sub, status, response, text)

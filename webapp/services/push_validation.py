@@ -8,7 +8,9 @@ endpoints must be https URLs on public addresses. Two stages:
   (IP literals in every spelling a resolver accepts, and internal-looking hostnames);
 * ``check_endpoint_target`` (in the worker, right before sending): resolves the hostname and
   refuses if any address is not public, so a name that later re-points at 127.0.0.1 (DNS
-  rebinding) is caught at send time.
+  rebinding) is caught at send time. The HTTP client resolves the name once more when it
+  connects; ``PushSender(allowed_hosts=...)`` checks the address it actually connected to,
+  which closes that last window.
 
 Hosts listed in ``PUSH_ALLOWED_HOSTS`` skip the https and address checks: that is how a local
 test push service on 127.0.0.1 is reached.
@@ -32,6 +34,7 @@ __all__ = [
     "MAX_ENDPOINT_LENGTH",
     "SubscriptionError",
     "check_endpoint_target",
+    "host_is_allowlisted",
     "is_public_address",
     "validate_subscription",
 ]
@@ -152,25 +155,22 @@ def _parse_endpoint(endpoint: object) -> tuple[SplitResult, str, int]:
     return parts, parts.hostname.lower(), port
 
 
-def _is_allowlisted(parts: SplitResult, host: str, port: int, allowed: tuple[str, ...]) -> bool:
-    if not allowed:
+def host_is_allowlisted(host: str, port: int, allowed_hosts: tuple[str, ...]) -> bool:
+    """Whether ``host`` (a hostname or IP, any case) on ``port`` matches a ``host[:port]`` entry."""
+    if not allowed_hosts:
         return False
+    host = host.lower().strip("[]")
     names = {host, host.rstrip(".")}
     if ":" in host:
         names.add(f"[{host}]")
-    wanted = {a.strip().lower() for a in allowed}
-    candidates = set(names)
-    for name in names:
-        candidates.add(f"{name}:{port}")
-        if parts.port is not None:
-            candidates.add(f"{name}:{parts.port}")
-    return not wanted.isdisjoint(candidates)
+    candidates = names | {f"{name}:{port}" for name in names}
+    return not candidates.isdisjoint(a.strip().lower() for a in allowed_hosts)
 
 
 def _check_endpoint(endpoint: object, allowed_hosts: tuple[str, ...]) -> tuple[str, int, bool]:
     """Static checks; returns ``(host, port, allowlisted)``."""
     parts, host, port = _parse_endpoint(endpoint)
-    if _is_allowlisted(parts, host, port, allowed_hosts):
+    if host_is_allowlisted(host, port, allowed_hosts):
         return host, port, True
     if parts.scheme.lower() != "https":
         raise SubscriptionError("insecure_endpoint", "endpoint must use https")
@@ -185,8 +185,8 @@ def check_endpoint_target(url: str, allowed_hosts: tuple[str, ...]) -> None:
 
     Raises ``SubscriptionError`` with code ``forbidden_host`` (do not send; drop or flag the
     subscription) or ``dns_error`` (the name does not resolve now; worth a retry later).
-    A remaining window: the HTTP client resolves again when it connects; a pooled connection
-    is reused, so this check and the connection usually see the same answer.
+    A remaining window: the HTTP client resolves the name again when it connects; a sender
+    built with ``PushSender(..., allowed_hosts=...)`` closes it by checking the peer address.
     """
     host, port, allowlisted = _check_endpoint(url, allowed_hosts)
     if allowlisted or _ip_literal(host) is not None:
