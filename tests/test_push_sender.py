@@ -1,27 +1,39 @@
 """PushSender against the local push service over real HTTP on loopback.
 
 The push service decrypts every message and verifies every VAPID JWT itself, so a "delivered"
-here means a real browser vendor would have accepted the request.
+here means a real browser vendor would have accepted the request. The encryption is also
+checked against RFC 8291's worked example and http_ece; TLS (verification, host names,
+keep-alive, handshake timeout) against a small https server with a test CA; concurrency with
+threads and, in a child process, with gevent greenlets as in the push worker.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
+import http.server
 import json
 import os
 import re
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import http_ece
 import jwt
 import pytest
-import requests
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.pushservice import PushServiceClient, running_push_service
 from webapp.services.push_sender import (
@@ -30,7 +42,9 @@ from webapp.services.push_sender import (
     PushResult,
     PushSender,
     SubscriptionKeys,
+    _encrypt_with,
     backoff_delay,
+    encrypt_aes128gcm,
     generate_vapid_keypair,
     vapid_public_key_from_private,
 )
@@ -38,6 +52,7 @@ from webapp.services.push_sender import (
 pytestmark = pytest.mark.timeout(60)
 
 SUBJECT = "mailto:push-tests@example.com"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _unb64(value: str) -> bytes:
@@ -99,18 +114,57 @@ def test_each_message_gets_a_fresh_ephemeral_key(
 ) -> None:
     keys = keys_of(sub)
     seen = set()
-    original = sender.session.send
+    original = sender._post
 
-    def spy(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        body = request.body
-        assert isinstance(body, bytes)
+    def spy(sub: SubscriptionKeys, target: Any, headers: dict, body: bytes) -> PushResult:
         seen.add(body[21 : 21 + 65])  # aes128gcm header: salt, rs, idlen, keyid (sender key)
-        return original(request, **kwargs)
+        return original(sub, target, headers, body)
 
-    sender.session.send = spy  # type: ignore[method-assign]
+    sender._post = spy  # type: ignore[method-assign]
     for _ in range(3):
         assert sender.send(keys, b"same payload", ttl=60).outcome == "delivered"
     assert len(seen) == 3
+
+
+def test_encryption_matches_the_rfc_8291_example() -> None:
+    """RFC 8291 appendix A: its keys and salt must give exactly the published message body."""
+    curve = ec.SECP256R1()
+    as_private = ec.derive_private_key(
+        int.from_bytes(_unb64("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"), "big"), curve
+    )
+    ua_point = _unb64(
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"
+    )
+    ua_public = ec.EllipticCurvePublicKey.from_encoded_point(curve, ua_point)
+    body = _encrypt_with(
+        b"When I grow up, I want to be a watermelon",
+        ua_public,
+        ua_point,
+        _unb64("BTBZMqHH6r4Tts7J_aSIgg"),
+        as_private,
+        _unb64("DGv6ra1nlYgDCS1FRnbzlw"),
+    )
+    assert body == _unb64(
+        "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAm"
+        "S6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Q"
+        "ulcy4a-fN"
+    )
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 330, MAX_PAYLOAD_BYTES])
+def test_encrypted_bodies_decrypt_with_http_ece(size: int) -> None:
+    receiver = ec.generate_private_key(ec.SECP256R1())
+    point = receiver.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    auth = os.urandom(16)
+    payload = os.urandom(size)
+    body = encrypt_aes128gcm(payload, receiver.public_key(), point, auth)
+    assert len(body) == 86 + size + 17 <= 4096  # header, payload, delimiter, tag: one record
+    plain = http_ece.decrypt(body, private_key=receiver, auth_secret=auth, version="aes128gcm")
+    assert plain == payload
+    with pytest.raises(ValueError):
+        encrypt_aes128gcm(b"x" * (MAX_PAYLOAD_BYTES + 1), receiver.public_key(), point, auth)
 
 
 def test_headers_ttl_urgency_topic_arrive(
@@ -151,21 +205,127 @@ def test_connections_are_pooled(push: PushServiceClient, sender: PushSender, sub
     assert push.stats()["connections"] - before == 1
 
 
-def test_an_injected_session_is_used(vapid: tuple[str, str], push: PushServiceClient) -> None:
-    calls = []
+def test_concurrent_sends_get_their_own_connections_then_reuse_them(
+    vapid: tuple[str, str], push: PushServiceClient
+) -> None:
+    subs = [push.new_subscription() for _ in range(8)]
+    with PushSender(vapid[0], SUBJECT, timeout=5, pool_maxsize=8, max_workers=1) as sender:
+        before = push.stats()["connections"]
+        barrier = threading.Barrier(8)
+        outcomes: list[str] = []
 
-    class CountingSession(requests.Session):
-        def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-            calls.append(kwargs.get("timeout"))
-            return super().send(request, **kwargs)
+        def worker(k: int) -> None:
+            barrier.wait()
+            for i in range(5):
+                outcome = sender.send(keys_of(subs[k]), f"{k}:{i}".encode(), ttl=60).outcome
+                outcomes.append(outcome)
 
-    sub = push.new_subscription()
-    with CountingSession() as session:
-        sender = PushSender(vapid[0], SUBJECT, timeout=3.5, session=session)
-        assert sender.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
-        sender.close()  # must not close a session it does not own
-        assert sender.send(keys_of(sub), b"y", ttl=60).outcome == "delivered"
-    assert calls == [3.5, 3.5]
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        opened = push.stats()["connections"] - before
+        assert outcomes == ["delivered"] * 40
+        assert 1 <= opened <= 8  # never more connections than requests in flight
+        for _ in range(10):  # idle connections are reused: no new ones
+            assert sender.send(keys_of(subs[0]), b"again", ttl=60).outcome == "delivered"
+        assert push.stats()["connections"] - before == opened
+    for k, s in enumerate(subs):  # every message reached its own subscription, intact
+        assert [m["payload"] for m in push.messages(s)][:5] == [f"{k}:{i}" for i in range(5)]
+
+
+_GEVENT_SCRIPT = """
+from gevent import monkey
+
+monkey.patch_all()
+
+import json
+import sys
+
+from gevent.pool import Pool
+
+from webapp.services.push_sender import PushSender, SubscriptionKeys
+
+config = json.load(sys.stdin)
+subs = [SubscriptionKeys(*s) for s in config["subs"]]
+sender = PushSender(
+    config["key"],
+    "mailto:push-tests@example.com",
+    timeout=5,
+    allowed_hosts=(config["allowed"],),  # the connect-time guard runs as well
+)
+
+
+def send(i):
+    return sender.send(subs[i % len(subs)], f"g{i}".encode(), ttl=60).outcome
+
+
+outcomes = Pool(50).map(send, range(200))
+sender.close()
+print(json.dumps(outcomes))
+"""
+
+
+def _send_from_greenlets(config: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    """Run ``_GEVENT_SCRIPT`` in a child process (monkey-patching is process-wide)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _GEVENT_SCRIPT],
+        input=json.dumps(config),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_gevent_greenlets_share_the_sender_safely(
+    vapid: tuple[str, str], push: PushServiceClient
+) -> None:
+    """As in the push worker (``celery -P gevent -c 50``): monkey-patched, 50 greenlets."""
+    subs = [push.new_subscription() for _ in range(10)]
+    config = {
+        "key": vapid[0],
+        "allowed": push.base_url.split("://", 1)[1],
+        "subs": [[s["endpoint"], s["keys"]["p256dh"], s["keys"]["auth"]] for s in subs],
+    }
+    before = push.stats()["connections"]
+    assert _send_from_greenlets(config) == ["delivered"] * 200
+    opened = push.stats()["connections"] - before
+    # The greenlets overlapped, each request on a connection of its own, and the default pool
+    # (64 idle per origin) keeps them all for reuse: at most one per greenlet.
+    assert 1 < opened <= 50
+    got = sorted(m["payload"] for s in subs for m in push.messages(s))
+    assert got == sorted(f"g{i}" for i in range(200))
+
+
+def test_a_connection_the_push_service_closed_is_not_reused(
+    push: PushServiceClient, sender: PushSender, sub: dict
+) -> None:
+    assert sender.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
+    assert push.service is not None
+    push.service._server.close_connections()  # as a push service's idle timeout would
+    time.sleep(0.1)
+    before = push.stats()["connections"]  # (the admin client reconnects too, before this)
+    assert sender.send(keys_of(sub), b"y", ttl=60).outcome == "delivered"
+    assert push.stats()["connections"] - before == 1
+
+
+def test_a_long_answer_is_cut_off_and_its_connection_dropped(
+    push: PushServiceClient, sender: PushSender, sub: dict
+) -> None:
+    push.set_behaviour(sub, [{"status": 400, "body": "because " + "z" * 20_000}])
+    before = push.stats()["connections"]
+    result = sender.send(keys_of(sub), b"x", ttl=60)
+    assert (result.status, result.outcome) == (400, "rejected")
+    assert result.reason.startswith("400 Bad Request: because zzz") and len(result.reason) <= 200
+    # The unread rest of that answer must not be taken for the next answer.
+    assert sender.send(keys_of(sub), b"y", ttl=60).outcome == "delivered"
+    assert push.stats()["connections"] - before == 2
 
 
 # -- status mapping --------------------------------------------------------------------------
@@ -354,9 +514,193 @@ def test_the_guard_stops_dns_rebinding_after_the_check(
     assert push.attempts(sub) == 1  # without the guard the request reaches loopback
 
 
-def test_the_guard_needs_the_senders_own_session(vapid: tuple[str, str]) -> None:
-    with requests.Session() as session, pytest.raises(ValueError):
-        PushSender(vapid[0], SUBJECT, timeout=5, session=session, allowed_hosts=())
+# -- TLS -------------------------------------------------------------------------------------
+@dataclass
+class TLSPushService:
+    """A minimal https push service answering 201 to every POST (no decryption here)."""
+
+    port: int
+    requests: list[dict[str, str]]
+    connections: list[int]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A test CA (ca.pem) and a server certificate it signed, for "localhost" only."""
+    folder = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Beacon test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_push(certs: dict[str, Path]) -> Iterator[TLSPushService]:
+    state = TLSPushService(0, [], [])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def setup(self) -> None:
+            super().setup()
+            state.connections.append(1)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            state.requests.append({"host": self.headers["Host"], "path": self.path})
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs["cert"], certs["key"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_https_is_verified_against_the_configured_ca_bundle(
+    vapid: tuple[str, str],
+    sub: dict,
+    certs: dict[str, Path],
+    tls_push: TLSPushService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certs["ca"]))
+    keys = SubscriptionKeys(
+        f"https://localhost:{tls_push.port}/push/abc", sub["keys"]["p256dh"], sub["keys"]["auth"]
+    )
+    with PushSender(vapid[0], SUBJECT, timeout=5) as sender:
+        for _ in range(3):
+            assert sender.send(keys, b"x", ttl=60) == PushResult(
+                201, "delivered", None, "201 Created"
+            )
+    assert tls_push.requests == [{"host": f"localhost:{tls_push.port}", "path": "/push/abc"}] * 3
+    assert len(tls_push.connections) == 1  # keep-alive over TLS too
+
+
+def test_untrusted_certificates_are_refused(
+    vapid: tuple[str, str], sub: dict, tls_push: TLSPushService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    keys = SubscriptionKeys(
+        f"https://localhost:{tls_push.port}/push/abc", sub["keys"]["p256dh"], sub["keys"]["auth"]
+    )
+    with PushSender(vapid[0], SUBJECT, timeout=5) as sender:  # certifi's CAs: not ours
+        result = sender.send(keys, b"x", ttl=60)
+    assert result == PushResult(None, "retry", None, "network error: SSLError")
+    assert tls_push.requests == []
+
+
+def test_a_certificate_for_another_host_is_refused(
+    vapid: tuple[str, str],
+    sub: dict,
+    certs: dict[str, Path],
+    tls_push: TLSPushService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certs["ca"]))
+    keys = SubscriptionKeys(  # the certificate names localhost, not 127.0.0.1
+        f"https://127.0.0.1:{tls_push.port}/push/abc", sub["keys"]["p256dh"], sub["keys"]["auth"]
+    )
+    with PushSender(vapid[0], SUBJECT, timeout=5) as sender:
+        result = sender.send(keys, b"x", ttl=60)
+    assert result == PushResult(None, "retry", None, "network error: SSLError")
+    assert tls_push.requests == []
+
+
+def test_gevent_greenlets_share_tls_connections(
+    vapid: tuple[str, str], sub: dict, certs: dict[str, Path], tls_push: TLSPushService
+) -> None:
+    endpoint = f"https://localhost:{tls_push.port}/push/abc"
+    config = {
+        "key": vapid[0],
+        "allowed": f"localhost:{tls_push.port}",
+        "subs": [[endpoint, sub["keys"]["p256dh"], sub["keys"]["auth"]]],
+    }
+    outcomes = _send_from_greenlets(config, {"REQUESTS_CA_BUNDLE": str(certs["ca"])})
+    assert outcomes == ["delivered"] * 200
+    assert len(tls_push.requests) == 200
+    assert 1 < len(tls_push.connections) <= 50
+
+
+def test_a_stalled_tls_handshake_times_out(vapid: tuple[str, str], sub: dict) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel accepts the connection; no TLS server ever answers
+    try:
+        port = listener.getsockname()[1]
+        keys = SubscriptionKeys(
+            f"https://localhost:{port}/push/abc", sub["keys"]["p256dh"], sub["keys"]["auth"]
+        )
+        with PushSender(vapid[0], SUBJECT, timeout=0.3) as sender:
+            started = time.monotonic()
+            result = sender.send(keys, b"x", ttl=60)
+            assert time.monotonic() - started < 3
+    finally:
+        listener.close()
+    assert result == PushResult(None, "retry", None, "network error: ConnectTimeout")
 
 
 # -- VAPID -----------------------------------------------------------------------------------
@@ -481,6 +825,10 @@ def test_unsendable_messages_are_rejected_locally(
     assert sender.send(broken, b"x", ttl=60).outcome == "rejected"
     not_a_url = SubscriptionKeys("mailto:x@example.com", sub["keys"]["p256dh"], sub["keys"]["auth"])
     assert sender.send(not_a_url, b"x", ttl=60).outcome == "rejected"
+    for bad in (" x", "\r\nX-Injected: 1", "/é"):  # nothing a request line cannot carry
+        spaced = SubscriptionKeys(sub["endpoint"] + bad, sub["keys"]["p256dh"], sub["keys"]["auth"])
+        result = sender.send(spaced, b"x", ttl=60)
+        assert (result.outcome, result.reason) == ("rejected", "invalid endpoint URL")
     assert push.attempts(sub) == 0
 
 

@@ -7,21 +7,29 @@ a new TCP/TLS connection. None of that is needed per message; the only per-recip
 the encryption (a fresh ephemeral P-256 key, one ECDH, HKDF and AES-GCM: Web Push has no
 multi-recipient send). So this module:
 
-* encrypts with ``http_ece.encrypt`` and a fresh ephemeral key per message, generated with
-  ``cryptography`` directly, and decodes each subscription's public key only once (cache);
+* encrypts with ``cryptography`` primitives directly (RFC 8291 / RFC 8188 aes128gcm, one
+  record; HKDF with one output block is two HMACs, done with ``hmac.digest``), a fresh
+  ephemeral key per message, and decodes each subscription's public key only once (cache);
 * signs the VAPID JWT once per push-service origin and reuses it until it is within an hour of
   expiry (``exp`` 12 h ahead, never more than 24 h; Apple asks for at most one refresh an hour);
-* sends over one pooled ``requests.Session`` per sender, always with a timeout, never following
-  redirects (a redirect would let a push endpoint bounce the worker into the internal network),
-  preparing requests itself because ``Session.request`` costs more than the exchange;
+* sends over keep-alive connections of its own (``http.client``, a small pool per push-service
+  origin; safe for threads and gevent greenlets: a request has its connection to itself),
+  always with a timeout, never retrying (that is the worker's job, with backoff) and never
+  following redirects (a redirect would let a push endpoint bounce the worker into the internal
+  network); https is verified (``ssl.create_default_context``: certificate chain and host name)
+  against ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` if set, else certifi's bundle;
 * maps the push service's answer to an outcome the worker acts on (delivered / expired / retry /
   rejected) and never puts the endpoint or the keys in the reason: together they are a
   credential that would let anyone push to that browser.
 
-Where the time goes (bench/push_throughput.py): encryption is about a quarter of a push's CPU,
-the HTTP exchange through requests/urllib3 most of the rest. ``send_many`` encrypts a batch
-first (hot caches) and posts it from a small thread pool, so waiting for one answer overlaps
-the next request.
+Where the time goes (bench/push_throughput.py, bench/README.md): the ECDH is most of the
+encryption, and the encryption about a third of the sender's CPU per push; the rest is the HTTP
+exchange. Through ``requests`` that exchange cost about four encryptions, through urllib3's
+pools directly still two to three, through ``http.client`` about two (more than half of it
+reading and parsing the answer). Each request goes out with one ``sendall``, head and body: a
+second write costs the sender, and the push service, another trip through the kernel's TCP
+stack. ``send_many`` encrypts in batches (hot caches) on the calling thread while a small
+thread pool posts the previous batch.
 """
 
 from __future__ import annotations
@@ -31,31 +39,31 @@ import binascii
 import email.utils
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
+import logging
 import math
 import os
 import random
 import re
+import select
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
-import http_ece
-import requests
-import urllib3
-import urllib3.connection
-import urllib3.exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from requests.adapters import HTTPAdapter
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -64,16 +72,23 @@ __all__ = [
     "PushSender",
     "SubscriptionKeys",
     "backoff_delay",
+    "encrypt_aes128gcm",
     "generate_vapid_keypair",
     "vapid_public_key_from_private",
 ]
 
+log = logging.getLogger(__name__)
+
 Outcome = Literal["delivered", "expired", "retry", "rejected"]
 
 _CURVE = ec.SECP256R1()
+_ECDH = ec.ECDH()
+_X962 = serialization.Encoding.X962
+_UNCOMPRESSED = serialization.PublicFormat.UncompressedPoint
 # RFC 8291 section 4: push services must accept a 4096-byte body; that is 86 bytes of header
 # (salt, record size, 65-byte key id), the payload, a 1-byte delimiter and a 16-byte tag.
 MAX_PAYLOAD_BYTES = 3993
+RECORD_SIZE = 4096
 JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
 JWT_REFRESH_MARGIN = 3600  # re-sign when less than this is left
 JWT_MAX_LIFETIME = 24 * 3600
@@ -81,9 +96,17 @@ URGENCIES = frozenset({"very-low", "low", "normal", "high"})
 REASON_MAX_CHARS = 200
 _BODY_READ_LIMIT = 4096  # never buffer more than this of a push service's answer
 _KEY_CACHE_SIZE = 4096
-_BATCH = 256  # send_many: messages encrypted ahead of posting
+_TARGET_CACHE_SIZE = 4096
+_MAX_ORIGINS = 16  # push-service origins with a connection pool (oldest dropped first)
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_BATCH = 64  # send_many: messages encrypted ahead of posting
 _JWT_HEADER_B64 = base64.urlsafe_b64encode(b'{"typ":"JWT","alg":"ES256"}').rstrip(b"=").decode()
-_SAFE_URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+\Z")
+# RFC 8291 section 3.4 and RFC 8188 section 2.2 (the HKDF "info" strings, with the 0x01 counter
+# byte of HKDF-Expand's single output block already appended where the info is constant).
+_KEY_INFO = b"WebPush: info\x00"
+_CEK_INFO = b"Content-Encoding: aes128gcm\x00\x01"
+_NONCE_INFO = b"Content-Encoding: nonce\x00\x01"
+_RS_IDLEN = RECORD_SIZE.to_bytes(4, "big") + bytes([65])
 
 
 @dataclass(frozen=True)
@@ -212,6 +235,60 @@ def _parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+# -- encryption ------------------------------------------------------------------------------
+def _hmac_sha256(key: bytes, data: bytes) -> bytes:
+    return hmac.digest(key, data, "sha256")
+
+
+def _encrypt_with(
+    payload: bytes,
+    receiver: ec.EllipticCurvePublicKey,
+    receiver_point: bytes,
+    auth_secret: bytes,
+    ephemeral: ec.EllipticCurvePrivateKey,
+    salt: bytes,
+) -> bytes:
+    sender_point = ephemeral.public_key().public_bytes(_X962, _UNCOMPRESSED)
+    shared = ephemeral.exchange(_ECDH, receiver)
+    # RFC 8291 section 3.4: IKM = HKDF(salt=auth_secret, ikm=ECDH secret, info=key_info, L=32).
+    # Every HKDF here needs at most one 32-byte output block, so extract is HMAC(salt, ikm) and
+    # expand is HMAC(prk, info || 0x01), truncated (RFC 5869).
+    prk_key = _hmac_sha256(auth_secret, shared)
+    ikm = _hmac_sha256(prk_key, _KEY_INFO + receiver_point + sender_point + b"\x01")
+    # RFC 8188 section 2.2-2.3: content-encryption key and nonce from the salt.
+    prk = _hmac_sha256(salt, ikm)
+    cek = _hmac_sha256(prk, _CEK_INFO)[:16]
+    nonce = _hmac_sha256(prk, _NONCE_INFO)[:12]
+    # One record (the payload always fits): plaintext, the 0x02 last-record delimiter, no
+    # padding; the record's sequence number is 0, so its IV is the nonce itself.
+    ciphertext = AESGCM(cek).encrypt(nonce, payload + b"\x02", None)
+    return salt + _RS_IDLEN + sender_point + ciphertext
+
+
+def encrypt_aes128gcm(
+    payload: bytes,
+    receiver: ec.EllipticCurvePublicKey,
+    receiver_point: bytes,
+    auth_secret: bytes,
+) -> bytes:
+    """The Web Push message body for ``payload`` (RFC 8291, ``Content-Encoding: aes128gcm``).
+
+    ``receiver`` is the subscription's P-256 key (``p256dh``), ``receiver_point`` the same key
+    as its 65-byte uncompressed point, ``auth_secret`` the 16-byte ``auth``. Each call uses a
+    fresh ephemeral key and salt. ``payload`` must be at most ``MAX_PAYLOAD_BYTES``.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload larger than {MAX_PAYLOAD_BYTES} bytes")
+    return _encrypt_with(
+        payload,
+        receiver,
+        receiver_point,
+        auth_secret,
+        ec.generate_private_key(_CURVE),  # ephemeral: one per message
+        os.urandom(16),
+    )
+
+
 # -- the sender ------------------------------------------------------------------------------
 def _check_options(ttl: int, urgency: str) -> None:
     if urgency not in URGENCIES:
@@ -220,19 +297,46 @@ def _check_options(ttl: int, urgency: str) -> None:
         raise ValueError("ttl must be a non-negative integer")
 
 
-def _origin(endpoint: str) -> str:
-    """``scheme://host[:port]`` of an endpoint: the VAPID ``aud`` and the JWT cache key."""
+class _Target(NamedTuple):
+    """Where a push endpoint's request goes."""
+
+    scheme: str  # "https" or "http"
+    host: str  # hostname or IP, lowercased, no brackets
+    port: int
+    origin: str  # scheme://host[:port]: the VAPID aud and the JWT cache key
+    path: str  # the request target: path and query
+
+
+def _parse_target(endpoint: str) -> _Target:
+    """Split an endpoint URL; ``ValueError`` if it is not an http(s) URL we can post to."""
     parts = urlsplit(endpoint)
     scheme = parts.scheme.lower()
     host = parts.hostname
-    if scheme not in ("https", "http") or not host:
+    if scheme not in ("https", "http") or not host or not host.isascii():
         raise ValueError("endpoint is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("endpoint has credentials")
     port = parts.port  # ValueError on a bad port
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or (scheme, port) in (("https", 443), ("http", 80)):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+    default = 443 if scheme == "https" else 80
+    shown = f"[{host}]" if ":" in host else host
+    origin = f"{scheme}://{shown}" if port in (None, default) else f"{scheme}://{shown}:{port}"
+    if not endpoint.isascii() or _SPACE_OR_CONTROL.search(endpoint):
+        raise ValueError("endpoint has characters a request line cannot carry")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return _Target(scheme, host, default if port is None else port, origin, path)
+
+
+def _network_error(exc: BaseException, connected: bool) -> str:
+    """The kind of a network failure, named as ``requests`` named them (reasons stay stable)."""
+    if isinstance(exc, ssl.SSLError):
+        kind = "SSLError"  # certificate verification failures included
+    elif isinstance(exc, TimeoutError):
+        kind = "ReadTimeout" if connected else "ConnectTimeout"
+    else:
+        kind = "ConnectionError"  # refused, reset, DNS, a malformed answer
+    return f"network error: {kind}"
 
 
 def _secrets_of(sub: SubscriptionKeys) -> list[str]:
@@ -246,88 +350,193 @@ def _secrets_of(sub: SubscriptionKeys) -> list[str]:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
-# -- connection guard ------------------------------------------------------------------------
-class ForbiddenAddressError(urllib3.exceptions.NewConnectionError):
+# -- HTTP: keep-alive connections, connect-time address guard ------------------------------
+class ForbiddenAddressError(ConnectionError):
     """A push endpoint's host resolved, at connect time, to an address we must not talk to."""
 
     reason = "endpoint host resolved to a non-public address at connect time; nothing sent"
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``kind`` is anywhere in the chain requests and urllib3 wrap errors in."""
-    seen: set[int] = set()
-    stack: list[object] = [exc]
-    while stack:
-        current = stack.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        stack.extend(current.args)
-        stack.extend((getattr(current, "reason", None), current.__cause__, current.__context__))
-    return False
+def _ca_bundle() -> str | None:
+    """The CA bundle https is verified against: the one the environment names, else certifi's.
+
+    ``None`` (no certifi) means the system's default trust store.
+    """
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        return bundle
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - certifi comes with requests
+        return None
+    return certifi.where()
 
 
-def _guarded_pool_classes(allowed_hosts: tuple[str, ...]) -> dict[str, type]:
-    """urllib3 pools whose new connections check the peer address before any byte is sent."""
+def _tls_context() -> ssl.SSLContext:
+    """Certificate and host name verification, TLS 1.2 or later (``ssl`` module defaults)."""
+    context = ssl.create_default_context(cafile=_ca_bundle())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _peer_check(allowed_hosts: tuple[str, ...]) -> Callable[[str, int, socket.socket], None]:
+    """Raises ``ForbiddenAddressError`` if a new connection reached a non-public address."""
     from webapp.services.push_validation import host_is_allowlisted, is_public_address
 
-    def check(conn: urllib3.connection.HTTPConnection, sock: socket.socket) -> None:
-        if host_is_allowlisted(conn.host, conn.port or 0, allowed_hosts):
+    def check(host: str, port: int, sock: socket.socket) -> None:
+        if host_is_allowlisted(host, port, allowed_hosts):
             return
         try:
             peer = ipaddress.ip_address(str(sock.getpeername()[0]).split("%", 1)[0])
         except (OSError, ValueError, IndexError):
             peer = None
         if peer is None or not is_public_address(peer):
-            sock.close()
-            raise ForbiddenAddressError(conn, ForbiddenAddressError.reason)
+            raise ForbiddenAddressError(ForbiddenAddressError.reason)
 
-    class GuardedHTTPConnection(urllib3.connection.HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            check(self, sock)
-            return sock
-
-    class GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            check(self, sock)
-            return sock
-
-    class GuardedHTTPPool(urllib3.HTTPConnectionPool):
-        ConnectionCls = GuardedHTTPConnection
-
-    class GuardedHTTPSPool(urllib3.HTTPSConnectionPool):
-        ConnectionCls = GuardedHTTPSConnection
-
-    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
+    return check
 
 
-class _PushAdapter(HTTPAdapter):
-    """requests' HTTPAdapter, optionally with connect-time address checks."""
+class _Connection(http.client.HTTPConnection):
+    """One keep-alive HTTP/1.1 connection to a push service.
 
-    def __init__(self, allowed_hosts: tuple[str, ...] | None, **kwargs: object) -> None:
-        self._allowed_hosts = allowed_hosts
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    ``connect`` checks the peer address (when guarded) before any byte is sent, the TLS
+    handshake included. ``request`` sends the head and the body with one ``sendall``:
+    http.client writes them separately, which costs a second trip through the kernel's TCP
+    stack on both sides (on loopback the sender pays for the receiver's side as well).
+    """
 
-    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
-        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
-        allowed = getattr(self, "_allowed_hosts", None)  # absent after unpickling
-        if allowed is not None:
-            self.poolmanager.pool_classes_by_scheme = _guarded_pool_classes(allowed)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        tls: ssl.SSLContext | None,
+        check: Callable[[str, int, socket.socket], None] | None,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._tls = tls
+        self._check = check
+        self._held: list[bytes] | None = None
+
+    def connect(self) -> None:
+        super().connect()  # TCP (with TCP_NODELAY), the timeout applies to every socket call
+        try:
+            if self._check is not None:
+                self._check(self.host, self.port, self.sock)
+            if self._tls is not None:
+                self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host)
+        except BaseException:
+            self.close()
+            raise
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> None:
+        self._held = []
+        try:
+            super().request(method, url, body, headers)
+            data = b"".join(self._held)
+        finally:
+            self._held = None
+        super().send(data)
+
+    def send(self, data: Any) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            super().send(data)
+
+
+class _HTTPSConnection(_Connection):
+    default_port = 443  # no ":443" in the Host header
+
+
+def _is_dropped(sock: socket.socket | None) -> bool:
+    """Whether an idle keep-alive connection was closed (or sent something) meanwhile."""
+    if sock is None:
+        return True
+    try:
+        poll = getattr(select, "poll", None)  # not on every platform
+        if poll is not None:
+            poller = poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class _Pool:
+    """Idle keep-alive connections to one origin, most recently used first.
+
+    A request takes a connection for itself (or a new one when none is idle) and hands it
+    back when the answer was read to the end, so concurrent requests from threads or gevent
+    greenlets never share a connection; the lock is never held during I/O.
+    """
+
+    def __init__(
+        self,
+        target: _Target,
+        *,
+        maxsize: int,
+        timeout: float,
+        tls: ssl.SSLContext | None,
+        check: Callable[[str, int, socket.socket], None] | None,
+    ) -> None:
+        self._target = target
+        self._maxsize = maxsize
+        self._timeout = timeout
+        self._tls = tls
+        self._check = check
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self) -> _Connection:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                cls = _HTTPSConnection if self._tls is not None else _Connection
+                return cls(
+                    self._target.host,
+                    self._target.port,
+                    timeout=self._timeout,
+                    tls=self._tls,
+                    check=self._check,
+                )
+            if not _is_dropped(conn.sock):
+                return conn
+            conn.close()
+
+    def put(self, conn: _Connection) -> None:
+        if conn.sock is not None:
+            with self._lock:
+                if not self._closed and len(self._idle) < self._maxsize:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 class PushSender:
     """Encrypts and delivers Web Push messages; one instance per worker process.
 
-    Thread-safe: ``send`` may be called from several threads or greenlets at once. With
-    ``allowed_hosts`` (``PUSH_ALLOWED_HOSTS``), every new connection is checked after it is
-    made: if the address actually connected to is not public and the host is not allowlisted,
-    nothing is sent. That closes the window ``check_endpoint_target`` leaves open between its
-    DNS lookup and the HTTP client's (DNS rebinding). Not applied through an HTTP proxy, which
-    is then the egress control.
+    Thread-safe: ``send`` may be called from several threads or greenlets at once (each
+    request takes a connection from its origin's pool; a pool opens more when all are busy
+    and keeps up to ``pool_maxsize`` idle). With ``allowed_hosts`` (``PUSH_ALLOWED_HOSTS``),
+    every new connection is checked after it is made: if the address actually connected to is
+    not public and the host is not allowlisted, nothing is sent. That closes the window
+    ``check_endpoint_target`` leaves open between its DNS lookup and the HTTP client's (DNS
+    rebinding). HTTP proxies (``HTTPS_PROXY``...) are not used: the sender connects directly,
+    which the guard needs anyway (behind a proxy the peer is always the proxy).
     """
 
     def __init__(
@@ -336,7 +545,6 @@ class PushSender:
         vapid_subject: str,
         *,
         timeout: float,
-        session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
         pool_maxsize: int = 64,
         max_workers: int = 8,
@@ -357,39 +565,16 @@ class PushSender:
         scalar = self._key.private_numbers().private_value.to_bytes(32, "big")
         self._topic_key = hashlib.sha256(b"beacon-web-push-topic\0" + scalar).digest()
 
-        self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            adapter = _PushAdapter(
-                allowed_hosts,
-                pool_connections=16,  # distinct push-service origins kept
-                pool_maxsize=max(pool_maxsize, self._max_workers),
-                max_retries=0,  # retrying is the worker's job (with backoff)
-            )
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-        elif allowed_hosts is not None:
-            raise ValueError("allowed_hosts guards connections of the sender's own session only")
-        self.session = session
-        # We call session.send() with a request we prepare ourselves (Session.request costs
-        # more than the HTTP exchange), so apply the environment here, once: a CA bundle named
-        # by REQUESTS_CA_BUNDLE, and "no proxies" when none are configured (resolving proxies
-        # per request is slow). Configured proxies are still resolved per URL by requests.
-        self._send_kwargs: dict[str, object] = {
-            "timeout": self._timeout,
-            "allow_redirects": False,  # a redirect could point the worker at internal hosts
-            "stream": True,  # read at most _BODY_READ_LIMIT of the answer
-        }
-        if self._owns_session:
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if bundle:
-                self._send_kwargs["verify"] = bundle
-            if not requests.utils.getproxies():
-                self._send_kwargs["proxies"] = {}
-
+        if urllib.request.getproxies_environment():
+            log.warning("push sender: proxy variables are set but pushes are sent directly")
+        self._pool_maxsize = max(1, int(pool_maxsize), self._max_workers)
+        self._tls = _tls_context()
+        self._check = None if allowed_hosts is None else _peer_check(tuple(allowed_hosts))
+        self._pools: dict[str, _Pool] = {}
         self._lock = threading.Lock()
         self._jwt_cache: dict[str, tuple[str, int]] = {}
-        self._key_cache: dict[tuple[str, str], tuple[ec.EllipticCurvePublicKey, bytes]] = {}
+        self._key_cache: dict[tuple[str, str], tuple[ec.EllipticCurvePublicKey, bytes, bytes]] = {}
+        self._target_cache: dict[str, _Target] = {}
         self._executor: ThreadPoolExecutor | None = None
 
     # -- public API ----------------------------------------------------------------------------
@@ -423,9 +608,9 @@ class PushSender:
     ) -> list[PushResult]:
         """``send`` to many recipients; results in input order.
 
-        Messages are encrypted in batches on the calling thread (hot caches), then posted by
-        a small thread pool so that waiting for one push service answer overlaps the next
-        request.
+        Messages are encrypted in batches on the calling thread (hot caches) and posted by a
+        small thread pool, so that waiting for one push service answer overlaps the next
+        request, and encrypting one batch overlaps posting the one before.
         """
         _check_options(ttl, urgency)
         items = list(messages)
@@ -438,12 +623,17 @@ class PushSender:
                 )
             executor = self._executor
         results: list[PushResult] = []
+        posting: Iterator[PushResult] | None = None  # the batch the pool is sending
         for start in range(0, len(items), _BATCH):
             batch = [
                 (sub, self._prepare(sub, payload, ttl, urgency, topic))
                 for sub, payload in items[start : start + _BATCH]
             ]
-            results.extend(executor.map(self._post_prepared, batch))
+            if posting is not None:
+                results.extend(posting)
+            posting = executor.map(self._post_prepared, batch)  # starts now; collected later
+        if posting is not None:
+            results.extend(posting)
         return results
 
     def topic_header(self, topic: str) -> str:
@@ -452,13 +642,15 @@ class PushSender:
         return _b64url_encode(digest[:24])
 
     def close(self) -> None:
-        """Stop the thread pool and, if we created it, close the HTTP session."""
+        """Stop the thread pool and close the pooled connections (later sends reopen them)."""
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
-        if self._owns_session:
-            self.session.close()
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
 
     def __enter__(self) -> PushSender:
         return self
@@ -469,29 +661,22 @@ class PushSender:
     # -- internals -----------------------------------------------------------------------------
     def _prepare(
         self, sub: SubscriptionKeys, payload: bytes, ttl: int, urgency: str, topic: str | None
-    ) -> tuple[dict[str, str], bytes] | PushResult:
-        """Headers and encrypted body for one push, or why it cannot be sent at all."""
+    ) -> tuple[_Target, dict[str, str], bytes] | PushResult:
+        """Where to, headers and encrypted body for one push, or why it cannot be sent."""
         if len(payload) > MAX_PAYLOAD_BYTES:
             return PushResult(
                 None, "rejected", None, f"payload too large ({len(payload)} > {MAX_PAYLOAD_BYTES})"
             )
         try:
-            receiver, auth = self._receiver(sub)
+            receiver, point, auth = self._receiver(sub)
         except (ValueError, TypeError, binascii.Error):
             return PushResult(None, "rejected", None, "invalid subscription keys")
         try:
-            vapid = self._vapid_header(_origin(sub.endpoint))
-        except ValueError:
+            target = self._target(sub.endpoint)
+        except (ValueError, TypeError):
             return PushResult(None, "rejected", None, "invalid endpoint URL")
-        body = http_ece.encrypt(
-            payload,
-            private_key=ec.generate_private_key(_CURVE),  # ephemeral: one per message
-            dh=receiver,
-            auth_secret=auth,
-            version="aes128gcm",
-        )
         headers = {
-            "Authorization": vapid,
+            "Authorization": self._vapid_header(target.origin),
             "TTL": str(ttl),
             "Urgency": urgency,
             "Content-Encoding": "aes128gcm",
@@ -501,16 +686,19 @@ class PushSender:
         }
         if topic is not None:
             headers["Topic"] = self.topic_header(topic)
-        return headers, body
+        body = _encrypt_with(
+            payload, receiver, point, auth, ec.generate_private_key(_CURVE), os.urandom(16)
+        )
+        return target, headers, body
 
     def _post_prepared(
-        self, item: tuple[SubscriptionKeys, tuple[dict[str, str], bytes] | PushResult]
+        self, item: tuple[SubscriptionKeys, tuple[_Target, dict[str, str], bytes] | PushResult]
     ) -> PushResult:
         sub, prepared = item
         return prepared if isinstance(prepared, PushResult) else self._post(sub, *prepared)
 
-    def _receiver(self, sub: SubscriptionKeys) -> tuple[ec.EllipticCurvePublicKey, bytes]:
-        """The subscription's decoded public key and auth secret, decoded once."""
+    def _receiver(self, sub: SubscriptionKeys) -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
+        """The subscription's public key (object and point) and auth secret, decoded once."""
         cache_key = (sub.p256dh, sub.auth)
         cached = self._key_cache.get(cache_key)
         if cached is not None:
@@ -519,12 +707,24 @@ class PushSender:
         auth = _b64url_decode(sub.auth)
         if len(point) != 65 or len(auth) != 16:
             raise ValueError("bad key length")
-        public = ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, point)
+        entry = (ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, point), point, auth)
         with self._lock:
             if len(self._key_cache) >= _KEY_CACHE_SIZE:
                 self._key_cache.pop(next(iter(self._key_cache)))  # oldest first
-            self._key_cache[cache_key] = (public, auth)
-        return public, auth
+            self._key_cache[cache_key] = entry
+        return entry
+
+    def _target(self, endpoint: str) -> _Target:
+        """The endpoint parsed once (cache)."""
+        target = self._target_cache.get(endpoint)
+        if target is not None:
+            return target
+        target = _parse_target(endpoint)
+        with self._lock:
+            if len(self._target_cache) >= _TARGET_CACHE_SIZE:
+                self._target_cache.pop(next(iter(self._target_cache)))  # oldest first
+            self._target_cache[endpoint] = target
+        return target
 
     def _vapid_header(self, origin: str) -> str:
         """``vapid t=<jwt>, k=<key>`` for ``origin``, re-signed only near expiry."""
@@ -552,60 +752,77 @@ class PushSender:
         r, s = decode_dss_signature(der)
         return f"{signing_input}.{_b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
-    def _post(self, sub: SubscriptionKeys, headers: dict[str, str], body: bytes) -> PushResult:
-        # Request(...).prepare() costs half an encryption; these steps are what it does for
-        # a bytes body without auth, params or session cookies.
-        request = requests.PreparedRequest()
-        request.prepare_method("POST")
-        if _SAFE_URL.match(sub.endpoint):
-            request.url = sub.endpoint  # RFC 3986 characters only: prepare_url is a no-op
-        else:
-            try:
-                request.prepare_url(sub.endpoint, None)
-            except requests.RequestException:
-                return PushResult(None, "rejected", None, "invalid endpoint URL")
-        request.prepare_headers(headers)
-        request.prepare_cookies(None)
-        request.prepare_body(body, None)
-        request.prepare_hooks(None)
+    def _pool(self, target: _Target) -> _Pool:
+        """The connection pool of the endpoint's origin."""
+        pool = self._pools.get(target.origin)
+        if pool is not None:
+            return pool
+        evicted = None
+        with self._lock:
+            pool = self._pools.get(target.origin)
+            if pool is None:
+                if len(self._pools) >= _MAX_ORIGINS:
+                    evicted = self._pools.pop(next(iter(self._pools)))  # oldest first
+                pool = _Pool(
+                    target,
+                    maxsize=self._pool_maxsize,
+                    timeout=self._timeout,
+                    tls=self._tls if target.scheme == "https" else None,
+                    check=self._check,
+                )
+                self._pools[target.origin] = pool
+        if evicted is not None:
+            evicted.close()
+        return pool
+
+    def _post(
+        self, sub: SubscriptionKeys, target: _Target, headers: dict[str, str], body: bytes
+    ) -> PushResult:
+        pool = self._pool(target)
+        conn = pool.get()
+        connected = conn.sock is not None
         try:
-            response = self.session.send(request, **self._send_kwargs)
-            try:
-                status = response.status_code
-                # Reading to the end hands the connection back to the pool; a longer body is
-                # cut off (and that connection dropped) rather than buffered.
-                text = response.raw.read(_BODY_READ_LIMIT + 1)
-            finally:
-                response.close()
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if _caused_by(exc, ForbiddenAddressError):
-                return PushResult(None, "rejected", None, ForbiddenAddressError.reason)
-            # The exception text holds the URL: report only its kind.
-            return PushResult(None, "retry", None, f"network error: {type(exc).__name__}")
-        return self._classify(sub, status, response, text)
+            if not connected:
+                conn.connect()  # here, so that a failure is known to be a connect failure
+                connected = True
+            conn.request("POST", target.path, body, headers)
+            response = conn.getresponse()
+            status, reason = response.status, response.reason or ""
+            retry_after = response.getheader("Retry-After")
+            raw = response.read(_BODY_READ_LIMIT + 1)
+        except ForbiddenAddressError:
+            conn.close()
+            return PushResult(None, "rejected", None, ForbiddenAddressError.reason)
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            # The exception text may hold the URL: report only the kind of failure.
+            return PushResult(None, "retry", None, _network_error(exc, connected))
+        if response.isclosed():
+            pool.put(conn)  # read to the end: reusable, unless the server closes it
+        else:
+            response.close()  # a longer answer is cut off, not buffered; drop the connection
+            conn.close()
+        return self._classify(sub, status, reason, retry_after, raw)
 
     def _classify(
-        self, sub: SubscriptionKeys, status: int, response: requests.Response, raw: bytes
+        self, sub: SubscriptionKeys, status: int, reason: str, retry_after: str | None, raw: bytes
     ) -> PushResult:
         if 200 <= status < 300:
-            return PushResult(
-                status, "delivered", None, f"{status} {response.reason or ''}".strip()
-            )
-        reason = self._reason(sub, status, response, raw)
+            return PushResult(status, "delivered", None, f"{status} {reason}".strip())
+        text = self._reason(sub, status, reason, raw)
         if status in (404, 410):
-            return PushResult(status, "expired", None, reason)
+            return PushResult(status, "expired", None, text)
         if status == 429 or 500 <= status < 600:
-            retry_after = _parse_retry_after(response.headers.get("Retry-After"), self._clock())
-            return PushResult(status, "retry", retry_after, reason)
+            return PushResult(status, "retry", _parse_retry_after(retry_after, self._clock()), text)
         if 300 <= status < 400:
             return PushResult(
                 status, "rejected", None, f"{status} unexpected redirect (not followed)"
             )
-        return PushResult(status, "rejected", None, reason)
+        return PushResult(status, "rejected", None, text)
 
     @staticmethod
-    def _reason(sub: SubscriptionKeys, status: int, response: requests.Response, raw: bytes) -> str:
-        text = f"{status} {response.reason or ''}".strip()
+    def _reason(sub: SubscriptionKeys, status: int, reason: str, raw: bytes) -> str:
+        text = f"{status} {reason}".strip()
         body = raw[:_BODY_READ_LIMIT].decode("utf-8", "replace")
         if body.strip():
             text = f"{text}: {' '.join(body.split())}"
