@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 
 from flask import Blueprint, jsonify, request, send_from_directory
-from flask.blueprints import BlueprintSetupState
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from config import Settings
+from webapp.api.body import json_body
 from webapp.auth import issue_token
 from webapp.errors import InvalidInput, NotFound
 from webapp.extensions import db
@@ -40,11 +40,15 @@ PAGE_CSP = (
 bp = Blueprint("demo", __name__)
 
 
-@bp.record_once
-def _warn_dev_login(state: BlueprintSetupState) -> None:
-    settings: Settings | None = state.app.extensions.get("beacon_settings")
-    if settings is None or not settings.dev_login:
+_warned = False
+
+
+def _warn_dev_login_once(settings: Settings) -> None:
+    """One loud warning per process, when a development endpoint is first used."""
+    global _warned
+    if _warned:
         return
+    _warned = True
     try:
         loopback = ipaddress.ip_address(settings.host).is_loopback
     except ValueError:
@@ -52,7 +56,7 @@ def _warn_dev_login(state: BlueprintSetupState) -> None:
     log.warning(
         "DEV_LOGIN is on: /api/dev/token gives anyone a token for any user%s. "
         "Never enable it in production.",
-        "" if loopback else f" — and HOST={settings.host} is not a loopback address",
+        "" if loopback else f" (and HOST={settings.host} is not a loopback address)",
     )
 
 
@@ -74,31 +78,53 @@ def index():
 @bp.get("/sw.js")
 def service_worker():
     """Served from the root so that its scope is the whole origin."""
-    response = send_from_directory(
-        STATIC_DIR, "sw.js", mimetype="text/javascript", max_age=0
-    )
+    response = send_from_directory(STATIC_DIR, "sw.js", mimetype="text/javascript", max_age=0)
     response.headers["Service-Worker-Allowed"] = "/"
     return _no_cache(response)
 
 
 def _require_dev_login() -> None:
-    if not context.settings().dev_login:
+    settings = context.settings()
+    if not settings.dev_login:
         raise NotFound("not_found", "development login is disabled (set DEV_LOGIN=1 to enable it)")
+    _warn_dev_login_once(settings)
 
 
 @bp.get("/api/dev/users")
 def dev_users():
-    """Every user (development only), with the same status fields as ``user_status_change``."""
+    """Users to pick from (development only), with the fields of ``user_status_change``.
+
+    At most ``MAX_DEV_USERS``, online and recently seen first; ``?q=`` filters by username or
+    display name, and ``truncated`` says whether more users matched.
+    """
     _require_dev_login()
-    users = db.session.execute(select(User).order_by(User.username).limit(MAX_DEV_USERS))
-    return jsonify({"users": [user_status_payload(u) for u in users.scalars()]})
+    query = select(User)
+    q = (request.args.get("q") or "").strip()[:64]
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            or_(
+                User.username.ilike(pattern, escape="\\"),
+                User.display_name.ilike(pattern, escape="\\"),
+            )
+        )
+    query = query.order_by(
+        User.is_online.desc(), User.last_seen_at.desc().nulls_last(), User.created_at.desc()
+    )
+    rows = list(db.session.execute(query.limit(MAX_DEV_USERS + 1)).scalars())
+    return jsonify(
+        {
+            "users": [user_status_payload(u) for u in rows[:MAX_DEV_USERS]],
+            "truncated": len(rows) > MAX_DEV_USERS,
+        }
+    )
 
 
 @bp.post("/api/dev/token")
 def dev_token():
     """``{"username"}`` -> a signed JWT for that user (development only)."""
     _require_dev_login()
-    data = require_object(request.get_json(silent=True), allowed={"username"})
+    data = require_object(json_body(), allowed={"username"})
     username = data.get("username")
     if not isinstance(username, str) or not 1 <= len(username) <= 64:
         raise InvalidInput("invalid_username", "username must be a string of 1-64 characters")

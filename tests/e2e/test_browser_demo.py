@@ -1,0 +1,278 @@
+"""The demo page in real Chromium against the real stack (web, Redis, Celery workers).
+
+Two users in two browser contexts (separate profiles) watch each other live: toast, unread
+badge, read receipt, presence. The service worker gets a push event through DevTools and its
+notification is checked; see ``test_push_subscription_and_service_worker`` for what is real.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+from playwright.sync_api import expect
+
+from tests.e2e.helpers import (
+    FAKE_PUSH_MANAGER,
+    service_worker,
+    service_worker_registration_id,
+    sign_in,
+    watch,
+)
+from tests.harness.waiting import wait_until
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
+
+
+def _topic(e2e, channel: str, topic: str, *members) -> tuple[str, str]:
+    args = ["create-topic", channel, topic]
+    for member in members:
+        args += ["--member", member.username]
+    room_id, topic_id = e2e.cli(*args).split()
+    return room_id, topic_id
+
+
+def _ref(topic_id: str) -> SimpleNamespace:
+    """What ``Stack.unread`` reads of a topic."""
+    return SimpleNamespace(topic_id=topic_id)
+
+
+def _online_ids(e2e, user) -> set[str]:
+    response = e2e.api(user, "GET", "/api/users/online")
+    assert response.status_code == 200, response.text
+    return {u["user_id"] for u in response.json()["users"]}
+
+
+def test_two_users_see_each_other_live(e2e, new_context):
+    """A's message: B's toast and badge; B reads: A's receipt; B leaves: A sees B offline."""
+    alice = e2e.user("alice", "Alice Martin")
+    bob = e2e.user("bob", "Bob Chen")
+    carol = e2e.user("carol", "Carol Diaz")
+    # Readable names for the screenshot; each session has a fresh database, so they are new.
+    _, launch = _topic(e2e, "design", "launch-plan", alice, bob, carol)
+    _, random = _topic(e2e, "general", "random", alice, bob, carol)
+
+    page_a = new_context().new_page()
+    seen_a = watch(page_a, e2e.url)
+    sign_in(page_a, alice.username)
+    page_b = new_context().new_page()
+    seen_b = watch(page_b, e2e.url)
+    sign_in(page_b, bob.username)
+
+    # Both see each other online (B came online after A's page loaded: a live event).
+    bob_on_a = page_a.locator(f'.person[data-user-id="{bob.id}"]')
+    expect(bob_on_a).to_have_attribute("data-online", "true")
+    expect(bob_on_a.locator(".seen")).to_have_text("Online")
+    expect(page_b.locator(f'.person[data-user-id="{alice.id}"]')).to_have_attribute(
+        "data-online", "true"
+    )
+
+    # A opens the topic and sends a message from the composer.
+    page_a.click(f'.topic[data-topic-id="{launch}"]')
+    expect(page_a.locator("#topic-title")).to_have_text("launch-plan")
+    text = "The launch deck is ready for review. Can you take a look before 3pm?"
+    page_a.fill("#composer-input", text)
+    page_a.keyboard.press("Enter")
+    expect(page_a.locator(".message .body")).to_have_text([text])
+
+    # B: a toast for the global_message_alert, and the unread badge from unread_update.
+    toast = page_b.locator(f'.toast[data-topic-id="{launch}"]')
+    expect(toast).to_be_visible()
+    expect(toast.locator(".toast-title")).to_contain_text("Alice Martin")
+    expect(toast.locator(".toast-body")).to_have_text(text)
+    badge = page_b.locator(f'.topic[data-topic-id="{launch}"] .badge')
+    expect(badge).to_have_text("1")
+    expect(page_b).to_have_title("(1) Beacon")
+    assert e2e.unread(bob, _ref(launch)) == 1
+
+    # B opens the topic: the badge goes, the count is 0 in the database, A sees messages_read.
+    page_b.click(f'.topic[data-topic-id="{launch}"]')
+    expect(page_b.locator(".message .body")).to_have_text([text])
+    expect(badge).to_have_count(0)
+    expect(page_b).to_have_title("Beacon")
+    wait_until(lambda: e2e.unread(bob, _ref(launch)) == 0, timeout=10, message="still unread")
+    expect(page_a.locator(".receipt")).to_have_text("Seen by Bob Chen")
+
+    # B answers; A gets it live in the open topic, without a toast (it is on screen).
+    reply = "Looks good to me. Approved!"
+    page_b.fill("#composer-input", reply)
+    page_b.click("#send-button")
+    expect(page_a.locator(".message .body")).to_have_text([text, reply])
+    expect(page_a.locator(f'.toast[data-topic-id="{launch}"]')).to_have_count(0)
+
+    # B closes the page: B's only connection ends, A sees B go offline.
+    page_b.close()
+    expect(bob_on_a).to_have_attribute("data-online", "false")
+    expect(bob_on_a.locator(".seen")).to_have_text("Last seen just now")
+    wait_until(lambda: bob.id not in _online_ids(e2e, alice), timeout=10, message="bob online")
+
+    # Carol (a Socket.IO client, no browser) posts elsewhere: A gets a toast and a badge.
+    carol_client = e2e.client(carol)
+    ack = carol_client.call(
+        "send_message", {"topic_id": random, "message": "Lunch at 12:30 on the terrace?"}
+    )
+    assert ack["ok"], ack
+    expect(page_a.locator(f'.toast[data-topic-id="{random}"]')).to_be_visible()
+    expect(page_a.locator(f'.topic[data-topic-id="{random}"] .badge')).to_have_text("1")
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page_a.screenshot(path=str(SCREENSHOT), animations="disabled")
+
+    # Everything came from the web tier itself (no CDN), without script errors.
+    for seen in (seen_a, seen_b):
+        assert seen.foreign_requests() == []
+        assert seen.errors == []
+
+
+def test_push_subscription_and_service_worker(e2e, new_context):
+    """The push button subscribes through the service worker; a push shows a notification;
+    clicking it opens the topic.
+
+    What is real: the page's subscribe flow (VAPID key from the server, the subscribe call,
+    POST /api/notifications/subscribe), the server's fan-out and encrypted send by the push
+    worker to the local push service, which decrypts it like a browser vendor's service; the
+    push event, which DevTools (CDP ``ServiceWorker.deliverPushMessage``) fires in the real
+    service worker with exactly the decrypted payload; the notification it shows, read back
+    with ``registration.getNotifications()``.
+
+    What is simulated: ``PushManager.subscribe`` hands out a subscription made on the local
+    push service (headless Chromium cannot reach Google's push service here, and refuses push
+    in incognito profiles); and the click: headless Chromium has no notification to click, so
+    the test dispatches a ``notificationclick`` event carrying the real notification inside the
+    service worker (``waitUntil`` is collected by the test, as untrusted events cannot extend).
+    """
+    alice, bob = e2e.user("alice", "Alice Martin"), e2e.user("bob", "Bob Chen")
+    topic_name = f"launch-plan-{uuid.uuid4().hex[:4]}"
+    _, topic_id = _topic(e2e, "design", topic_name, alice, bob)
+    vapid_public_key = e2e.env["VAPID_PUBLIC_KEY"]
+    issued = e2e.push.new_subscription(application_server_key=vapid_public_key)
+
+    context = new_context(notifications=True)
+    context.add_init_script(FAKE_PUSH_MANAGER % json.dumps(issued))
+    page = context.new_page()
+    seen = watch(page, e2e.url)
+    sign_in(page, bob.username)
+
+    # The button: permission, subscribe with the server's VAPID key, register with the server.
+    button = page.locator("#push-button")
+    expect(button).to_have_text("Enable push")
+    button.click()
+    expect(button).to_have_attribute("aria-pressed", "true")
+    expect(button).to_have_text("Push on")
+    calls = page.evaluate("window.__pushSubscribeCalls")
+    assert calls == [{"userVisibleOnly": True, "applicationServerKey": vapid_public_key}]
+    response = e2e.api(bob, "GET", "/api/notifications/subscriptions")
+    assert [s["endpoint"] for s in response.json()["subscriptions"]] == [issued["endpoint"]]
+
+    # Bob goes offline; Alice's message is pushed to his subscription.
+    page.close()
+    wait_until(lambda: bob.id not in _online_ids(e2e, alice), timeout=10, message="bob online")
+    sender = e2e.client(alice)
+    text = "Are we still on for the demo at 4?"
+    ack = sender.call("send_message", {"topic_id": topic_id, "message": text})
+    assert ack["ok"], ack
+    message_id = ack["message"]["id"]
+    pushed = wait_until(
+        lambda: e2e.push.messages(issued), timeout=20, message="no push reached the service"
+    )
+    raw = pushed[0]["payload"]
+    payload = json.loads(raw)
+    assert payload["topic_id"] == topic_id and payload["message_id"] == message_id
+
+    # Bob's browser is open again, on no topic; the push arrives in the service worker.
+    page = context.new_page()
+    seen_again = watch(page, e2e.url)
+    page.goto("/")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#topic-title")).to_have_text("Choose a topic")
+    cdp, registration_id = service_worker_registration_id(context, page, e2e.url + "/")
+    cdp.send(
+        "ServiceWorker.deliverPushMessage",
+        {"origin": e2e.url, "registrationId": registration_id, "data": raw},
+    )
+    shown = wait_until(
+        lambda: page.evaluate(
+            """tag => navigator.serviceWorker.ready
+                .then(r => r.getNotifications({tag}))
+                .then(ns => ns.map(n => ({
+                    title: n.title, body: n.body, tag: n.tag, data: n.data,
+                    renotify: n.renotify, icon: n.icon})))""",
+            topic_id,
+        ),
+        timeout=10,
+        message="the service worker showed no notification",
+    )
+    assert len(shown) == 1
+    notification = shown[0]
+    assert notification["title"] == payload["title"]
+    assert "Alice Martin" in notification["title"] and topic_name in notification["title"]
+    assert notification["body"] == payload["body"] == text
+    assert notification["tag"] == topic_id
+    assert notification["renotify"] is True
+    assert notification["icon"] == e2e.url + "/static/icon-192.png"
+    assert notification["data"]["url"] == payload["url"]
+    assert notification["data"]["message_id"] == message_id
+
+    # The click: the service worker tells the open tab to show the topic, and closes it.
+    worker = service_worker(context, page, e2e.url + "/sw.js")
+    outcome = worker.evaluate(
+        """async tag => {
+            const [notification] = await self.registration.getNotifications({tag});
+            const event = new NotificationEvent("notificationclick", {notification});
+            const pending = [];
+            event.waitUntil = promise => pending.push(promise);
+            self.dispatchEvent(event);
+            const results = await Promise.allSettled(pending);
+            return results.map(r => r.status);
+        }""",
+        topic_id,
+    )
+    assert outcome == ["fulfilled"]
+    expect(page.locator("#topic-title")).to_have_text(topic_name)
+    expect(page.locator(f'.topic[data-topic-id="{topic_id}"]')).to_have_attribute(
+        "aria-current", "true"
+    )
+    expect(page.locator(f'.message[data-message-id="{message_id}"] .body')).to_have_text(text)
+    assert f"topic={topic_id}" in page.url
+    remaining = page.evaluate(
+        "tag => navigator.serviceWorker.ready.then(r => r.getNotifications({tag}))"
+        ".then(ns => ns.length)",
+        topic_id,
+    )
+    assert remaining == 0
+    for watched in (seen, seen_again):
+        assert watched.foreign_requests() == []
+        assert watched.errors == []
+
+
+def test_reconnection_joins_the_open_topic_again(e2e, new_context):
+    """After the network drops and returns, the page is live again in the topic it shows:
+    the new connection joins the topic room again (rooms are per connection)."""
+    alice, bob = e2e.user("alice", "Alice Martin"), e2e.user("bob", "Bob Chen")
+    _, topic_id = _topic(e2e, "design", f"review-{uuid.uuid4().hex[:4]}", alice, bob)
+    context = new_context()
+    page = context.new_page()
+    seen = watch(page, e2e.url)
+    sign_in(page, bob.username)
+    page.click(f'.topic[data-topic-id="{topic_id}"]')
+    expect(page.locator("#topic-title")).to_contain_text("review-")
+    sender = e2e.client(alice)
+
+    context.set_offline(True)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    missed = "Sent while you were away"
+    assert sender.call("send_message", {"topic_id": topic_id, "message": missed})["ok"]
+    context.set_offline(False)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    # Caught up from REST on reconnect, then live in the room again.
+    expect(page.locator(".message .body")).to_have_text([missed])
+    live = "And this one arrives live"
+    assert sender.call("send_message", {"topic_id": topic_id, "message": live})["ok"]
+    expect(page.locator(".message .body")).to_have_text([missed, live])
+    expect(page.locator(f'.topic[data-topic-id="{topic_id}"] .badge')).to_have_count(0)
+    wait_until(lambda: e2e.unread(bob, _ref(topic_id)) == 0, timeout=10, message="unread left")
+    assert seen.foreign_requests() == []
+    # Going offline makes Chromium log failed requests; nothing else may go wrong.
+    assert [e for e in seen.errors if "ERR_INTERNET_DISCONNECTED" not in e] == []

@@ -1,0 +1,902 @@
+/* Beacon demo page.
+ *
+ * Plain JavaScript, no build step. It speaks exactly the contract in docs/PROTOCOL.md:
+ * REST with `Authorization: Bearer <jwt>`, one Socket.IO connection with `auth: {token}`,
+ * and Web Push through the service worker in /sw.js. docs/FRONTEND_GUIDE.md explains each
+ * piece; this file is the worked example.
+ */
+(() => {
+  "use strict";
+
+  const SESSION_KEY = "beacon.session";
+  const TOAST_MS = 8000;
+  const PEOPLE_SHOWN = 12;
+  const MESSAGES_PAGE = 50;
+  const SUBSCRIBE_TIMEOUT_MS = 20000;
+
+  const $ = (selector) => document.querySelector(selector);
+  const el = (tag, className, text) => {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  };
+
+  const state = {
+    devLogin: false,
+    devUsers: [],
+    devUsersTruncated: false,
+    token: null,
+    username: null,
+    me: null, // {user_id, username, display_name}
+    socket: null,
+    topics: new Map(), // topic_id -> {topic_id, topic_name, room_id, room_name, unread_count, last_read_message_id}
+    people: new Map(), // user_id -> {user_id, username, display_name, is_online, last_seen_at}
+    showAllPeople: false,
+    current: null, // topic_id of the open topic
+    messages: [], // the open topic's messages, oldest first
+    nextBefore: null,
+    readers: new Map(), // topic_id -> Map(user_id -> last_read_message_id), from messages_read
+    markTimer: null,
+    pushSupported: "serviceWorker" in navigator && "PushManager" in window && "Notification" in window,
+    registration: null,
+  };
+
+  // ---------------------------------------------------------------- formatting helpers
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+  const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric" });
+  const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+
+  function lastSeen(iso) {
+    if (!iso) return "Offline";
+    const seconds = Math.round((Date.now() - new Date(iso).getTime()) / 1000);
+    if (seconds < 45) return "Last seen just now";
+    const steps = [[60, "second"], [3600, "minute"], [86400, "hour"], [604800, "day"]];
+    for (let i = 1; i < steps.length; i += 1) {
+      if (seconds < steps[i][0]) return `Last seen ${relative.format(-Math.round(seconds / steps[i - 1][0]), steps[i][1])}`;
+    }
+    return `Last seen ${dayFormat.format(new Date(iso))}`;
+  }
+
+  function displayName(user) {
+    return (user && (user.display_name || user.name || user.username)) || "Someone";
+  }
+
+  function initials(name) {
+    const parts = String(name).trim().split(/[\s._-]+/).filter(Boolean);
+    return ((parts[0] || "?")[0] + (parts.length > 1 ? parts[parts.length - 1][0] : "")).toUpperCase();
+  }
+
+  function avatar(id, name, small) {
+    let hash = 0;
+    for (const ch of String(id)) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
+    const node = el("span", `avatar av-${hash % 8}${small ? " small" : ""}`, initials(name));
+    node.setAttribute("aria-hidden", "true");
+    return node;
+  }
+
+  // ---------------------------------------------------------------- session and REST
+
+  function saveSession() {
+    const value = JSON.stringify({ token: state.token, username: state.username });
+    sessionStorage.setItem(SESSION_KEY, value); // this tab
+    localStorage.setItem(SESSION_KEY, value); // default for new tabs (e.g. a notification click)
+  }
+
+  function loadSession() {
+    for (const store of [sessionStorage, localStorage]) {
+      try {
+        const value = JSON.parse(store.getItem(SESSION_KEY) || "null");
+        if (value && value.token) return value;
+      } catch (_) { /* ignore a damaged entry */ }
+    }
+    return null;
+  }
+
+  function clearSession() {
+    sessionStorage.removeItem(SESSION_KEY);
+    localStorage.removeItem(SESSION_KEY);
+  }
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.message) || `HTTP ${status}`);
+      this.status = status;
+      this.code = body && body.error;
+    }
+  }
+
+  async function api(method, path, body, { auth = true, retry = true } = {}) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (auth && state.token) headers.Authorization = `Bearer ${state.token}`;
+    const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    if (response.status === 401 && auth && retry && (await refreshToken())) {
+      return api(method, path, body, { auth, retry: false });
+    }
+    const text = await response.text();
+    const data = text ? JSON.parse(text) : null;
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  /** A new token for the same user when development login is on; false otherwise. */
+  async function refreshToken() {
+    if (!state.devLogin || !state.username) return false;
+    try {
+      const data = await api("POST", "/api/dev/token", { username: state.username }, { auth: false });
+      state.token = data.token;
+      saveSession();
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }
+
+  // ---------------------------------------------------------------- login view
+
+  async function loadDevUsers(query) {
+    try {
+      const path = "/api/dev/users" + (query ? `?q=${encodeURIComponent(query)}` : "");
+      const data = await api("GET", path, undefined, { auth: false });
+      state.devLogin = true;
+      state.devUsers = data.users;
+      state.devUsersTruncated = Boolean(data.truncated);
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404)) throw err;
+      state.devLogin = false;
+      state.devUsers = [];
+    }
+  }
+
+  function renderLogin() {
+    const dev = state.devLogin;
+    $("#login-title").textContent = dev ? "Pick a development user" : "Sign in with a token";
+    $("#login-intro").hidden = !dev;
+    $("#token-intro").hidden = dev;
+    $("#user-filter-label").hidden = !dev;
+    $("#dev-users").hidden = !dev;
+    const tokenLogin = $("#token-login");
+    tokenLogin.open = !dev;
+    tokenLogin.querySelector("summary").hidden = !dev;
+    renderUserPicker();
+  }
+
+  function renderUserPicker() {
+    const list = $("#dev-users");
+    const filter = $("#user-filter").value.trim().toLowerCase();
+    list.replaceChildren();
+    const users = state.devUsers.filter((u) =>
+      !filter || u.username.toLowerCase().includes(filter) || displayName(u).toLowerCase().includes(filter))
+      .sort((a, b) => displayName(a).localeCompare(displayName(b)) || a.username.localeCompare(b.username));
+    for (const user of users) {
+      const item = el("li");
+      const button = el("button", "user-choice");
+      button.type = "button";
+      button.dataset.username = user.username;
+      const names = el("span", "names");
+      names.append(el("span", "name", displayName(user)), el("span", "username", `@${user.username}`));
+      button.append(avatar(user.user_id, displayName(user)), names);
+      button.addEventListener("click", () => loginAs(user.username));
+      item.append(button);
+      list.append(item);
+    }
+    $("#dev-users-empty").hidden = !state.devLogin || users.length > 0 || Boolean(filter);
+  }
+
+  let filterTimer = null;
+  function onFilterInput() {
+    renderUserPicker();
+    if (!state.devUsersTruncated) return;
+    clearTimeout(filterTimer); // more users than the list holds: ask the server
+    filterTimer = setTimeout(async () => {
+      await loadDevUsers($("#user-filter").value.trim());
+      renderUserPicker();
+    }, 250);
+  }
+
+  function showLoginError(message) {
+    const node = $("#login-error");
+    node.textContent = message;
+    node.hidden = !message;
+  }
+
+  async function loginAs(username) {
+    showLoginError("");
+    try {
+      const data = await api("POST", "/api/dev/token", { username }, { auth: false });
+      state.token = data.token;
+      state.username = username;
+      saveSession();
+      await startApp();
+    } catch (err) {
+      showLoginError(`Could not sign in as ${username}: ${err.message}`);
+    }
+  }
+
+  async function loginWithToken(event) {
+    event.preventDefault();
+    showLoginError("");
+    state.token = $("#token-input").value.trim();
+    state.username = null;
+    try {
+      await startApp();
+      saveSession();
+    } catch (err) {
+      state.token = null;
+      showLoginError(`That token was refused: ${err.message}`);
+    }
+  }
+
+  function showLogin() {
+    stopSocket();
+    state.token = null;
+    state.me = null;
+    state.current = null;
+    $("#app-view").hidden = true;
+    $("#me").hidden = true;
+    $("#push-button").hidden = true;
+    $("#login-view").hidden = false;
+    setConnection("idle", "Not connected");
+    document.title = "Beacon";
+    renderLogin();
+  }
+
+  // ---------------------------------------------------------------- the app
+
+  async function startApp() {
+    const me = await api("GET", "/api/users/me");
+    state.username = me.username;
+    state.me = me;
+    state.people.set(me.user_id, { ...me, is_online: true });
+    renderMe();
+    $("#login-view").hidden = true;
+    $("#app-view").hidden = false;
+    await Promise.all([loadTopics(), loadPeople()]);
+    connectSocket();
+    setupPush();
+    const params = new URLSearchParams(location.search);
+    const wanted = params.get("topic");
+    if (wanted && state.topics.has(wanted)) openTopic(wanted);
+  }
+
+  function renderMe() {
+    const box = $("#me");
+    box.hidden = false;
+    box.querySelector(".avatar").replaceWith(avatar(state.me.user_id, displayName(state.me), true));
+    box.querySelector(".me-name").textContent = displayName(state.me);
+    box.querySelector(".me-username").textContent = `@${state.me.username}`;
+  }
+
+  async function loadTopics() {
+    const data = await api("GET", "/api/topics");
+    state.topics = new Map(data.topics.map((t) => [t.topic_id, t]));
+    renderTopics();
+  }
+
+  async function loadPeople() {
+    const online = await api("GET", "/api/users/online");
+    if (state.devLogin) {
+      await loadDevUsers("");
+      for (const user of state.devUsers) state.people.set(user.user_id, { ...user });
+    }
+    // Redis is the live truth for who is online right now.
+    const onlineIds = new Set(online.users.map((u) => u.user_id));
+    for (const person of state.people.values()) person.is_online = onlineIds.has(person.user_id);
+    for (const user of online.users) state.people.set(user.user_id, { ...user, is_online: true });
+    if (state.me) state.people.get(state.me.user_id).is_online = true;
+    renderPeople();
+  }
+
+  function renderTopics() {
+    const list = $("#topic-list");
+    list.replaceChildren();
+    const rooms = new Map();
+    const topics = [...state.topics.values()].sort((a, b) =>
+      a.room_name.localeCompare(b.room_name) || a.topic_name.localeCompare(b.topic_name));
+    for (const topic of topics) {
+      if (!rooms.has(topic.room_id)) {
+        const group = el("div", "room");
+        group.append(el("div", "room-name", topic.room_name));
+        rooms.set(topic.room_id, group);
+        list.append(group);
+      }
+      const button = el("button", "topic");
+      button.type = "button";
+      button.dataset.topicId = topic.topic_id;
+      button.setAttribute("aria-current", String(topic.topic_id === state.current));
+      button.append(el("span", "topic-name", topic.topic_name));
+      if (topic.unread_count > 0) {
+        button.classList.add("has-unread");
+        const badge = el("span", "badge", topic.unread_count > 99 ? "99+" : String(topic.unread_count));
+        badge.setAttribute("aria-label", `${topic.unread_count} unread`);
+        button.append(badge);
+      }
+      button.addEventListener("click", () => openTopic(topic.topic_id));
+      rooms.get(topic.room_id).append(button);
+    }
+    $("#topics-empty").hidden = state.topics.size > 0;
+    const total = topics.reduce((sum, t) => sum + t.unread_count, 0);
+    document.title = total > 0 ? `(${total}) Beacon` : "Beacon";
+  }
+
+  function renderPeople() {
+    const people = [...state.people.values()].sort((a, b) => {
+      if (state.me && (a.user_id === state.me.user_id) !== (b.user_id === state.me.user_id)) {
+        return a.user_id === state.me.user_id ? -1 : 1;
+      }
+      if (a.is_online !== b.is_online) return a.is_online ? -1 : 1;
+      const seen = (b.last_seen_at || "").localeCompare(a.last_seen_at || "");
+      return seen || displayName(a).localeCompare(displayName(b));
+    });
+    const shown = state.showAllPeople ? people : people.slice(0, PEOPLE_SHOWN);
+    const list = $("#people-list");
+    list.replaceChildren();
+    for (const person of shown) {
+      const item = el("li", "person");
+      item.dataset.userId = person.user_id;
+      item.dataset.username = person.username;
+      item.dataset.online = String(Boolean(person.is_online));
+      const face = avatar(person.user_id, displayName(person));
+      const dot = el("span", "status-dot");
+      face.append(dot);
+      const names = el("span", "names");
+      const name = el("span", "name", displayName(person));
+      if (state.me && person.user_id === state.me.user_id) name.append(" ", el("span", "you", "(you)"));
+      const seen = el("span", "seen", person.is_online ? "Online" : lastSeen(person.last_seen_at));
+      if (person.last_seen_at) seen.title = new Date(person.last_seen_at).toLocaleString();
+      names.append(name, seen);
+      item.append(face, names);
+      item.setAttribute("aria-label", `${displayName(person)}: ${seen.textContent}`);
+      list.append(item);
+    }
+    const more = $("#people-more");
+    more.hidden = people.length <= PEOPLE_SHOWN;
+    more.textContent = state.showAllPeople ? "Show fewer" : `Show all ${people.length}`;
+    const onlineCount = people.filter((p) => p.is_online).length;
+    $("#online-count").textContent = `${onlineCount} online`;
+  }
+
+  // ---------------------------------------------------------------- Socket.IO
+
+  function setConnection(kind, label) {
+    const box = $("#connection");
+    box.dataset.state = kind;
+    box.querySelector(".label").textContent = label;
+  }
+
+  function stopSocket() {
+    if (state.socket) {
+      state.socket.removeAllListeners();
+      state.socket.disconnect();
+      state.socket = null;
+    }
+  }
+
+  function connectSocket() {
+    stopSocket();
+    setConnection("connecting", "Connecting…");
+    // The auth callback runs on every (re)connection, so a refreshed token is picked up.
+    const socket = io({ auth: (cb) => cb({ token: state.token }) });
+    state.socket = socket;
+
+    socket.on("connect", onConnect);
+    socket.on("disconnect", (reason) => {
+      if (reason === "io client disconnect") return;
+      setConnection("reconnecting", "Reconnecting…");
+    });
+    socket.on("connect_error", async (err) => {
+      const code = err.data && err.data.error;
+      if (socket.active) { // a transport problem: the client retries by itself
+        setConnection("reconnecting", "Reconnecting…");
+        return;
+      }
+      // Refused by the server (bad or expired token): no automatic retry.
+      if (["token_expired", "invalid_token", "missing_token"].includes(code) && (await refreshToken())) {
+        socket.connect();
+        return;
+      }
+      setConnection("error", "Refused");
+      toast({ kind: "error", title: "Connection refused", body: err.message });
+      if (code === "unknown_user" || code === "invalid_token" || code === "token_expired") {
+        clearSession();
+        showLogin();
+      }
+    });
+
+    socket.on("user_status_change", onUserStatus);
+    socket.on("global_message_alert", onGlobalAlert);
+    socket.on("new_message", onNewMessage);
+    socket.on("unread_update", onUnreadUpdate);
+    socket.on("messages_read", onMessagesRead);
+    socket.on("error", (payload) => toast({ kind: "error", title: "Server error", body: payload.message || payload.code }));
+  }
+
+  /** Every (re)connection: rooms are per connection, so join the open topic again and catch up. */
+  async function onConnect() {
+    setConnection("connected", "Live");
+    try {
+      await Promise.all([loadTopics(), loadPeople()]);
+      if (state.current) await joinCurrent(true);
+    } catch (err) {
+      toast({ kind: "error", title: "Could not refresh", body: err.message });
+    }
+  }
+
+  function emit(event, payload) {
+    return new Promise((resolve, reject) => {
+      if (!state.socket || !state.socket.connected) {
+        reject(new Error("not connected"));
+        return;
+      }
+      state.socket.timeout(10000).emit(event, payload, (err, ack) => {
+        if (err) reject(new Error(`${event}: no answer from the server`));
+        else if (!ack || !ack.ok) reject(Object.assign(new Error((ack && ack.message) || `${event} failed`), { code: ack && ack.error }));
+        else resolve(ack);
+      });
+    });
+  }
+
+  function onUserStatus(payload) {
+    const known = state.people.get(payload.user_id) || {};
+    state.people.set(payload.user_id, { ...known, ...payload });
+    if (state.me && payload.user_id === state.me.user_id) state.people.get(payload.user_id).is_online = true;
+    renderPeople();
+  }
+
+  function onGlobalAlert(alert) {
+    if (state.me && alert.sender.id === state.me.user_id) return; // your own message
+    if (alert.topic_id === state.current && document.visibilityState === "visible") return; // on screen already
+    const topic = state.topics.get(alert.topic_id);
+    const where = topic ? `${topic.room_name} › ${topic.topic_name}` : alert.topic_name;
+    toast({
+      title: alert.sender.name,
+      where,
+      body: alert.preview,
+      avatarOf: { id: alert.sender.id, name: alert.sender.name },
+      action: topic && alert.topic_id !== state.current ? { label: "Open", run: () => openTopic(alert.topic_id, alert.message_id) } : null,
+      data: { topicId: alert.topic_id, messageId: String(alert.message_id) },
+    });
+  }
+
+  function onNewMessage(message) {
+    if (message.topic_id !== state.current) return;
+    if (state.messages.some((m) => m.id === message.id)) return;
+    state.messages.push(message);
+    renderMessages({ scroll: true });
+    scheduleMarkRead();
+  }
+
+  function onUnreadUpdate(update) {
+    const topic = state.topics.get(update.topic_id);
+    if (!topic) {
+      loadTopics().catch(() => {}); // added to a new topic since the page loaded
+      return;
+    }
+    topic.unread_count = update.unread_count;
+    renderTopics();
+    if (update.topic_id === state.current && update.unread_count > 0) scheduleMarkRead();
+  }
+
+  function onMessagesRead(receipt) {
+    if (state.me && receipt.user_id === state.me.user_id) {
+      // This user read it, maybe on another tab or device.
+      const topic = state.topics.get(receipt.topic_id);
+      if (topic) {
+        topic.unread_count = 0;
+        if (receipt.last_read_message_id) topic.last_read_message_id = receipt.last_read_message_id;
+        renderTopics();
+      }
+      return;
+    }
+    if (!state.readers.has(receipt.topic_id)) state.readers.set(receipt.topic_id, new Map());
+    state.readers.get(receipt.topic_id).set(receipt.user_id, receipt.last_read_message_id);
+    if (receipt.topic_id === state.current) renderMessages({});
+  }
+
+  // ---------------------------------------------------------------- topics and messages
+
+  async function joinCurrent(quiet) {
+    const topic = state.topics.get(state.current);
+    if (!topic) return;
+    try {
+      await emit("join_topic", { topic_id: topic.topic_id, room_id: topic.room_id });
+    } catch (err) {
+      if (!quiet) showComposerError(`Could not join the topic: ${err.message}`);
+      return;
+    }
+    await loadMessages();
+    // Not fatal: if the connection drops meanwhile, the next "connect" marks the topic read.
+    await markRead().catch((err) => console.warn("mark_as_read failed:", err.message));
+  }
+
+  /** Show a topic; called from clicks, toasts and the service worker, so it never rejects. */
+  function openTopic(topicId, highlightId) {
+    return showTopic(topicId, highlightId).catch((err) => {
+      if (topicId === state.current) showComposerError(`Could not load the topic: ${err.message}`);
+    });
+  }
+
+  async function showTopic(topicId, highlightId) {
+    const topic = state.topics.get(topicId);
+    if (!topic) return;
+    const previous = state.current;
+    if (previous && previous !== topicId && state.socket && state.socket.connected) {
+      const old = state.topics.get(previous);
+      emit("leave_topic", { topic_id: previous, room_id: old && old.room_id }).catch(() => {});
+    }
+    state.current = topicId;
+    state.messages = [];
+    state.nextBefore = null;
+    const url = new URL(location.href);
+    url.searchParams.set("room", topic.room_id);
+    url.searchParams.set("topic", topic.topic_id);
+    history.replaceState(null, "", url);
+    $("#topic-title").textContent = topic.topic_name;
+    $("#topic-subtitle").textContent = `in #${topic.room_name}`;
+    $("#composer").hidden = false;
+    $("#composer-input").placeholder = `Message ${topic.topic_name}`;
+    showComposerError("");
+    renderTopics();
+    renderMessages({});
+    if (state.socket && state.socket.connected) {
+      await joinCurrent(false);
+    } else {
+      await loadMessages(); // the connect handler joins once the socket is up
+    }
+    if (highlightId) {
+      const node = document.querySelector(`.message[data-message-id="${CSS.escape(String(highlightId))}"]`);
+      if (node) {
+        node.classList.add("highlight");
+        node.scrollIntoView({ block: "center" });
+      }
+    }
+    $("#composer-input").focus();
+  }
+
+  async function loadMessages(older) {
+    const topicId = state.current;
+    let path = `/api/topics/${encodeURIComponent(topicId)}/messages?limit=${MESSAGES_PAGE}`;
+    if (older && state.nextBefore) path += `&before=${state.nextBefore}`;
+    const page = await api("GET", path);
+    if (topicId !== state.current) return;
+    const known = new Set(state.messages.map((m) => m.id));
+    const fresh = page.messages.filter((m) => !known.has(m.id)).reverse();
+    state.messages = [...fresh, ...state.messages].sort((a, b) => a.id - b.id);
+    if (older || !state.nextBefore) state.nextBefore = page.next_before;
+    renderMessages({ scroll: !older });
+  }
+
+  function scheduleMarkRead() {
+    if (document.visibilityState !== "visible") return; // read when the tab is seen again
+    clearTimeout(state.markTimer);
+    state.markTimer = setTimeout(() => markRead().catch(() => {}), 150);
+  }
+
+  async function markRead() {
+    const topic = state.topics.get(state.current);
+    if (!topic || !state.socket || !state.socket.connected) return;
+    const after = topic.last_read_message_id || 0;
+    const ids = state.messages.filter((m) => m.id > after).map((m) => m.id).slice(-1000);
+    const ack = await emit("mark_as_read", { topic_id: topic.topic_id, room_id: topic.room_id, message_ids: ids });
+    topic.unread_count = 0;
+    if (ack.last_read_message_id) topic.last_read_message_id = ack.last_read_message_id;
+    renderTopics();
+  }
+
+  function renderBody(text) {
+    const body = el("div", "body");
+    const mine = state.me ? `@${state.me.username}` : null;
+    for (const part of text.split(/(@[\w.-]+)/g)) {
+      if (!part) continue;
+      if (part.startsWith("@") && state.me && part.replace(/[.-]+$/, "") === mine) body.append(el("span", "mention", part));
+      else body.append(part);
+    }
+    return body;
+  }
+
+  function renderMessages({ scroll }) {
+    const box = $("#messages");
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    box.replaceChildren();
+    if (!state.current) {
+      const placeholder = el("div", "placeholder");
+      placeholder.append(el("p", null, "Pick a topic on the left to read and send messages."));
+      box.append(placeholder);
+      return;
+    }
+    if (state.nextBefore) {
+      const older = el("button", "btn ghost small load-older", "Load earlier messages");
+      older.type = "button";
+      older.addEventListener("click", () => loadMessages(true));
+      box.append(older);
+    }
+    if (state.messages.length === 0) {
+      const placeholder = el("div", "placeholder");
+      placeholder.append(el("p", null, "No messages yet. Say hello!"));
+      box.append(placeholder);
+    }
+    // Who has read how far: "Seen by" goes under the newest message each reader has read.
+    const readers = state.readers.get(state.current) || new Map();
+    const seenAt = new Map();
+    for (const [userId, lastRead] of readers) {
+      const upTo = [...state.messages].reverse().find((m) => m.id <= lastRead && m.sender.id !== userId);
+      if (!upTo) continue;
+      if (!seenAt.has(upTo.id)) seenAt.set(upTo.id, []);
+      seenAt.get(upTo.id).push(displayName(state.people.get(userId) || { username: "someone" }));
+    }
+    let previous = null;
+    for (const message of state.messages) {
+      const created = new Date(message.created_at);
+      const day = dayFormat.format(created);
+      if (!previous || dayFormat.format(new Date(previous.created_at)) !== day) {
+        box.append(el("div", "day-divider", day));
+        previous = null;
+      }
+      const continued = previous && previous.sender.id === message.sender.id && created - new Date(previous.created_at) < 5 * 60 * 1000;
+      const item = el("article", "message");
+      if (continued) item.classList.add("continued");
+      if (state.me && message.sender.id === state.me.user_id) item.classList.add("mine");
+      item.dataset.messageId = String(message.id);
+      const content = el("div", "content");
+      const meta = el("div", "meta");
+      const time = el("time", null, timeFormat.format(created));
+      time.dateTime = message.created_at;
+      time.title = created.toLocaleString();
+      meta.append(el("span", "sender", message.sender.name), time);
+      content.append(meta, renderBody(message.body));
+      item.append(avatar(message.sender.id, message.sender.name), content);
+      if (seenAt.has(message.id)) {
+        const receipt = el("div", "receipt");
+        receipt.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="m9 16.2-3.5-3.5L4 14.2l5 5 11-11-1.4-1.4z"/></svg>';
+        receipt.append(`Seen by ${seenAt.get(message.id).join(", ")}`);
+        item.append(receipt);
+      }
+      box.append(item);
+      previous = message;
+    }
+    if (scroll || atBottom) box.scrollTop = box.scrollHeight;
+  }
+
+  function showComposerError(message) {
+    const node = $("#composer-error");
+    node.textContent = message;
+    node.hidden = !message;
+  }
+
+  async function sendMessage(event) {
+    event.preventDefault();
+    const input = $("#composer-input");
+    const text = input.value;
+    const topic = state.topics.get(state.current);
+    if (!topic || !text.trim()) return;
+    const button = $("#send-button");
+    button.disabled = true;
+    showComposerError("");
+    try {
+      const ack = await emit("send_message", { topic_id: topic.topic_id, room_id: topic.room_id, message: text });
+      input.value = "";
+      autoGrow();
+      onNewMessage(ack.message); // new_message usually arrives first; duplicates are dropped
+    } catch (err) {
+      showComposerError(err.code === "message_too_long" ? err.message : `Not sent: ${err.message}`);
+    } finally {
+      button.disabled = false;
+      input.focus();
+    }
+  }
+
+  function autoGrow() {
+    const input = $("#composer-input");
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+  }
+
+  // ---------------------------------------------------------------- toasts
+
+  function toast({ kind = "info", title, where, body, avatarOf, action, data }) {
+    const node = el("div", `toast ${kind}`);
+    node.setAttribute("role", kind === "error" ? "alert" : "status");
+    if (data) Object.assign(node.dataset, data);
+    node.append(avatarOf ? avatar(avatarOf.id, avatarOf.name, true) : el("span"));
+    const text = el("div", "toast-text");
+    const heading = el("div", "toast-title", title);
+    if (where) heading.append(" ", el("span", "toast-where", `in ${where}`));
+    text.append(heading, el("div", "toast-body", body));
+    if (action) {
+      const actions = el("div", "toast-actions");
+      const button = el("button", "btn small", action.label);
+      button.type = "button";
+      button.addEventListener("click", () => { action.run(); dismiss(); });
+      actions.append(button);
+      text.append(actions);
+    }
+    const close = el("button", "close", "×");
+    close.type = "button";
+    close.setAttribute("aria-label", "Dismiss");
+    close.addEventListener("click", () => dismiss());
+    node.append(text, close);
+    $("#toasts").append(node); // shown lowest (column-reverse)
+    let timer = setTimeout(dismiss, TOAST_MS);
+    node.addEventListener("mouseenter", () => clearTimeout(timer));
+    node.addEventListener("mouseleave", () => { timer = setTimeout(dismiss, TOAST_MS / 2); });
+    function dismiss() {
+      clearTimeout(timer);
+      node.classList.add("leaving");
+      setTimeout(() => node.remove(), 200);
+    }
+    const all = $("#toasts").children;
+    while (all.length > 4) all[0].remove();
+  }
+
+  // ---------------------------------------------------------------- Web Push
+
+  function urlBase64ToBytes(value) {
+    const padded = (value + "===".slice((value.length + 3) % 4)).replace(/-/g, "+").replace(/_/g, "/");
+    return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+  }
+
+  function setPushButton(label, { pressed = false, disabled = false, title = "" } = {}) {
+    const button = $("#push-button");
+    button.hidden = false;
+    button.querySelector(".label").textContent = label;
+    button.setAttribute("aria-pressed", String(pressed));
+    button.disabled = disabled;
+    button.title = title;
+  }
+
+  async function registerServiceWorker() {
+    if (!("serviceWorker" in navigator)) return null;
+    try {
+      await navigator.serviceWorker.register("/sw.js", { scope: "/" });
+      state.registration = await navigator.serviceWorker.ready;
+      return state.registration;
+    } catch (err) {
+      console.warn("service worker registration failed", err);
+      return null;
+    }
+  }
+
+  async function setupPush() {
+    if (!state.pushSupported) {
+      setPushButton("Push unsupported", { disabled: true, title: "This browser has no service workers or Push API (a secure context is required: https or localhost)." });
+      return;
+    }
+    const registration = state.registration || (await registerServiceWorker());
+    if (!registration) {
+      setPushButton("Push unavailable", { disabled: true, title: "The service worker could not be registered." });
+      return;
+    }
+    const existing = await registration.pushManager.getSubscription();
+    if (existing && Notification.permission === "granted") {
+      // Re-announce on every load: the endpoint follows whoever is signed in on this browser.
+      try {
+        await api("POST", "/api/notifications/subscribe", existing.toJSON());
+        setPushButton("Push on", { pressed: true, title: "This browser gets a notification for messages while you are offline. Click to turn off." });
+        return;
+      } catch (err) {
+        console.warn("could not re-register the push subscription", err);
+      }
+    }
+    if (Notification.permission === "denied") {
+      setPushButton("Push blocked", { disabled: true, title: "Notifications are blocked for this site in the browser settings." });
+      return;
+    }
+    setPushButton("Enable push", { title: "Get a notification for new messages while you are offline." });
+  }
+
+  async function togglePush() {
+    const button = $("#push-button");
+    if (button.getAttribute("aria-pressed") === "true") {
+      await disablePush();
+    } else {
+      await enablePush();
+    }
+  }
+
+  async function enablePush() {
+    setPushButton("Enabling…", { disabled: true });
+    try {
+      const { public_key: publicKey } = await api("GET", "/api/notifications/vapid-public-key", undefined, { auth: false });
+      const permission = await Notification.requestPermission();
+      if (permission !== "granted") {
+        setPushButton(permission === "denied" ? "Push blocked" : "Enable push", { disabled: permission === "denied" });
+        toast({ kind: "error", title: "Notifications not allowed", body: "Allow notifications for this site to receive pushes." });
+        return;
+      }
+      const registration = state.registration || (await registerServiceWorker());
+      // The browser asks its vendor's push service for an endpoint; without internet access
+      // that request can hang, so give up after a while with a clear message.
+      const subscription = await Promise.race([
+        registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: urlBase64ToBytes(publicKey) }),
+        new Promise((_, reject) => setTimeout(() => reject(Object.assign(
+          new Error(`the browser's push service did not answer within ${SUBSCRIBE_TIMEOUT_MS / 1000} s`),
+          { name: "TimeoutError" })), SUBSCRIBE_TIMEOUT_MS)),
+      ]);
+      await api("POST", "/api/notifications/subscribe", subscription.toJSON());
+      setPushButton("Push on", { pressed: true, title: "Click to turn push notifications off for this browser." });
+      toast({ title: "Push notifications on", body: "Messages sent while you are offline will show up as notifications." });
+    } catch (err) {
+      setPushButton("Enable push", { title: "Try again" });
+      const hint = err instanceof ApiError
+        ? (err.code === "push_disabled" ? "The server has no VAPID keys configured." : err.message)
+        : `${err.message}. Push needs the browser vendor's push service (internet access) and does not work in private windows.`;
+      toast({ kind: "error", title: "Could not enable push", body: hint });
+    }
+  }
+
+  async function disablePush() {
+    setPushButton("Turning off…", { disabled: true });
+    try {
+      const subscription = await state.registration.pushManager.getSubscription();
+      if (subscription) {
+        await api("DELETE", "/api/notifications/unsubscribe-by-endpoint", { endpoint: subscription.endpoint }).catch((err) => {
+          if (!(err instanceof ApiError && err.status === 404)) throw err;
+        });
+        await subscription.unsubscribe();
+      }
+      setPushButton("Enable push");
+    } catch (err) {
+      setPushButton("Push on", { pressed: true });
+      toast({ kind: "error", title: "Could not turn push off", body: err.message });
+    }
+  }
+
+  function onServiceWorkerMessage(event) {
+    const message = event.data || {};
+    if (message.type === "beacon:open-topic" && message.topic_id) {
+      const open = () => openTopic(message.topic_id, message.message_id);
+      if (state.topics.has(message.topic_id)) open();
+      else loadTopics().then(open).catch(() => {});
+    } else if (message.type === "beacon:subscription-changed" && state.token) {
+      setupPush().catch(() => {});
+    }
+  }
+
+  // ---------------------------------------------------------------- start
+
+  async function boot() {
+    $("#user-filter").addEventListener("input", onFilterInput);
+    $("#token-form").addEventListener("submit", loginWithToken);
+    $("#switch-user").addEventListener("click", () => { clearSession(); showLogin(); });
+    $("#composer").addEventListener("submit", sendMessage);
+    $("#push-button").addEventListener("click", () => togglePush());
+    $("#people-more").addEventListener("click", () => { state.showAllPeople = !state.showAllPeople; renderPeople(); });
+    const input = $("#composer-input");
+    input.addEventListener("input", autoGrow);
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        $("#composer").requestSubmit();
+      }
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && state.current) scheduleMarkRead();
+    });
+    setInterval(() => { if (state.me) renderPeople(); }, 30000); // keep "last seen" fresh
+    if ("serviceWorker" in navigator) {
+      navigator.serviceWorker.addEventListener("message", onServiceWorkerMessage);
+      registerServiceWorker();
+    }
+
+    await loadDevUsers("");
+    const saved = loadSession();
+    if (saved) {
+      state.token = saved.token;
+      state.username = saved.username;
+      try {
+        await startApp();
+        return;
+      } catch (err) {
+        clearSession();
+      }
+    }
+    showLogin();
+  }
+
+  boot().catch((err) => {
+    console.error(err);
+    toast({ kind: "error", title: "Beacon could not start", body: err.message });
+  });
+})();
