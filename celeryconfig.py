@@ -6,9 +6,21 @@ _settings = load_settings()
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
+# Keep reconnecting for as long as Redis is away: a worker must outlive a broker restart.
+broker_connection_max_retries = None
 broker_pool_limit = 50
-# Longer than any retry countdown, or Redis hands delayed tasks to a second worker early.
-broker_transport_options = {"visibility_timeout": 3600}
+# A task a worker took and never acknowledged (the worker was killed) goes to another worker
+# after the visibility timeout. It must be longer than any retry countdown (the loader checks),
+# or Redis hands delayed tasks to a second worker early. Abandoned tasks are looked for every
+# unacked_restore_interval seconds (by green workers too: workers/recovery.py), under a mutex
+# that a worker killed while holding it blocks until it expires: keep that short.
+_vt = _settings.broker_visibility_timeout
+broker_transport_options = {
+    "visibility_timeout": _vt,
+    "unacked_restore_interval": max(1, min(10, _vt // 10)),
+    "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": max(5, min(300, _vt // 10)),
+}
 
 task_serializer = "json"
 accept_content = ["json"]
@@ -36,4 +48,9 @@ beat_schedule = {
         "schedule": _settings.presence_sweep_interval,
     },
     "push-prune-failing": {"task": "beacon.push.prune_failing", "schedule": 3600.0},
+    "reconcile-lost-work": {
+        "task": "beacon.unread.reconcile",
+        "schedule": _settings.reconcile_interval,
+        "options": {"expires": _settings.reconcile_interval},
+    },
 }

@@ -1,5 +1,5 @@
 """Beacon configuration: the one settings loader (see ``config.settings``)."""
 
-from config.settings import Settings, load_settings
+from config.settings import RateLimit, Settings, load_settings
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["RateLimit", "Settings", "load_settings"]

@@ -49,6 +49,43 @@ def _list(raw: str | None) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in raw.split(",") if item.strip())
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """``limit`` actions per ``period`` seconds (a burst of ``limit``, then a steady rate)."""
+
+    limit: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.period:g}s"
+
+
+_PERIOD_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate_limit(name: str, raw: str | None, default: RateLimit | None) -> RateLimit | None:
+    """``"30/10s"`` (also ``30/10``, ``100/1m``, ``1000/1h``); ``off`` or ``0`` disables."""
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip().lower()
+    if text in {"off", "0", "none", "false"}:
+        return None
+    count, sep, period = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        unit = _PERIOD_UNITS.get(period[-1:], None)
+        seconds = float(period[:-1]) * unit if unit else float(period)
+        limit = int(count)
+        if limit <= 0 or seconds <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name} must look like 30/10s (count/period with s, m or h), or off; got {raw!r}"
+        ) from None
+    return RateLimit(limit, seconds)
+
+
 def _default_database_url() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'instance' / 'beacon.db'}"
 
@@ -90,8 +127,40 @@ class Settings:
     presence_heartbeat_ttl: int = 30
     presence_sweep_interval: float = 15.0
 
+    # Per-user (and per-IP for connection attempts) rate limits; None disables one.
+    rate_limit_send_message: RateLimit | None = RateLimit(30, 10.0)
+    rate_limit_subscribe: RateLimit | None = RateLimit(10, 60.0)
+    rate_limit_connect_user: RateLimit | None = RateLimit(30, 60.0)
+    # Off by default: behind a load balancer every client has the balancer's address unless
+    # TRUSTED_PROXIES says how many proxies to look through.
+    rate_limit_connect_ip: RateLimit | None = None
+    # Proxies in front of the web tier whose X-Forwarded-For is trusted (0: none).
+    trusted_proxies: int = 0
+
+    # Celery: seconds before a task a worker took but never acknowledged (the worker died) is
+    # handed to another worker. Must exceed the longest a worker holds a task on purpose: a
+    # retry countdown plus one attempt (checked below).
+    broker_visibility_timeout: int = 3600
+    db_retry_backoff_max: int = 60
+    # Beat re-enqueues the work of messages whose tasks were lost (Redis lost its data, or
+    # it failed between the commit and the enqueue): messages older than the grace and
+    # younger than the window that have no unread/fan-out marker.
+    reconcile_interval: float = 30.0
+    reconcile_grace: float = 60.0
+    reconcile_window: float = 3600.0
+
     log_json: bool = False
     log_level: str = "INFO"
+
+    # Development only: GET /api/dev/users and POST /api/dev/token hand out tokens to anyone.
+    dev_login: bool = False
+    # Write broadcast frames straight to idle websocket connections (webapp/broadcast.py);
+    # off: python-socketio's per-connection queue for every frame (for comparison).
+    fast_fanout: bool = True
+    # Who gets user_status_change: "everyone" connected (the protocol's default), or "topics":
+    # the connections that joined one of the user's topics, plus the user's own devices. Every
+    # transition reaches every client with "everyone", so a storm of N users costs N^2 frames.
+    presence_events: str = "everyone"
 
     @property
     def push_enabled(self) -> bool:
@@ -125,7 +194,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise ValueError(f"JWT_ALGORITHM {algorithm!r} is not supported")
     port = _int(env, "PORT", defaults.port)
     host = env.get("HOST") or defaults.host
-    return Settings(
+    settings = Settings(
         database_url=env.get("DATABASE_URL") or defaults.database_url,
         redis_url=env.get("REDIS_URL") or defaults.redis_url,
         host=host,
@@ -148,9 +217,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         push_request_timeout=_float(env, "PUSH_REQUEST_TIMEOUT", defaults.push_request_timeout),
         push_allowed_hosts=_list(env.get("PUSH_ALLOWED_HOSTS")),
         push_failure_limit=_int(env, "PUSH_FAILURE_LIMIT", defaults.push_failure_limit),
-        push_max_subscriptions=_int(
-            env, "PUSH_MAX_SUBSCRIPTIONS", defaults.push_max_subscriptions
-        ),
+        push_max_subscriptions=_int(env, "PUSH_MAX_SUBSCRIPTIONS", defaults.push_max_subscriptions),
         app_base_url=env.get("APP_BASE_URL") or f"http://{host}:{port}",
         max_message_length=_int(env, "MAX_MESSAGE_LENGTH", defaults.max_message_length),
         cors_origins=tuple(
@@ -163,6 +230,57 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         presence_sweep_interval=_float(
             env, "PRESENCE_SWEEP_INTERVAL", defaults.presence_sweep_interval
         ),
+        rate_limit_send_message=parse_rate_limit(
+            "RATE_LIMIT_SEND_MESSAGE",
+            env.get("RATE_LIMIT_SEND_MESSAGE"),
+            defaults.rate_limit_send_message,
+        ),
+        rate_limit_subscribe=parse_rate_limit(
+            "RATE_LIMIT_SUBSCRIBE", env.get("RATE_LIMIT_SUBSCRIBE"), defaults.rate_limit_subscribe
+        ),
+        rate_limit_connect_user=parse_rate_limit(
+            "RATE_LIMIT_CONNECT_USER",
+            env.get("RATE_LIMIT_CONNECT_USER"),
+            defaults.rate_limit_connect_user,
+        ),
+        rate_limit_connect_ip=parse_rate_limit(
+            "RATE_LIMIT_CONNECT_IP",
+            env.get("RATE_LIMIT_CONNECT_IP"),
+            defaults.rate_limit_connect_ip,
+        ),
+        trusted_proxies=_int(env, "TRUSTED_PROXIES", defaults.trusted_proxies),
+        broker_visibility_timeout=_int(
+            env, "BROKER_VISIBILITY_TIMEOUT", defaults.broker_visibility_timeout
+        ),
+        db_retry_backoff_max=_int(env, "DB_RETRY_BACKOFF_MAX", defaults.db_retry_backoff_max),
+        reconcile_interval=_float(env, "RECONCILE_INTERVAL", defaults.reconcile_interval),
+        reconcile_grace=_float(env, "RECONCILE_GRACE", defaults.reconcile_grace),
+        reconcile_window=_float(env, "RECONCILE_WINDOW", defaults.reconcile_window),
         log_json=_bool(env.get("LOG_JSON"), defaults.log_json),
         log_level=(env.get("LOG_LEVEL") or defaults.log_level).upper(),
+        dev_login=_bool(env.get("DEV_LOGIN"), defaults.dev_login),
+        fast_fanout=_bool(env.get("FAST_FANOUT"), defaults.fast_fanout),
+        presence_events=_presence_events(env.get("PRESENCE_EVENTS"), defaults.presence_events),
     )
+    _check_task_timing(settings)
+    return settings
+
+
+def _presence_events(raw: str | None, default: str) -> str:
+    value = (raw or default).strip().lower()
+    if value not in {"everyone", "topics"}:
+        raise ValueError(f"PRESENCE_EVENTS must be 'everyone' or 'topics', got {raw!r}")
+    return value
+
+
+def _check_task_timing(s: Settings) -> None:
+    """A visibility timeout shorter than a deliberate hold would run tasks twice."""
+    longest_hold = max(s.push_retry_max + s.push_request_timeout, s.db_retry_backoff_max)
+    if s.broker_visibility_timeout <= longest_hold:
+        raise ValueError(
+            f"BROKER_VISIBILITY_TIMEOUT ({s.broker_visibility_timeout}s) must exceed the longest "
+            f"retry delay plus one attempt ({longest_hold:g}s: PUSH_RETRY_MAX + "
+            "PUSH_REQUEST_TIMEOUT, DB_RETRY_BACKOFF_MAX), or workers redeliver held tasks early"
+        )
+    if s.reconcile_grace >= s.reconcile_window:
+        raise ValueError("RECONCILE_GRACE must be shorter than RECONCILE_WINDOW")

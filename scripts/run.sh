@@ -10,7 +10,10 @@
 #
 # Environment: REDIS_PORT (port for the private Redis; default: the port in REDIS_URL, else
 # 6379), STOP_TIMEOUT (seconds to wait for a graceful stop, default 30), READY_TIMEOUT
-# (seconds to wait for the web tier, default 90), and everything config/settings.py reads.
+# (seconds to wait for the web tier, default 90), DEV_LOGIN (default 1 here: the demo page at
+# / lets you pick a user; set DEV_LOGIN=0 for anything but a local demo), SEED_DEMO (default 1:
+# create demo users alice, bob, carol, dave and three topics when they are absent), and
+# everything config/settings.py reads.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +28,7 @@ PY="$ROOT/.venv/bin/python"
 STOP_TIMEOUT="${STOP_TIMEOUT:-30}"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
 export PYTHONUNBUFFERED=1
+SEED_DEMO="${SEED_DEMO:-1}"
 
 say() { printf 'run.sh | %s\n' "$*" >&2; }
 die() {
@@ -67,12 +71,15 @@ values = {
     "CFG_REDIS_HAS_AUTH": "1" if (u.username or u.password) else "",
     "CFG_WEB_URL": f"http://{display_host}:{s.port}",
     "CFG_DB_DISPLAY": db_display,
+    # The local demo page needs a development login; the environment or .env can turn it off.
+    "CFG_DEV_LOGIN": os.environ.get("DEV_LOGIN") or "1",
 }
 for key, value in values.items():
     print(f"{key}={shlex.quote(value)}")
 PYEOF
 )" || die "could not read the settings (config/settings.py); see the error above"
 eval "$settings"
+export DEV_LOGIN="$CFG_DEV_LOGIN"
 
 # -- process bookkeeping ----------------------------------------------------------------------
 SVC_NAMES=()
@@ -226,6 +233,27 @@ say "applying migrations (flask db upgrade)"
         sed -u "s/^/$(prefix_tag migrate 5)/"
 ) || die "flask db upgrade failed (see above, run/logs/migrate.log)"
 
+# -- demo data (users and topics for the page at /; the CLI is idempotent enough) -------------
+beacon_cli() { .venv/bin/flask --app wsgi beacon "$@"; }
+if [ "$SEED_DEMO" = 1 ]; then
+    if beacon_cli token dave --ttl 1 >/dev/null 2>&1; then
+        say "demo users already exist (SEED_DEMO=0 skips this check)"
+    else
+        say "seeding demo users and topics (SEED_DEMO=0 skips this)"
+        for spec in "alice:Alice Martin" "bob:Bob Chen" "carol:Carol Diaz" "dave:Dave Okafor"; do
+            # create-user exits 1 when the user exists: that is fine here.
+            beacon_cli create-user "${spec%%:*}" --display-name "${spec#*:}" >/dev/null 2>&1 ||
+                true
+        done
+        everyone=(--member alice --member bob --member carol --member dave)
+        beacon_cli create-topic general announcements "${everyone[@]}" >/dev/null ||
+            die "could not create the demo topics"
+        beacon_cli create-topic general random "${everyone[@]}" >/dev/null
+        beacon_cli create-topic design launch-plan --member alice --member bob \
+            --member carol >/dev/null
+    fi
+fi
+
 # -- services ---------------------------------------------------------------------------------
 start_service web .venv/bin/python wsgi.py
 start_service unread .venv/bin/celery -A workers worker -Q unread -c 2 -n "unread@%h" \
@@ -250,6 +278,9 @@ urllib.request.urlopen(sys.argv[1], timeout=2)' "$CFG_WEB_URL/healthz" >/dev/nul
     sleep 0.2
 done
 say "Beacon is ready: open $CFG_WEB_URL/  (Ctrl-C stops everything)"
+case "${DEV_LOGIN,,}" in
+1 | true | yes | on) say "DEV_LOGIN is on: the page lets anyone pick a user (local demo only)" ;;
+esac
 
 # -- supervise ----------------------------------------------------------------------------------
 while :; do

@@ -27,6 +27,8 @@ from tests.harness.redis_server import RedisServer
 from tests.harness.sio_client import RecordingClient
 from tests.pushservice.server import PushServiceClient, running_push_service
 
+pytest_plugins = ["tests.reliability"]  # the ``reliability`` fixture, --reliability-report
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 FLASK = [PYTHON, "-m", "flask", "--app", "wsgi"]
@@ -77,6 +79,7 @@ def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
         "PUSH_RETRY_MAX": "2",
         "PUSH_REQUEST_TIMEOUT": "5",
         "LOG_LEVEL": "INFO",
+        "DEV_LOGIN": "1",
         **extra,
     }
 
@@ -169,6 +172,10 @@ class Stack:
     workers: dict[str, ManagedProcess]
     push: PushServiceClient
     clients: list[RecordingClient] = field(default_factory=list)
+    #: more processes of the same deployment (second web, beat, ...) started by the test
+    extra: dict[str, ManagedProcess] = field(default_factory=dict)
+    run_dir: Path | None = None
+    name: str = ""  # suffix of the log file names; the backend by default
 
     def cli(self, *args: str) -> str:
         """Run a ``beacon`` CLI command in-process (the real Click command) and return stdout."""
@@ -235,6 +242,47 @@ class Stack:
             client.disconnect()
         self.clients.clear()
 
+    # -- more processes of this deployment (fault tests) ---------------------------------------
+    @property
+    def label(self) -> str:
+        return self.name or self.backend
+
+    @property
+    def processes(self) -> dict[str, ManagedProcess]:
+        return {"web": self.web, **self.workers, **self.extra}
+
+    def start_web(self, name: str) -> str:
+        """Another web process on the same Redis and database; returns its URL."""
+        from tests.harness.ports import free_port
+
+        assert self.run_dir is not None
+        port = free_port()
+        self.extra[name] = start_web(f"{name}-{self.label}", self.env, port, self.run_dir)
+        return f"http://127.0.0.1:{port}"
+
+    def start_worker(self, name: str, queues: str, *pool: str) -> ManagedProcess:
+        assert self.run_dir is not None
+        worker = start_worker(f"{name}-{self.label}", self.env, self.run_dir, queues, *pool)
+        self.extra[name] = worker
+        return worker
+
+    def start_beat(self, name: str = "beat") -> ManagedProcess:
+        assert self.run_dir is not None
+        beat = start_beat(f"{name}-{self.label}", self.env, self.run_dir)
+        self.extra[name] = beat
+        return beat
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Close clients, stop every process (``kill``: SIGKILL, when nothing of the run is
+        kept), release the database."""
+        self.close_clients()
+        for proc in [*self.extra.values(), *self.workers.values(), self.web]:
+            proc.kill() if kill else proc.stop()
+        with self.app.app_context():
+            from webapp.extensions import db
+
+            db.engine.dispose()
+
 
 def start_web(name: str, env: dict[str, str], port: int, log_dir: Path) -> ManagedProcess:
     web = ManagedProcess(name, [PYTHON, "wsgi.py"], {**env, "PORT": str(port)}, ROOT, log_dir)
@@ -269,6 +317,83 @@ def start_worker(
     return worker
 
 
+def start_beat(name: str, env: dict[str, str], log_dir: Path) -> ManagedProcess:
+    """A real ``celery -A workers beat`` (its schedule file in ``log_dir``)."""
+    schedule = log_dir / f"{name}-schedule-{uuid.uuid4().hex[:6]}"
+    beat = ManagedProcess(
+        name,
+        [*CELERY, "beat", "--schedule", str(schedule), "--loglevel", "INFO"],
+        env,
+        ROOT,
+        log_dir,
+    )
+    wait_log_contains(beat, "beat: Starting", timeout=60)
+    return beat
+
+
+DEFAULT_WORKERS: dict[str, tuple[str, ...]] = {
+    "unread": ("unread",),
+    "push": ("push", "-P", "gevent", "-c", "50"),
+}
+
+
+def stack_env(
+    database_url: str,
+    redis_url: str,
+    port: int,
+    push_service: PushServiceClient,
+    vapid_keys: tuple[str, str],
+    **extra: str,
+) -> dict[str, str]:
+    """``base_env`` plus Web Push towards the local push service, for a web on ``port``."""
+    push_host = push_service.base_url.split("://", 1)[1]
+    return base_env(
+        database_url,
+        redis_url,
+        VAPID_PRIVATE_KEY=vapid_keys[0],
+        VAPID_PUBLIC_KEY=vapid_keys[1],
+        VAPID_SUBJECT="mailto:ops@beacon.test",
+        PUSH_ALLOWED_HOSTS=push_host,
+        APP_BASE_URL=f"http://127.0.0.1:{port}",
+        **extra,
+    )
+
+
+def launch_stack(
+    backend: str,
+    env: dict[str, str],
+    port: int,
+    run_dir: Path,
+    push_service: PushServiceClient,
+    *,
+    name: str | None = None,
+    workers: dict[str, tuple[str, ...]] | None = None,
+    migrate: bool = True,
+) -> Stack:
+    """Migrate the database, start web and workers (``DEFAULT_WORKERS`` unless given, each
+    ``{key: (queues, *pool options)}``), and return the ``Stack``; ``Stack.stop()`` ends it.
+    Process logs are ``<run_dir>/<key>-<name>.log`` (name defaults to the backend)."""
+    name = name or backend
+    if migrate:
+        run_flask(env, "db", "upgrade")
+    web = start_web(f"web-{name}", env, port, run_dir)
+    started: dict[str, ManagedProcess] = {}
+    try:
+        for key, (queues, *pool) in (DEFAULT_WORKERS if workers is None else workers).items():
+            started[key] = start_worker(f"{key}-{name}", env, run_dir, queues, *pool)
+    except BaseException:
+        for proc in [*started.values(), web]:
+            proc.stop()
+        raise
+
+    from config import load_settings
+    from webapp import create_app
+
+    app = create_app(load_settings({**env, "PORT": str(port)}), serve_sockets=False)
+    url = f"http://127.0.0.1:{port}"
+    return Stack(backend, url, env, app, web, started, push_service, run_dir=run_dir, name=name)
+
+
 @pytest.fixture(scope="session")
 def stack(
     backend: str,
@@ -283,39 +408,13 @@ def stack(
 
     database_url = make_database_url(backend, f"beacon_{backend}", run_dir, request)
     port = free_port()
-    push_host = push_service.base_url.split("://", 1)[1]
-    env = base_env(
-        database_url,
-        redis_server.url_for_db(next(_redis_dbs)),
-        VAPID_PRIVATE_KEY=vapid_keys[0],
-        VAPID_PUBLIC_KEY=vapid_keys[1],
-        VAPID_SUBJECT="mailto:ops@beacon.test",
-        PUSH_ALLOWED_HOSTS=push_host,
-        APP_BASE_URL=f"http://127.0.0.1:{port}",
-    )
-    run_flask(env, "db", "upgrade")
-    web = start_web(f"web-{backend}", env, port, run_dir)
-    workers = {
-        "unread": start_worker(f"unread-{backend}", env, run_dir, "unread"),
-        "push": start_worker(f"push-{backend}", env, run_dir, "push", "-P", "gevent", "-c", "50"),
-    }
-
-    from config import load_settings
-    from webapp import create_app
-
-    app = create_app(load_settings({**env, "PORT": str(port)}), serve_sockets=False)
-    stack = Stack(backend, f"http://127.0.0.1:{port}", env, app, web, workers, push_service)
+    redis_url = redis_server.url_for_db(next(_redis_dbs))
+    env = stack_env(database_url, redis_url, port, push_service, vapid_keys)
+    stack = launch_stack(backend, env, port, run_dir, push_service)
     try:
         yield stack
     finally:
-        stack.close_clients()
-        for worker in workers.values():
-            worker.stop()
-        web.stop()
-        with app.app_context():
-            from webapp.extensions import db
-
-            db.engine.dispose()
+        stack.stop()
 
 
 @pytest.fixture

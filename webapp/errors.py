@@ -42,3 +42,9 @@ class Forbidden(BeaconError):
 
 class Unavailable(BeaconError):
     status = 503
+
+
+class RateLimited(BeaconError):
+    """Too many attempts: ``retry_after`` (seconds) says when to try again."""
+
+    status = 429

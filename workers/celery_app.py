@@ -33,6 +33,28 @@ celery = Celery("beacon", task_cls=AppContextTask)
 celery.config_from_object("celeryconfig")
 
 
+def outage_retry() -> dict[str, Any]:
+    """Task options: while the database or Redis is unreachable, retry with capped backoff
+    (``DB_RETRY_BACKOFF_MAX``) for as long as it takes; the task is not lost meanwhile."""
+    import redis
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from config import load_settings
+
+    return {
+        "autoretry_for": (
+            OperationalError,
+            InterfaceError,
+            redis.ConnectionError,
+            redis.TimeoutError,
+        ),
+        "retry_backoff": True,
+        "retry_backoff_max": load_settings().db_retry_backoff_max,
+        "retry_jitter": True,
+        "max_retries": None,
+    }
+
+
 @signals.after_setup_logger.connect
 def _json_logs(logger: logging.Logger, **_: Any) -> None:
     """Celery owns worker logging; LOG_JSON=1 only changes the line format."""

@@ -248,14 +248,16 @@ class PostgresServer:
         """libpq connection string for ``dbname`` (for psycopg.connect)."""
         return f"host={self.host} port={self.port} user=postgres dbname={dbname}"
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, *, template: str | None = None) -> str:
         """(Re)create an empty database and return its SQLAlchemy URL.
 
         An existing database of that name is dropped first (forcibly, even with open
-        connections), so each test can start from a clean schema.
+        connections), so each test can start from a clean schema. ``template`` copies another
+        database of this cluster instead (e.g. one already migrated; nobody may be connected
+        to it), which is much faster than running the migrations again.
         """
-        if not _DB_NAME.match(name):
-            raise ValueError(f"invalid database name {name!r}")
+        if not _DB_NAME.match(name) or (template is not None and not _DB_NAME.match(template)):
+            raise ValueError(f"invalid database name {name!r} / template {template!r}")
         if not self._running:
             raise RuntimeError("PostgresServer is not running; call start() first")
         import psycopg
@@ -265,8 +267,20 @@ class PostgresServer:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if template is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            else:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(name), sql.Identifier(template)
+                    )
+                )
         return self.url(name)
+
+    def restart(self) -> None:
+        """Stop (fast) and start again on the same port and data directory: an outage."""
+        self.stop()
+        self.start()
 
     def drop_database(self, name: str) -> None:
         """Drop a database created by :meth:`create_database` (no error if absent)."""

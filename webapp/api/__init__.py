@@ -2,11 +2,12 @@
 
 from flask import Flask
 
-from webapp.api import demo, errors, health, metrics, notifications, topics, users
+from webapp.api import body, demo, errors, health, metrics, notifications, topics, users
 
 
 def register(app: Flask) -> None:
     errors.register(app)
+    body.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(topics.bp)
     app.register_blueprint(users.bp)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 
+import redis
 from flask import Flask, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
@@ -18,7 +20,11 @@ def register(app: Flask) -> None:
     @app.errorhandler(BeaconError)
     def beacon_error(exc: BeaconError):
         db.session.rollback()
-        return jsonify(exc.to_dict()), exc.status
+        response = jsonify(exc.to_dict())
+        retry_after = exc.extra.get("retry_after")
+        if isinstance(retry_after, int | float):
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        return response, exc.status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -30,6 +36,12 @@ def register(app: Flask) -> None:
         db.session.rollback()
         log.exception("database error")
         return jsonify({"error": "unavailable", "message": "the database is unavailable"}), 503
+
+    @app.errorhandler(redis.RedisError)
+    def redis_error(exc: redis.RedisError):
+        db.session.rollback()
+        log.exception("redis error")
+        return jsonify({"error": "unavailable", "message": "Redis is unavailable"}), 503
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
+from webapp.api.body import json_body
 from webapp.auth import require_user
 from webapp.errors import Unavailable
 from webapp.services import context, subscriptions
@@ -24,7 +25,7 @@ def vapid_public_key():
 @require_user
 def subscribe():
     payload, created = subscriptions.subscribe(
-        g.user, request.get_json(silent=True), request.headers.get("User-Agent")
+        g.user, json_body(), request.headers.get("User-Agent")
     )
     return jsonify(payload), 201 if created else 200
 
@@ -45,5 +46,5 @@ def unsubscribe(subscription_id: str):
 @bp.delete("/unsubscribe-by-endpoint")
 @require_user
 def unsubscribe_by_endpoint():
-    subscriptions.unsubscribe_by_endpoint(g.user, request.get_json(silent=True))
+    subscriptions.unsubscribe_by_endpoint(g.user, json_body())
     return "", 204

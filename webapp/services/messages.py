@@ -10,7 +10,7 @@ from sqlalchemy import select
 from webapp import metrics, realtime
 from webapp.extensions import db
 from webapp.models import Message, Topic, User, isoformat
-from webapp.services import context, dispatch
+from webapp.services import context, dispatch, rate_limit
 from webapp.services.topics import member_topic
 from webapp.services.validation import (
     parse_message_body,
@@ -62,6 +62,11 @@ def post_message(user: User, payload: Any) -> dict[str, Any]:
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     body = parse_message_body(data.get("message"), settings.max_message_length)
     topic, _member = member_topic(user.id, topic_id, room_id)
+    rate_limit.check("send_message", user.id, settings.rate_limit_send_message)
+    # Who is looking at the topic is decided at send time, so a retried task counts exactly
+    # the same members. Reading it before the commit also means that while Redis (presence
+    # and broker) is down nothing is stored: the client is told ``unavailable`` and retries.
+    exclude = context.presence().active_users(str(topic.id)) | {str(user.id)}
 
     message = Message(topic_id=topic.id, sender_id=user.id, body=body)
     db.session.add(message)
@@ -71,10 +76,8 @@ def post_message(user: User, payload: Any) -> dict[str, Any]:
     full = message_payload(message, topic, user)
     realtime.emit(settings.redis_url, "new_message", full, to=realtime.topic_room(topic.id))
     realtime.emit(settings.redis_url, "global_message_alert", alert_payload(message, topic, user))
-
-    # Who is looking at the topic right now is decided at send time, so a retried task
-    # counts exactly the same members.
-    exclude = context.presence().active_users(str(topic.id)) | {str(user.id)}
+    # The message is stored: the ack says so even if the hand-off fails now (beat's
+    # reconciliation enqueues the work of messages whose tasks never ran).
     dispatch.message_posted(message.id, sorted(exclude), push=settings.push_enabled)
     return full
 

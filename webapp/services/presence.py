@@ -10,7 +10,8 @@ by ``sweep_dead_processes``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import redis
 
@@ -72,6 +73,69 @@ def _topic_key(topic_id: str) -> str:
 
 
 @dataclass
+class LiveConnection:
+    user_id: str
+    topics: set[str] = field(default_factory=set)
+
+
+class LocalConnections:
+    """A web process's own record of its live connections (sid -> user, joined topics).
+
+    Redis is the shared truth, but it can lose its data (restart without persistence) or miss
+    an update (a disconnect while Redis was down). The web process always knows who is
+    connected to it, so it can rebuild its part of Redis from here (``Presence.rebuild``).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conns: dict[str, LiveConnection] = {}
+        self._pending_offline: set[str] = set()
+        self.needs_rebuild = False
+
+    def add(self, sid: str, user_id: str) -> None:
+        with self._lock:
+            self._conns[sid] = LiveConnection(user_id)
+
+    def remove(self, sid: str) -> str | None:
+        with self._lock:
+            conn = self._conns.pop(sid, None)
+        return conn.user_id if conn else None
+
+    def join(self, sid: str, topic_id: str) -> None:
+        with self._lock:
+            conn = self._conns.get(sid)
+            if conn is not None:
+                conn.topics.add(topic_id)
+
+    def leave(self, sid: str, topic_id: str) -> None:
+        with self._lock:
+            conn = self._conns.get(sid)
+            if conn is not None:
+                conn.topics.discard(topic_id)
+
+    def snapshot(self) -> dict[str, LiveConnection]:
+        with self._lock:
+            return {sid: LiveConnection(c.user_id, set(c.topics)) for sid, c in self._conns.items()}
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def bookkeeping_failed(self, user_id: str | None = None) -> None:
+        """A connect/disconnect could not be recorded: rebuild on the next heartbeat, and
+        re-check ``user_id``'s status then."""
+        with self._lock:
+            self.needs_rebuild = True
+            if user_id:
+                self._pending_offline.add(user_id)
+
+    def take_pending(self) -> set[str]:
+        with self._lock:
+            pending, self._pending_offline = self._pending_offline, set()
+            self.needs_rebuild = False
+            return pending
+
+
+@dataclass
 class Presence:
     """Presence operations over one Redis client."""
 
@@ -83,12 +147,47 @@ class Presence:
         self._disconnect = self.redis.register_script(_DISCONNECT)
 
     # processes -------------------------------------------------------------------------------
-    def heartbeat(self, proc_id: str) -> None:
-        """Mark a web process alive for ``heartbeat_ttl`` seconds."""
+    def heartbeat(self, proc_id: str) -> bool:
+        """Mark a web process alive for ``heartbeat_ttl`` seconds.
+
+        Returns False when it was not marked alive before: Redis lost its data (a restart
+        without persistence) or the sweep took this process for dead. Its connections must
+        then be registered again (``rebuild``).
+        """
         pipe = self.redis.pipeline()
-        pipe.set(_proc_alive_key(proc_id), "1", ex=self.heartbeat_ttl)
+        pipe.set(_proc_alive_key(proc_id), "1", ex=self.heartbeat_ttl, get=True)
         pipe.sadd(PROCESSES, proc_id)
+        previous, _ = pipe.execute()
+        return previous is not None
+
+    def rebuild(self, proc_id: str, live: dict[str, LiveConnection]) -> tuple[list[str], list[str]]:
+        """Make Redis agree with a web process's own list of its live connections.
+
+        Connections Redis does not know are registered again (with the topics they joined);
+        connections Redis lists but the process no longer has are ended. Returns the user ids
+        that came online and went offline because of it. Idempotent, and safe against a
+        concurrent connect or disconnect: each step is the same atomic script they use.
+        """
+        registered: dict[str, str] = {}
+        for member in self.redis.smembers(_proc_conns_key(proc_id)):
+            user_id, _, sid = member.partition(" ")
+            registered[sid] = user_id
+        came_online: list[str] = []
+        for sid, conn in live.items():
+            if sid not in registered and self.connect(conn.user_id, sid, proc_id):
+                came_online.append(conn.user_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for sid, conn in live.items():
+            for topic_id in conn.topics:
+                pipe.hset(_topic_key(topic_id), sid, conn.user_id)
+                pipe.sadd(_sid_topics_key(sid), topic_id)
         pipe.execute()
+        went_offline = [
+            user_id
+            for sid, user_id in registered.items()
+            if sid not in live and self.disconnect(user_id, sid, proc_id)
+        ]
+        return came_online, went_offline
 
     def sweep_dead_processes(self) -> list[str]:
         """End the connections of processes whose heartbeat expired.

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from sqlalchemy import and_, delete, select, update
 
 from webapp import metrics
@@ -46,8 +47,13 @@ def sender() -> PushSender:
                 s = context.settings()
                 if not s.push_enabled:
                     raise RuntimeError("Web Push is disabled: no VAPID key pair configured")
+                # allowed_hosts also checks the address each new connection really reached
+                # (DNS rebinding between the send-time check and the connect).
                 _sender = PushSender(
-                    s.vapid_private_key, s.vapid_subject, timeout=s.push_request_timeout
+                    s.vapid_private_key,
+                    s.vapid_subject,
+                    timeout=s.push_request_timeout,
+                    allowed_hosts=s.push_allowed_hosts,
                 )
     return _sender
 
@@ -84,10 +90,18 @@ def push_payload(message: Message, sender_user: User, kind: str) -> dict[str, An
     }
 
 
-def plan_fanout(message_id: int) -> list[PushJob]:
-    """One job per subscription of every offline member other than the sender."""
+def plan_fanout(message_id: int, *, replan: bool = False) -> list[PushJob]:
+    """One job per subscription of every offline member other than the sender.
+
+    ``replan`` (reconciliation after Redis lost its queues) plans a message again although
+    its fan-out already ran, leaving out the sends that already ended (delivered or failed for
+    good) and the subscriptions made after the message.
+    """
     message = db.session.get(Message, message_id)
     if message is None:
+        return []
+    if not replan and is_claimed(f"fanout:{message_id}"):
+        log.info("push fan-out of message %s skipped: already done", message_id)
         return []
     rows = db.session.execute(
         select(User.id, User.username)
@@ -104,12 +118,15 @@ def plan_fanout(message_id: int) -> list[PushJob]:
     sender_user = message.sender
     payloads: dict[str, dict[str, Any]] = {}
     jobs = []
-    subs = db.session.execute(
-        select(PushSubscription.id, PushSubscription.user_id).where(
-            PushSubscription.user_id.in_(offline)
-        )
-    ).all()
+    query = select(PushSubscription.id, PushSubscription.user_id).where(
+        PushSubscription.user_id.in_(offline)
+    )
+    if replan:
+        query = query.where(PushSubscription.created_at <= message.created_at)
+    subs = db.session.execute(query).all()
     for sub_id, user_id in subs:
+        if replan and _send_ended(message.id, str(sub_id)):
+            continue
         kind = "mention" if members[str(user_id)].lower() in mentioned else "message"
         if kind not in payloads:
             payloads[kind] = push_payload(message, sender_user, kind)
@@ -131,6 +148,49 @@ def plan_fanout(message_id: int) -> list[PushJob]:
     return jobs
 
 
+def _send_ended(message_id: int, sub_id: str) -> bool:
+    return is_claimed(f"push:{message_id}:{sub_id}") or is_claimed(
+        f"pushfailed:{message_id}:{sub_id}"
+    )
+
+
+def mark_fanned_out(message_id: int) -> None:
+    """Record that a message's pushes are planned and enqueued (reconciliation looks for it)."""
+    claim(f"fanout:{message_id}")
+    db.session.commit()
+
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _acquire_lease(key: str) -> str | None:
+    """A short Redis lease on one (message, subscription) send, so that two copies of the same
+    task (a fan-out redelivered after its worker died) never post at once. Fails open: when
+    Redis cannot answer, sending twice is better than not at all. None: someone holds it."""
+    settings = context.settings()
+    token = uuid.uuid4().hex
+    ttl = min(settings.push_request_timeout + 5, settings.broker_visibility_timeout / 2)
+    try:
+        acquired = get_redis(settings.redis_url).set(
+            f"beacon:push:lease:{key}", token, nx=True, px=int(ttl * 1000)
+        )
+    except redis.RedisError:
+        log.warning("push lease unavailable (Redis); sending without it", exc_info=True)
+        return token
+    return token if acquired else None
+
+
+def _release_lease(key: str, token: str) -> None:
+    try:
+        client = get_redis(context.settings().redis_url)
+        client.eval(_RELEASE, 1, f"beacon:push:lease:{key}", token)
+    except redis.RedisError:
+        log.debug("push lease release failed; it expires by itself", exc_info=True)
+
+
 def _log_outcome(sub_id: str, message_id: int, result: PushResult) -> None:
     metrics.record_push(get_redis(context.settings().redis_url), result.status)
     log.info(
@@ -150,7 +210,11 @@ def _log_outcome(sub_id: str, message_id: int, result: PushResult) -> None:
     )
 
 
-def record_failure(sub_id: str, reason: str) -> None:
+def record_failure(sub_id: str, reason: str, message_id: int | None = None) -> None:
+    """The send failed for good: count it against the subscription, and mark the send ended
+    so that a reconciliation does not try it again."""
+    if message_id is not None:
+        claim(f"pushfailed:{message_id}:{sub_id}")
     db.session.execute(
         update(PushSubscription)
         .where(PushSubscription.id == uuid.UUID(sub_id))
@@ -170,19 +234,37 @@ def deliver(job: PushJob) -> PushResult | None:
     """
     key = f"push:{job.message_id}:{job.subscription_id}"
     sub_id = uuid.UUID(job.subscription_id)
-    if is_claimed(key):
+    lease = _acquire_lease(key)
+    if lease is None:
         log.info(
-            "push skipped subscription=%s message=%s: already delivered",
+            "push skipped subscription=%s message=%s: another attempt is in flight",
             job.subscription_id,
             job.message_id,
         )
         return None
-    sub = db.session.get(PushSubscription, sub_id)
-    if sub is None:
-        return None
+    try:
+        # Checked under the lease: a copy that waited for it sees the first one's marker.
+        if is_claimed(key):
+            log.info(
+                "push skipped subscription=%s message=%s: already delivered",
+                job.subscription_id,
+                job.message_id,
+            )
+            return None
+        sub = db.session.get(PushSubscription, sub_id)
+        if sub is None:
+            return None
+        keys = SubscriptionKeys(sub.endpoint, sub.p256dh, sub.auth)
+        db.session.rollback()  # no transaction held open across the HTTP request
+        return _send_and_apply(job, key, sub_id, keys)
+    finally:
+        _release_lease(key, lease)
+
+
+def _send_and_apply(
+    job: PushJob, key: str, sub_id: uuid.UUID, keys: SubscriptionKeys
+) -> PushResult:
     settings = context.settings()
-    keys = SubscriptionKeys(sub.endpoint, sub.p256dh, sub.auth)
-    db.session.rollback()  # no transaction held open across the HTTP request
     try:
         check_endpoint_target(keys.endpoint, settings.push_allowed_hosts)
     except SubscriptionError as exc:
@@ -216,7 +298,7 @@ def deliver(job: PushJob) -> PushResult | None:
         )
         db.session.commit()
     elif result.outcome == "rejected":
-        record_failure(job.subscription_id, result.reason)
+        record_failure(job.subscription_id, result.reason, job.message_id)
     return result
 
 

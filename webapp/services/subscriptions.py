@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from webapp.errors import BeaconError, InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import PushSubscription, User, isoformat, utcnow
-from webapp.services import context
+from webapp.services import context, rate_limit
 from webapp.services.dialect import insert
 from webapp.services.push_validation import SubscriptionError, validate_subscription
 from webapp.services.validation import require_object
@@ -50,9 +50,23 @@ def subscribe(user: User, payload: Any, user_agent: str | None) -> tuple[dict[st
     except SubscriptionError as exc:
         raise InvalidInput(exc.code, exc.message) from None
 
+    rate_limit.check("subscribe", user.id, settings.rate_limit_subscribe)
+
     existing = db.session.execute(
         select(PushSubscription).where(PushSubscription.endpoint == keys.endpoint)
     ).scalar_one_or_none()
+    if (
+        existing is not None
+        and existing.user_id != user.id
+        and (existing.p256dh, existing.auth) != (keys.p256dh, keys.auth)
+    ):
+        # The same browser signing in as someone else sends the same keys. Knowing only the
+        # endpoint URL is not enough to take another user's pushes away.
+        raise BeaconError(
+            "endpoint_in_use",
+            "this endpoint belongs to another account's subscription",
+            status=409,
+        )
     if existing is None or existing.user_id != user.id:
         owned = db.session.execute(
             select(func.count()).where(PushSubscription.user_id == user.id)
@@ -64,7 +78,7 @@ def subscribe(user: User, payload: Any, user_agent: str | None) -> tuple[dict[st
                 "remove one first",
                 status=409,
             )
-    device = (label or user_agent or "")[:MAX_LABEL] or None
+    device = "".join(c for c in (label or user_agent or "") if c.isprintable())[:MAX_LABEL] or None
     values = {
         "user_id": user.id,
         "p256dh": keys.p256dh,

@@ -1,23 +1,34 @@
 """Mirror presence transitions into ``users`` and announce them with ``user_status_change``.
 
 Redis decides *when* a user comes online or goes offline; this module persists the result and
-broadcasts it. Two processes can race (the last tab closes on one while a new tab opens on
-another), so the database is written from the fresh connection count and an event is only
-emitted when it still matches what Redis says.
+broadcasts it. Transitions of one user race (the last tab closes on one greenlet or process
+while a new tab opens on another), so each one, under a short per-user lock in Redis, reads the
+fresh connection count, stores it only if it differs from the stored status (compare-and-set),
+and announces exactly the flips it stored, in the order they were stored. A reconnect that
+overtakes a disconnect therefore changes nothing and says nothing; a real offline-then-online
+is announced as exactly that.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+import redis
+from sqlalchemy import select, update
 
 from webapp import realtime
 from webapp.extensions import db
-from webapp.models import User, isoformat
+from webapp.models import TopicMember, User, isoformat
 from webapp.services import context
+from webapp.services.presence import LocalConnections
+
+log = logging.getLogger(__name__)
 
 
 def user_status_payload(user: User) -> dict[str, Any]:
@@ -30,21 +41,86 @@ def user_status_payload(user: User) -> dict[str, Any]:
     }
 
 
+# Per-user lock around "read the count, store, announce" (see the module docstring). Under a
+# storm a holder can wait seconds for a database or Redis connection; the lock outlives that
+# (a holder that died releases by expiry), and a transition never goes ahead unlocked: it
+# fails like an outage instead, which the callers already recover from (the connect is refused
+# and the heartbeat's rebuild settles the user; a disconnect is settled by that rebuild).
+LOCK_PREFIX = "beacon:presence:lock:"
+LOCK_TTL_MS = 60_000
+LOCK_WAIT = 30.0
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class PresenceLockTimeout(redis.RedisError):
+    """Another transition of the same user held the lock for longer than LOCK_WAIT."""
+
+
+@contextlib.contextmanager
+def _transition_lock(user_id: str) -> Iterator[None]:
+    client = context.presence().redis
+    key, token = f"{LOCK_PREFIX}{user_id}", uuid.uuid4().hex
+    deadline = time.monotonic() + LOCK_WAIT
+    while not client.set(key, token, nx=True, px=LOCK_TTL_MS):
+        if time.monotonic() >= deadline:
+            raise PresenceLockTimeout(f"presence lock of user {user_id} busy for {LOCK_WAIT}s")
+        time.sleep(0.005)  # cooperative under gevent
+    try:
+        yield
+    finally:
+        client.eval(_RELEASE, 1, key, token)
+
+
 def apply_transition(user_id: str, came_online: bool) -> None:
-    """Persist a user's new status and broadcast it, unless a newer transition overtook it."""
-    online_now = context.presence().connection_count(user_id) > 0
-    values: dict[str, Any] = {"is_online": online_now}
-    if not online_now:
-        values["last_seen_at"] = datetime.now(UTC)
+    """Store the user's current status (from the live count) and announce it if it flipped.
+
+    ``came_online`` is what the caller saw happen; the fresh count decides, so a transition
+    that a newer one overtook stores and says nothing.
+    """
+    del came_online  # the count read under the lock is the truth
     uid = uuid.UUID(user_id)
-    db.session.execute(update(User).where(User.id == uid).values(**values))
+    # End the caller's read transaction (e.g. the connect handler's token lookup) so that its
+    # pooled database connection is not held while this waits for the lock: under a connect
+    # storm that exhausted the pool and refused handshakes.
     db.session.commit()
-    if online_now != came_online:
-        return
-    user = db.session.get(User, uid)
-    if user is None:
-        return
-    realtime.emit(context.settings().redis_url, "user_status_change", user_status_payload(user))
+    with _transition_lock(user_id):
+        online_now = context.presence().connection_count(user_id) > 0
+        values: dict[str, Any] = {"is_online": online_now}
+        if not online_now:
+            values["last_seen_at"] = datetime.now(UTC)
+        row = db.session.execute(
+            update(User)
+            .where(User.id == uid, User.is_online.is_not(online_now))
+            .values(**values)
+            .returning(User.username, User.display_name, User.last_seen_at)
+            .execution_options(synchronize_session=False)
+        ).first()
+        db.session.commit()
+        if row is None:
+            return  # already stored (and announced) by an earlier transition
+        payload = {
+            "user_id": user_id,
+            "username": row.username,
+            "display_name": row.display_name or row.username,
+            "is_online": online_now,
+            "last_seen_at": isoformat(row.last_seen_at),
+        }
+        settings = context.settings()
+        realtime.emit(settings.redis_url, "user_status_change", payload, to=_audience(uid))
+
+
+def _audience(user_id: uuid.UUID) -> list[str] | None:
+    """Who hears a user's status change: everyone (None), or with PRESENCE_EVENTS=topics the
+    connections that joined one of the user's topics and the user's own devices."""
+    if context.settings().presence_events != "topics":
+        return None
+    topic_ids = db.session.execute(
+        select(TopicMember.topic_id).where(TopicMember.user_id == user_id)
+    ).scalars()
+    return [realtime.user_room(user_id), *(realtime.topic_room(t) for t in topic_ids)]
 
 
 def sweep_stale_connections() -> list[str]:
@@ -53,3 +129,25 @@ def sweep_stale_connections() -> list[str]:
     for user_id in went_offline:
         apply_transition(user_id, came_online=False)
     return went_offline
+
+
+def rebuild_presence(proc_id: str, local: LocalConnections) -> tuple[list[str], list[str]]:
+    """Re-register a web process's live connections in Redis and settle affected users.
+
+    Run by the heartbeat when Redis forgot this process (restart, or swept as dead) or when a
+    connect/disconnect could not be recorded. Users whose disconnect was not recorded are
+    settled too: offline (with ``last_seen_at``) unless they are still connected somewhere.
+    """
+    pending = local.take_pending()
+    try:
+        came_online, went_offline = context.presence().rebuild(proc_id, local.snapshot())
+        for user_id in came_online:
+            apply_transition(user_id, came_online=True)
+        for user_id in set(went_offline) | pending:
+            apply_transition(user_id, came_online=False)
+    except Exception:
+        for user_id in pending:
+            local.bookkeeping_failed(user_id)
+        local.bookkeeping_failed()
+        raise
+    return came_online, went_offline

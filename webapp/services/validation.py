@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -9,6 +10,70 @@ from webapp.errors import InvalidInput
 
 MAX_IDS = 1000
 MAX_BIGINT = 2**63 - 1
+MAX_DEPTH = 16
+
+
+class Undecodable:
+    """Stands for a payload the transport could not decode (too deep, a number too long,
+    malformed JSON): refused as ``invalid_payload`` like any other bad payload."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _bad_text(value: str) -> bool:
+    """NUL (PostgreSQL text cannot hold it) or a lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_payload(payload: Any) -> Any:
+    """Refuse input no handler could store: nesting deeper than ``MAX_DEPTH``, NUL characters
+    or lone surrogates in any string or key. Returns ``payload`` unchanged."""
+    if isinstance(payload, Undecodable):
+        raise InvalidInput("invalid_payload", f"the payload could not be decoded: {payload.reason}")
+    stack: list[tuple[Any, int]] = [(payload, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _bad_text(value):
+                raise InvalidInput(
+                    "invalid_text", "text must be valid Unicode without NUL characters"
+                )
+        elif isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise InvalidInput(
+                    "invalid_payload", f"the payload nests deeper than {MAX_DEPTH} levels"
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((key, depth + 1))
+                stack.append((item, depth + 1))
+    return payload
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON (None when empty), refusing bad UTF-8, bad or too deep JSON."""
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("invalid_payload", "the body is not valid UTF-8") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise InvalidInput(
+            "invalid_payload", f"the body nests deeper than {MAX_DEPTH} levels"
+        ) from None
+    except ValueError:
+        raise InvalidInput("invalid_payload", "the body is not valid JSON") from None
+    return check_payload(data)
 
 
 def require_object(payload: Any, *, allowed: set[str] | None = None) -> dict[str, Any]:
@@ -49,10 +114,10 @@ def parse_message_body(value: Any, max_length: int) -> str:
             f"message is {len(value)} characters; the limit is {max_length}",
             max_length=max_length,
         )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("invalid_message", "message is not valid unicode text") from None
+    if _bad_text(value):
+        raise InvalidInput(
+            "invalid_message", "message must be valid unicode text without NUL characters"
+        )
     return value
 
 

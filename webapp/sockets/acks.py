@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from webapp.errors import BeaconError, Unauthorized
 from webapp.extensions import db
 from webapp.models import User
+from webapp.services.validation import check_payload
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def acked(handler: Handler) -> Callable[..., dict[str, Any]]:
     @wraps(handler)
     def wrapper(payload: Any = None, *_ignored: Any) -> dict[str, Any]:
         try:
-            return {"ok": True, **handler(current_user(), payload)}
+            return {"ok": True, **handler(current_user(), check_payload(payload))}
         except BeaconError as exc:
             db.session.rollback()
             return {"ok": False, **exc.to_dict()}

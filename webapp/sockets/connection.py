@@ -13,7 +13,7 @@ from webapp.auth import bearer_token, verify_token
 from webapp.errors import BeaconError
 from webapp.extensions import db, socketio
 from webapp.realtime import user_room
-from webapp.services import context
+from webapp.services import context, rate_limit
 from webapp.services.user_status import apply_transition
 from webapp.sockets import heartbeat
 
@@ -26,25 +26,46 @@ def _token(auth: Any) -> str | None:
     return bearer_token(request.headers) or request.args.get("token")
 
 
+def _refused(code: str, text: str, **extra: Any) -> ConnectionRefusedError:
+    # The JS client sees err.message (text) and err.data ({error, message, ...}).
+    return ConnectionRefusedError(text, {"error": code, "message": text, **extra})
+
+
+def _unavailable() -> ConnectionRefusedError:
+    return _refused("unavailable", "the service is temporarily unavailable; try again")
+
+
 @socketio.on("connect")
 def on_connect(auth: Any = None) -> None:
+    settings = context.settings()
     try:
-        user = verify_token(context.settings(), _token(auth))
+        # Counted before the token is checked: guessing tokens costs attempts too.
+        rate_limit.check("connect_ip", request.remote_addr, settings.rate_limit_connect_ip)
+        user = verify_token(settings, _token(auth))
+        rate_limit.check("connect_user", user.id, settings.rate_limit_connect_user)
     except BeaconError as exc:
-        # The JS client sees err.message (text) and err.data ({error, message}).
-        raise ConnectionRefusedError(exc.message, exc.to_dict()) from None
+        raise _refused(exc.code, exc.message, **exc.extra) from None
     except Exception:
         db.session.rollback()
         log.exception("connect failed")
-        text = "the service is temporarily unavailable"
-        raise ConnectionRefusedError(text, {"error": "unavailable", "message": text}) from None
-    user_id = str(user.id)
+        raise _unavailable() from None
+    user_id, sid = str(user.id), request.sid
+    try:
+        heartbeat.ensure_started(current_app._get_current_object())
+        heartbeat.CONNECTIONS.add(sid, user_id)
+        if context.presence().connect(user_id, sid, heartbeat.PROCESS_ID):
+            apply_transition(user_id, came_online=True)
+    except Exception:
+        # Refused, so no disconnect event will come: the heartbeat's rebuild removes whatever
+        # part of the connection Redis did record, and settles the user's status.
+        db.session.rollback()
+        heartbeat.CONNECTIONS.remove(sid)
+        heartbeat.CONNECTIONS.bookkeeping_failed(user_id)
+        log.warning("connect of user %s refused: presence unavailable", user_id, exc_info=True)
+        raise _unavailable() from None
     session["user_id"] = user_id
     join_room(user_room(user_id))
-    heartbeat.ensure_started(current_app._get_current_object())
     metrics.CONNECTIONS.inc()
-    if context.presence().connect(user_id, request.sid, heartbeat.PROCESS_ID):
-        apply_transition(user_id, came_online=True)
 
 
 @socketio.on("disconnect")
@@ -53,10 +74,13 @@ def on_disconnect(*_reason: Any) -> None:
     if not user_id:
         return
     metrics.CONNECTIONS.dec()
+    heartbeat.CONNECTIONS.remove(request.sid)
     try:
         if context.presence().disconnect(user_id, request.sid, heartbeat.PROCESS_ID):
             apply_transition(user_id, came_online=False)
     except Exception:
-        # The heartbeat sweep ends what is left over once this process stops beating.
+        # Redis or the database is away: the heartbeat's rebuild finishes this when they
+        # answer again (the user goes offline then, unless connected elsewhere).
         db.session.rollback()
-        log.exception("disconnect bookkeeping failed for user %s", user_id)
+        heartbeat.CONNECTIONS.bookkeeping_failed(user_id)
+        log.warning("disconnect bookkeeping failed for user %s", user_id, exc_info=True)

@@ -13,6 +13,7 @@ from webapp.realtime import topic_room
 from webapp.services import context, messages, unread
 from webapp.services.topics import member_topic
 from webapp.services.validation import parse_uuid, require_object
+from webapp.sockets import heartbeat
 from webapp.sockets.acks import acked
 
 
@@ -23,8 +24,9 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     topic, member = member_topic(user.id, topic_id, room_id)
-    join_room(topic_room(topic.id))
     context.presence().join_topic(str(user.id), request.sid, str(topic.id))
+    heartbeat.CONNECTIONS.join(request.sid, str(topic.id))
+    join_room(topic_room(topic.id))
     return {"topic_id": str(topic.id), "unread_count": member.unread_count}
 
 
@@ -33,9 +35,12 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
 def leave_topic(user: User, payload: Any) -> dict[str, Any]:
     data = require_object(payload, allowed={"topic_id", "room_id"})
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
-    leave_room(topic_room(topic_id))
-    context.presence().leave_topic(request.sid, str(topic_id))
-    return {"topic_id": str(topic_id)}
+    room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
+    topic, _member = member_topic(user.id, topic_id, room_id)
+    context.presence().leave_topic(request.sid, str(topic.id))
+    heartbeat.CONNECTIONS.leave(request.sid, str(topic.id))
+    leave_room(topic_room(topic.id))
+    return {"topic_id": str(topic.id)}
 
 
 @socketio.on("send_message")

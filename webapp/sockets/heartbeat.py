@@ -16,11 +16,14 @@ from flask import Flask
 
 from webapp.extensions import socketio
 from webapp.services import context
-from webapp.services.user_status import sweep_stale_connections
+from webapp.services.presence import LocalConnections
+from webapp.services.user_status import rebuild_presence, sweep_stale_connections
 
 log = logging.getLogger(__name__)
 
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+# This process's own list of its live connections, to rebuild Redis from when it forgets.
+CONNECTIONS = LocalConnections()
 _started = False
 _lock = threading.Lock()
 
@@ -48,8 +51,19 @@ def _loop(app: Flask) -> None:
         beats += 1
         with app.app_context():
             try:
-                context.presence().heartbeat(PROCESS_ID)
+                remembered = context.presence().heartbeat(PROCESS_ID)
+                if not remembered or CONNECTIONS.needs_rebuild:
+                    came, went = rebuild_presence(PROCESS_ID, CONNECTIONS)
+                    log.info(
+                        "presence rebuilt (%s): %d connections, %d users back online, %d offline",
+                        "Redis had forgotten this process" if not remembered else "catch-up",
+                        len(CONNECTIONS),
+                        len(came),
+                        len(went),
+                    )
                 if beats % sweep_every == 0:
                     sweep_stale_connections()
             except Exception:
-                log.exception("presence heartbeat failed; retrying in %.0fs", interval)
+                # Redis or the database is away: rebuild once they answer again.
+                CONNECTIONS.bookkeeping_failed()
+                log.warning("presence heartbeat failed; retrying in %.1fs", interval, exc_info=True)

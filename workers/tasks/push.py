@@ -5,29 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from sqlalchemy.exc import OperationalError
 
 from webapp.services import context, push_delivery
 from webapp.services.push_sender import backoff_delay
-from workers.celery_app import celery
+from workers.celery_app import celery, outage_retry
 
-DB_RETRY = {
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": True,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": None,
-}
+DB_RETRY = outage_retry()
 
 
 @celery.task(name="beacon.push.fan_out", **DB_RETRY)
-def fan_out(message_id: int) -> int:
+def fan_out(message_id: int, replan: bool = False) -> int:
     """Plan one send per subscription of each offline member; each is its own task."""
-    jobs = push_delivery.plan_fanout(message_id)
+    jobs = push_delivery.plan_fanout(message_id, replan=replan)
     for job in jobs:
         send_push.apply_async(
             args=[job.subscription_id, job.message_id, job.payload, job.urgency, job.topic]
         )
+    push_delivery.mark_fanned_out(message_id)
     return len(jobs)
 
 
@@ -48,7 +42,7 @@ def send_push(
     attempt = self.request.retries
     if attempt >= settings.push_max_retries:
         push_delivery.record_failure(
-            subscription_id, f"gave up after {attempt + 1} attempts: {result.reason}"
+            subscription_id, f"gave up after {attempt + 1} attempts: {result.reason}", message_id
         )
         return "failed"
     delay = backoff_delay(

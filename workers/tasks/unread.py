@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy.exc import OperationalError
-
-from webapp.services import unread
-from workers.celery_app import celery
+from webapp.services import reconcile, unread
+from workers.celery_app import celery, outage_retry
 
 
-@celery.task(
-    name="beacon.unread.increment",
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=None,
-)
+@celery.task(name="beacon.unread.increment", **outage_retry())
 def increment_unread(message_id: int, exclude_user_ids: list[str]) -> int:
     """Apply a message's +1 once (idempotent: redelivery is safe), then announce the counts."""
     return unread.increment_for_message(message_id, exclude_user_ids)
+
+
+@celery.task(name="beacon.unread.reconcile", ignore_result=True)
+def reconcile_lost_work() -> int:
+    """Beat: enqueue again the unread/push work of recent messages whose tasks were lost.
+
+    No retry on an outage: the next scheduled run does the same work."""
+    return len(reconcile.reconcile())

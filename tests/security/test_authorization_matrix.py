@@ -1,0 +1,193 @@
+"""The authorization matrix: Mallory calls every event and route with Alice's ids.
+
+Mallory is a signed-in user with a topic of her own (in her own room). Alice has a topic with
+Bob, messages in it, and a push subscription. Every call below must be refused or must touch
+only Mallory's own data, and afterwards Alice's and Bob's data must be exactly as before.
+The table in docs/RELIABILITY.md is generated from what this test tried and saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.harness.waiting import wait_until
+
+
+def _alice_world(beacon, alice, bob, topic) -> dict[str, Any]:
+    subs = beacon.api(alice, "GET", "/api/notifications/subscriptions").json()["subscriptions"]
+    page = beacon.api(alice, "GET", f"/api/topics/{topic.topic_id}/messages").json()
+    return {
+        "subscriptions": sorted((s["id"], s["endpoint"]) for s in subs),
+        "messages": [(m["id"], m["body"]) for m in page["messages"]],
+        "counts": (beacon.unread(alice, topic), beacon.unread(bob, topic)),
+        "last_read": [
+            t["last_read_message_id"]
+            for t in beacon.api(bob, "GET", "/api/topics").json()["topics"]
+            if t["topic_id"] == topic.topic_id
+        ],
+    }
+
+
+def test_nobody_touches_another_users_data(beacon, reliability):
+    alice, bob, mallory = beacon.user("alice"), beacon.user("bob"), beacon.user("mallory")
+    topic = beacon.topic(alice, bob)
+    own = beacon.topic(mallory)  # Mallory's own topic, in her own room
+    alice_client = beacon.client(alice, "alice")
+    message_ids = [
+        alice_client.call("send_message", topic.ref(message=f"secret {i}"))["message"]["id"]
+        for i in range(2)
+    ]
+    wait_until(lambda: beacon.unread(bob, topic) == 2, message="bob's count is not 2")
+    sub = beacon.push.new_subscription()
+    created = beacon.api(
+        alice,
+        "POST",
+        "/api/notifications/subscribe",
+        json={"endpoint": sub["endpoint"], "keys": sub["keys"]},
+    )
+    assert created.status_code == 201
+    sub_id = created.json()["id"]
+    before = _alice_world(beacon, alice, bob, topic)
+
+    mallory_client = beacon.client(mallory, "mallory")
+    mark = mallory_client.mark()
+
+    def event(name: str, target: str, payload: dict, expected: str) -> None:
+        ack = mallory_client.call(name, payload)
+        observed = "ok" if ack.get("ok") else ack.get("error")
+        reliability.matrix(name, target, expected=expected, observed=str(observed))
+        assert observed == expected, (name, target, ack)
+
+    def rest(method: str, path: str, target: str, expected: int, code: str, **kw) -> None:
+        response = beacon.api(mallory, method, path, **kw)
+        body = response.json() if response.content else {}
+        observed = f"{response.status_code} {body.get('error', '')}".strip()
+        reliability.matrix(
+            f"{method} {path.replace(topic.topic_id, '<topic>').replace(sub_id, '<id>')}".split(
+                "?"
+            )[0],
+            target,
+            expected=f"{expected} {code}".strip(),
+            observed=observed,
+        )
+        assert response.status_code == expected and body.get("error", "") == code, (
+            method,
+            path,
+            response.text,
+        )
+
+    t, r = topic.topic_id, topic.room_id
+    event("join_topic", "topic", {"topic_id": t}, "not_a_member")
+    event("join_topic", "topic + room", {"topic_id": t, "room_id": r}, "not_a_member")
+    event(
+        "join_topic",
+        "room with her own topic",
+        {"topic_id": own.topic_id, "room_id": r},
+        "room_mismatch",
+    )
+    event("leave_topic", "topic", {"topic_id": t}, "not_a_member")
+    event("send_message", "topic + room", topic.ref(message="let me in"), "not_a_member")
+    event("send_message", "topic, no room", {"topic_id": t, "message": "hi"}, "not_a_member")
+    event(
+        "send_message",
+        "room with her own topic",
+        {"topic_id": own.topic_id, "room_id": r, "message": "x"},
+        "room_mismatch",
+    )
+    event("mark_as_read", "topic + messages", topic.ref(message_ids=message_ids), "not_a_member")
+    event(
+        "mark_as_read",
+        "room with her own topic",
+        {"topic_id": own.topic_id, "room_id": r, "message_ids": message_ids},
+        "room_mismatch",
+    )
+    # Her own topic with Alice's message ids: allowed, but the foreign ids are ignored.
+    ack = mallory_client.call("mark_as_read", own.ref(message_ids=message_ids))
+    observed = f"ok, message_ids={ack.get('message_ids')}"
+    reliability.matrix(
+        "mark_as_read",
+        "messages (in her own topic)",
+        expected="ok, message_ids=[]",
+        observed=observed,
+    )
+    assert ack["ok"] and ack["message_ids"] == [] and ack["last_read_message_id"] is None
+
+    rest("GET", f"/api/topics/{t}/messages", "topic", 403, "not_a_member")
+    rest(
+        "GET",
+        f"/api/topics/{t}/messages?before={message_ids[-1] + 1}",
+        "topic, paged",
+        403,
+        "not_a_member",
+    )
+    rest(
+        "DELETE",
+        f"/api/notifications/unsubscribe/{sub_id}",
+        "subscription id",
+        404,
+        "subscription_not_found",
+    )
+    rest(
+        "DELETE",
+        "/api/notifications/unsubscribe-by-endpoint",
+        "subscription endpoint",
+        404,
+        "subscription_not_found",
+        json={"endpoint": sub["endpoint"]},
+    )
+    mine = beacon.push.new_subscription()
+    rest(
+        "POST",
+        "/api/notifications/subscribe",
+        "endpoint, with other keys",
+        409,
+        "endpoint_in_use",
+        json={"endpoint": sub["endpoint"], "keys": mine["keys"]},
+    )
+
+    def listing(path: str, target: str, key: str, expected: list[str], field: str) -> None:
+        response = beacon.api(mallory, "GET", path)
+        assert response.status_code == 200, response.text
+        seen = [item[field] for item in response.json()[key]]
+        leaked = [x for x in seen if x not in expected]
+        reliability.matrix(
+            f"GET {path}",
+            target,
+            expected="200, only her own",
+            observed="200, only her own" if not leaked else f"200, leaked {leaked}",
+        )
+        assert seen == expected, seen
+
+    listing("/api/topics", "topic (listing)", "topics", [own.topic_id], "topic_id")
+    listing("/api/notifications/subscriptions", "subscription (listing)", "subscriptions", [], "id")
+    me = beacon.api(mallory, "GET", "/api/users/me").json()
+    reliability.matrix(
+        "GET /api/users/me",
+        "identity (Alice's token never presented)",
+        expected="200, herself",
+        observed="200, herself" if me["user_id"] == mallory.id else "200, someone else",
+    )
+    assert me["user_id"] == mallory.id
+
+    # Nothing of Alice's topic reaches Mallory: Alice writes and Bob reads, then Mallory's own
+    # action produces an event she does get (events on one connection arrive in order).
+    bob_client = beacon.client(bob, "bob")
+    assert alice_client.call("send_message", topic.ref(message="private"))["ok"]
+    wait_until(lambda: beacon.unread(bob, topic) == 3, message="bob's count is not 3")
+    assert bob_client.call("mark_as_read", topic.ref(message_ids=message_ids))["ok"]
+    assert mallory_client.call("send_message", own.ref(message="mine"))["ok"]
+    mallory_client.wait_for_event("global_message_alert", lambda p: p["topic_id"] == own.topic_id)
+    for name in ("new_message", "messages_read", "unread_update"):
+        mallory_client.assert_no_event(name, lambda p: p["topic_id"] == t, after=mark)
+    reliability.matrix(
+        "(listening)",
+        "topic room and Alice's user room",
+        expected="no new_message / messages_read / unread_update",
+        observed="none received",
+    )
+
+    # Alice's data is untouched, apart from what Alice and Bob did themselves just now.
+    after = _alice_world(beacon, alice, bob, topic)
+    assert after["subscriptions"] == before["subscriptions"]
+    assert after["messages"][1:] == before["messages"]
+    assert after["counts"] == (0, 0)

@@ -1,0 +1,204 @@
+"""Property-based fuzzing of every Socket.IO event: each case must be answered with a refusal
+ack carrying a documented code; nothing may be stored; nobody else may be disturbed."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tests.security.conftest import REFUSALS, dumps, raw_call, refusal
+from tests.security.strategies import (
+    any_char,
+    huge_texts,
+    ids,
+    json_values,
+    message_ids,
+    nested,
+    payloads,
+    texts,
+)
+
+EXPECTED = "error ack with a documented code; nothing stored; bystander unaffected"
+
+
+def _fields(h, event):
+    refs = {
+        "topic_id": ids(h.topic.topic_id, h.topic.room_id, h.mallory.id),
+        "room_id": ids(h.topic.room_id, h.topic.topic_id),
+    }
+    if event == "send_message":
+        refs["message"] = st.one_of(texts, huge_texts, json_values)
+    if event == "mark_as_read":
+        refs["message_ids"] = message_ids(*h.message_ids)
+    return refs
+
+
+EVENTS = {"join_topic": 150, "leave_topic": 100, "send_message": 200, "mark_as_read": 150}
+
+
+@pytest.mark.parametrize("event", sorted(EVENTS))
+def test_fuzzed_payloads_are_refused(hostile, reliability, event):
+    tally: Counter[str] = Counter()
+
+    @settings(settings.get_profile("beacon-security"), max_examples=EVENTS[event])
+    @given(payloads(_fields(hostile, event)))
+    def case(payload):
+        ack = hostile.client.call(event, payload, timeout=30)
+        tally[refusal(ack)] += 1
+
+    case()
+    assert hostile.client.connected
+    reliability.record(
+        "input", f"`{event}` payloads (hypothesis)", expected=EXPECTED, observed=tally
+    )
+
+
+RESERVED = {"connect", "connect_error", "disconnect", *EVENTS}
+
+
+def test_fuzzed_unknown_events_are_refused(hostile, reliability):
+    tally: Counter[str] = Counter()
+    names = st.text(
+        any_char.filter(lambda c: "\ud800" > c or c > "\udfff"), min_size=1, max_size=80
+    )
+
+    @example("*", None)  # once answered by nobody: the catch-all lost the event name
+    @example("message", "hi")
+    @settings(settings.get_profile("beacon-security"), max_examples=100)
+    @given(names.filter(lambda n: n not in RESERVED), json_values)
+    def case(name, payload):
+        tally[refusal(hostile.client.call(name, payload, timeout=30), {"unknown_event"})] += 1
+
+    case()
+    reliability.record(
+        "input", "unknown event names (hypothesis)", expected=EXPECTED, observed=tally
+    )
+
+
+def test_raw_packets_the_client_library_would_not_send(hostile, reliability):
+    """Hand-made Socket.IO packets: too deep, NaN/Infinity, duplicate keys, odd event names."""
+    topic = hostile.topic.topic_id
+    answered: Counter[str] = Counter()
+    deep_cases = {
+        f"nesting {depth} ({kind})": dumps(["send_message", nested(depth, kind)])
+        for depth in (17, 100, 900)
+        for kind in ("list", "dict")
+    }
+    # Deeper than Python's recursion limit: only text can carry it (under the 64 KiB limit).
+    for depth, kind, opening, closing in (
+        (5_000, "list", "[", "]"),
+        (20_000, "list", "[", "]"),
+        (5_000, "dict", '{"a":', "}"),
+        (9_000, "dict", '{"a":', "}"),
+    ):
+        middle = "1" if kind == "dict" else ""
+        deep_cases[f"nesting {depth} ({kind})"] = (
+            '["join_topic",' + opening * depth + middle + closing * depth + "]"
+        )
+    cases = {
+        **deep_cases,
+        "NaN topic id": '["join_topic",{"topic_id":NaN}]',
+        "Infinity message": f'["send_message",{{"topic_id":"{topic}","message":Infinity}}]',
+        "duplicate keys": '["send_message",'
+        + f'{{"topic_id":"{topic}","topic_id":"{topic}","message":"x"}}]',
+        "huge integer": '["mark_as_read",'
+        + f'{{"topic_id":"{topic}","message_ids":[{"9" * 4000}]}}]',
+        "numeric event name": f'[42,{{"topic_id":"{topic}"}}]',
+        "null event name": "[null,{}]",
+        "object as event name": '[{"a":1},{}]',
+        "no payload": '["send_message"]',
+        "many arguments": '["send_message",{},{},{},{}]',
+        "not an array": '{"event":"send_message"}',
+        "empty array": "[]",
+        "not JSON": '["send_message",{topic_id:}',
+        "truncated": '["send_message",{"topic_id":"',
+        # The server's own handlers are not events a client may call.
+        "event named disconnect": '["disconnect"]',
+        "event named connect (new token)": '["connect",{"token":"x"}]',
+        "event named connect_error": '["connect_error",{}]',
+        "event named *": '["*"]',
+        "event named * with a payload": '["*",{"topic_id":"x"}]',
+        "undecodable event named disconnect": '["disconnect",{',
+    }
+    outcomes: dict[str, str] = {}
+    for name, packet in cases.items():
+        ack = raw_call(hostile.client, packet, timeout=5)
+        if ack is None:
+            outcomes[name] = "no ack (packet dropped)"
+        else:
+            code = refusal(ack, REFUSALS | {"unknown_event"})
+            outcomes[name] = code
+        answered[outcomes[name]] += 1
+        assert hostile.client.connected, f"{name}: the sender was disconnected"
+        # The connection still serves normal calls after each hostile packet.
+        assert refusal(hostile.client.call("join_topic", {"topic_id": topic})) == "not_a_member"
+    # Every packet is answered, even those the JSON parser cannot read (see sockets/wire.py).
+    unanswered = [n for n in cases if outcomes[n].startswith("no ack")]
+    assert not unanswered, {n: outcomes[n] for n in unanswered}
+    assert all(outcomes[n] == "unknown_event" for n in cases if n.startswith("event named"))
+    # Nobody signed Mallory off: she is still online and was never announced offline.
+    online = hostile.stack.api(hostile.bob, "GET", "/api/users/online").json()["users"]
+    assert hostile.mallory.id in {u["user_id"] for u in online}
+    hostile.bystander.assert_no_event(
+        "user_status_change", lambda p: p["user_id"] == hostile.mallory.id and not p["is_online"]
+    )
+    reliability.record(
+        "input",
+        "raw Socket.IO packets (nesting to 20 000, 4000-digit numbers, NaN, duplicate keys, "
+        "bad event names, the server's own handler names, not an event, malformed JSON)",
+        expected="a refusal ack for every packet, even undecodable ones; connection kept",
+        observed=answered,
+    )
+
+
+def test_unicode_messages_round_trip_or_are_refused(beacon, reliability):
+    """A member sending any text: stored exactly as sent, or refused with a reason (NUL and
+    lone surrogates cannot be stored by PostgreSQL/UTF-8); never a server error."""
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    senders = [beacon.user(f"member{i}") for i in range(5)]
+    topic = beacon.topic(alice, bob, *senders)
+    # Several members take turns: one alone would meet the per-user send rate limit.
+    clients = itertools.cycle([beacon.client(u) for u in senders])
+    tally: Counter[str] = Counter()
+    stored: dict[int, str] = {}
+
+    @settings(settings.get_profile("beacon-security"), max_examples=120)
+    @given(
+        st.one_of(
+            st.text(any_char, min_size=1, max_size=300),
+            st.sampled_from(
+                ["\x00", "a\x00", "\ud83d", "💥" * 500, "\u202e" + "x" * 10, "\r\n\t x"]
+            ),
+        )
+    )
+    def case(text):
+        ack = next(clients).call("send_message", topic.ref(message=text), timeout=30)
+        if ack["ok"]:
+            stored[ack["message"]["id"]] = text
+            assert ack["message"]["body"] == text
+            tally["stored exactly"] += 1
+        else:
+            tally[refusal(ack, {"invalid_text", "empty_message", "message_too_long"})] += 1
+
+    case()
+    page = beacon.api(alice, "GET", f"/api/topics/{topic.topic_id}/messages?limit=200")
+    on_disk = {m["id"]: m["body"] for m in page.json()["messages"]}
+    while page.json()["next_before"]:
+        before = page.json()["next_before"]
+        page = beacon.api(
+            alice, "GET", f"/api/topics/{topic.topic_id}/messages?limit=200&before={before}"
+        )
+        on_disk.update({m["id"]: m["body"] for m in page.json()["messages"]})
+    assert on_disk == stored
+    assert json.dumps(on_disk)  # every stored body is serialisable text
+    reliability.record(
+        "input",
+        "unicode message bodies from a member (hypothesis)",
+        expected="stored and read back byte-exact, or refused with a reason",
+        observed=tally,
+    )

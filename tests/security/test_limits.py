@@ -1,0 +1,293 @@
+"""Rate limits (per user, per address; in Redis) and size limits.
+
+A web process of the same deployment runs with low limits here (and trusts one proxy, so each
+test can act from addresses of its own with X-Forwarded-For); its own Redis database keeps
+its counters apart from the shared stack's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.conftest import _redis_dbs, start_web
+from tests.harness.ports import free_port
+from tests.harness.sio_client import RecordingClient
+from tests.harness.waiting import wait_until
+
+LIMITS = {
+    "RATE_LIMIT_SEND_MESSAGE": "5/10s",
+    "RATE_LIMIT_SUBSCRIBE": "4/10s",
+    "RATE_LIMIT_CONNECT_USER": "4/10s",
+    "RATE_LIMIT_CONNECT_IP": "8/10s",
+    "PUSH_MAX_SUBSCRIPTIONS": "3",
+    "TRUSTED_PROXIES": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def limited(stack, redis_server, run_dir):
+    env = {**stack.env, **LIMITS, "REDIS_URL": redis_server.url_for_db(next(_redis_dbs))}
+    port = free_port()
+    web = start_web(f"web-limits-{stack.backend}", env, port, run_dir)
+    yield f"http://127.0.0.1:{port}"
+    web.stop()
+
+
+def _address() -> str:
+    """A client address of this test's own (via the trusted proxy's X-Forwarded-For)."""
+    return f"203.0.113.{uuid.uuid4().int % 250 + 1}"
+
+
+def _connect(url, user, address, name="client"):
+    client = RecordingClient(name=name)
+    ok, error = client.try_connect(
+        url, user.token if user else "garbage", headers={"X-Forwarded-For": address}
+    )
+    return client, ok, error
+
+
+def _rest(url, user, method, path, address, **kwargs):
+    headers = {"Authorization": f"Bearer {user.token}", "X-Forwarded-For": address}
+    return requests.request(method, url + path, headers=headers, timeout=10, **kwargs)
+
+
+def test_send_message_is_rate_limited_per_user_with_an_honest_hint(beacon, limited, reliability):
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    client, ok, _ = _connect(limited, alice, _address())
+    other, ok2, _ = _connect(limited, bob, _address())
+    try:
+        assert ok and ok2
+        acks = [client.call("send_message", topic.ref(message=f"m{i}")) for i in range(6)]
+        assert all(a["ok"] for a in acks[:5]), acks
+        refused = acks[5]
+        assert refused["ok"] is False and refused["error"] == "rate_limited", refused
+        assert 0 < refused["retry_after"] <= 2.0 and "retry" in refused["message"]
+        assert other.call("send_message", topic.ref(message="bob is not limited"))["ok"]
+        time.sleep(refused["retry_after"])  # honouring the hint is the behaviour under test
+        assert client.call("send_message", topic.ref(message="after the hint"))["ok"]
+    finally:
+        client.disconnect()
+        other.disconnect()
+    reliability.record(
+        "limits",
+        "send_message: 6 in a burst with RATE_LIMIT_SEND_MESSAGE=5/10s",
+        expected="the 6th refused `rate_limited` with retry_after; accepted after waiting it; "
+        "other users unaffected",
+        observed=f"5 ok, 6th rate_limited (retry_after {refused['retry_after']} s), "
+        "ok after the hint; bob unaffected",
+        count=8,
+    )
+
+
+def test_subscribe_is_rate_limited_with_retry_after(beacon, limited, reliability):
+    user, other = beacon.user("sub"), beacon.user("other")
+    address = _address()
+    sub = beacon.push.new_subscription()
+    body = {"endpoint": sub["endpoint"], "keys": sub["keys"]}
+    statuses = [
+        _rest(limited, user, "POST", "/api/notifications/subscribe", address, json=body).status_code
+        for _ in range(4)
+    ]
+    assert statuses == [201, 200, 200, 200]
+    refused = _rest(limited, user, "POST", "/api/notifications/subscribe", address, json=body)
+    assert refused.status_code == 429, refused.text
+    data = refused.json()
+    assert data["error"] == "rate_limited" and data["retry_after"] > 0
+    assert int(refused.headers["Retry-After"]) == max(1, math.ceil(data["retry_after"]))
+    mine = beacon.push.new_subscription()
+    other_body = {"endpoint": mine["endpoint"], "keys": mine["keys"]}
+    assert (
+        _rest(
+            limited, other, "POST", "/api/notifications/subscribe", address, json=other_body
+        ).status_code
+        == 201
+    )
+    reliability.record(
+        "limits",
+        "subscribe: 5 in a burst with RATE_LIMIT_SUBSCRIBE=4/10s",
+        expected="429 JSON `rate_limited` + Retry-After header; other users unaffected",
+        observed=f"201, 200, 200, 200, then 429 (Retry-After {refused.headers['Retry-After']})",
+        count=6,
+    )
+
+
+def test_subscriptions_per_user_are_capped(beacon, limited, reliability):
+    user = beacon.user("collector")
+    address = _address()
+    statuses = []
+    for _ in range(4):
+        sub = beacon.push.new_subscription()
+        body = {"endpoint": sub["endpoint"], "keys": sub["keys"]}
+        statuses.append(
+            _rest(limited, user, "POST", "/api/notifications/subscribe", address, json=body)
+        )
+    assert [r.status_code for r in statuses] == [201, 201, 201, 409]
+    assert statuses[-1].json()["error"] == "too_many_subscriptions"
+    listed = _rest(limited, user, "GET", "/api/notifications/subscriptions", address).json()
+    assert len(listed["subscriptions"]) == 3
+    reliability.record(
+        "limits",
+        "push subscriptions per user (PUSH_MAX_SUBSCRIPTIONS=3)",
+        expected="the 4th refused 409 `too_many_subscriptions`, 3 kept",
+        observed="201, 201, 201, 409 too_many_subscriptions",
+        count=4,
+    )
+
+
+def test_connection_attempts_are_rate_limited_per_user(beacon, limited, reliability):
+    user = beacon.user("tabs")
+    clients = []
+    try:
+        results = []
+        for i in range(5):
+            client, ok, error = _connect(limited, user, _address(), f"tab{i}")
+            clients.append(client)
+            results.append((ok, error))
+        assert all(ok for ok, _ in results[:4]), results
+        ok, error = results[4]
+        assert not ok and error["data"]["error"] == "rate_limited", error
+        assert error["data"]["retry_after"] > 0 and error["message"]
+        assert all(c.connected for c in clients[:4])  # existing connections are untouched
+    finally:
+        for client in clients:
+            client.disconnect()
+    reliability.record(
+        "limits",
+        "connection attempts per user (RATE_LIMIT_CONNECT_USER=4/10s)",
+        expected="the 5th refused `rate_limited` with retry_after; open connections kept",
+        observed="4 connected, 5th refused rate_limited "
+        f"(retry_after {error['data']['retry_after']} s)",
+        count=5,
+    )
+
+
+def test_connection_attempts_are_rate_limited_per_address(beacon, limited, reliability):
+    user = beacon.user("fromafar")
+    address = _address()
+    codes = []
+    for i in range(8):  # token guessing from one address: each attempt counts
+        client, ok, error = _connect(limited, None, address, f"guess{i}")
+        client.disconnect()
+        codes.append(error["data"]["error"])
+    assert codes == ["invalid_token"] * 8
+    client, ok, error = _connect(limited, user, address, "valid-but-late")
+    client.disconnect()
+    assert not ok and error["data"]["error"] == "rate_limited", error
+    elsewhere, ok, _ = _connect(limited, user, _address(), "elsewhere")
+    elsewhere.disconnect()
+    assert ok
+    reliability.record(
+        "limits",
+        "connection attempts per address (RATE_LIMIT_CONNECT_IP=8/10s, before the token check)",
+        expected="the 9th refused `rate_limited`, even with a valid token; other addresses "
+        "unaffected",
+        observed="8 invalid_token, then rate_limited; another address connected",
+        count=10,
+    )
+
+
+def test_message_length_limit(beacon, reliability):
+    alice = beacon.user("alice")
+    topic = beacon.topic(alice)
+    client = beacon.client(alice)
+    limit = int(beacon.env["MAX_MESSAGE_LENGTH"])
+    too_long = client.call("send_message", topic.ref(message="x" * (limit + 1)))
+    assert too_long["error"] == "message_too_long" and too_long["max_length"] == limit
+    emoji = client.call("send_message", topic.ref(message="💥" * (limit + 1)))
+    assert emoji["error"] == "message_too_long"
+    assert client.call("send_message", topic.ref(message="y" * limit))["ok"]
+    reliability.record(
+        "limits",
+        f"message length (MAX_MESSAGE_LENGTH={limit} characters)",
+        expected="limit+1 refused `message_too_long` with max_length; exactly limit accepted",
+        observed="ASCII and emoji over the limit refused; exactly the limit stored",
+        count=3,
+    )
+
+
+def test_oversized_payloads_are_refused_without_harming_others(beacon, reliability):
+    alice, bob, mallory = beacon.user("alice"), beacon.user("bob"), beacon.user("mallory")
+    topic = beacon.topic(alice, bob, mallory)
+    bystander = beacon.client(bob, "bob")
+    assert bystander.call("join_topic", {"topic_id": topic.topic_id})["ok"]
+    big = "x" * (70 * 1024)
+
+    # Socket.IO: over max_http_buffer_size (64 KiB) the sender's connection is closed.
+    sender = beacon.client(mallory, "mallory")
+    sender.emit("send_message", topic.ref(message=big))
+    wait_until(lambda: not sender.connected, message="the oversized sender stayed connected")
+    # Over HTTP long-polling too.
+    poller = beacon.new_client("mallory-polling")
+    poller.connect(beacon.url, mallory.token, transports=["polling"])
+    poller.emit("send_message", topic.ref(message=big))
+    wait_until(lambda: not poller.connected, message="the oversized poller stayed connected")
+
+    # REST: 413 JSON.
+    response = beacon.api(
+        mallory,
+        "POST",
+        "/api/notifications/subscribe",
+        data=b'{"endpoint": "' + big.encode() + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413, response.status_code
+    assert response.json()["error"] == "request_entity_too_large" and response.json()["message"]
+
+    # Others are unaffected; nothing was stored.
+    assert bystander.connected
+    alice_client = beacon.client(alice, "alice")
+    assert alice_client.call("send_message", topic.ref(message="still working"))["ok"]
+    bystander.wait_for_event("new_message", lambda p: p["body"] == "still working")
+    page = beacon.api(alice, "GET", f"/api/topics/{topic.topic_id}/messages").json()
+    assert [m["body"] for m in page["messages"]] == ["still working"]
+    reliability.record(
+        "limits",
+        "payloads over 64 KiB (Socket.IO websocket and polling, REST body)",
+        expected="sender's connection closed / REST 413 JSON; nothing stored; other clients "
+        "unaffected",
+        observed="both transports closed the sender only; REST 413 request_entity_too_large; "
+        "bystander kept receiving",
+        count=3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("30/10s", (30, 10.0)),
+        ("30/10", (30, 10.0)),
+        ("100/1m", (100, 60.0)),
+        ("1000/1h", (1000, 3600.0)),
+        ("off", None),
+        ("0", None),
+    ],
+)
+def test_rate_limit_settings_are_parsed(raw, expected):
+    from config import load_settings
+
+    limit = load_settings({"RATE_LIMIT_SEND_MESSAGE": raw}).rate_limit_send_message
+    assert (None if limit is None else (limit.limit, limit.period)) == expected
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"RATE_LIMIT_SUBSCRIBE": "ten/minute"},
+        {"RATE_LIMIT_SUBSCRIBE": "-1/10s"},
+        {"RATE_LIMIT_SUBSCRIBE": "5/0s"},
+        # A visibility timeout shorter than a retry countdown would run tasks twice.
+        {"BROKER_VISIBILITY_TIMEOUT": "30", "PUSH_RETRY_MAX": "60"},
+        {"BROKER_VISIBILITY_TIMEOUT": "30", "DB_RETRY_BACKOFF_MAX": "30"},
+    ],
+)
+def test_unsafe_or_malformed_settings_are_refused_at_start(env):
+    from config import load_settings
+
+    with pytest.raises(ValueError):
+        load_settings(env)

@@ -1,0 +1,27 @@
+"""Request bodies: parsed once, with the same refusals on every route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, request
+
+from webapp.errors import InvalidInput
+from webapp.services.validation import parse_json_body
+
+
+def json_body() -> Any:
+    """The JSON body (None when empty). Too large is 413; bad UTF-8, bad or too deep JSON,
+    NUL characters and lone surrogates are 400 with a reason."""
+    return parse_json_body(request.get_data(cache=True))
+
+
+def _refuse_nul_in_query() -> None:
+    """NUL cannot be stored or compared in PostgreSQL text: refuse it in any query string,
+    instead of meeting it as a database error deep in some route."""
+    if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        raise InvalidInput("invalid_text", "the query string must not contain NUL characters")
+
+
+def register(app: Flask) -> None:
+    app.before_request(_refuse_nul_in_query)
