@@ -41,8 +41,10 @@ def browser_unavailable_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API keeps an asyncio loop running in this thread while
+    it is open, which would break later tests that run their own loop."""
     reason = browser_unavailable_reason()
     if reason:
         if os.environ.get("CI"):

@@ -7,9 +7,9 @@ its counters apart from the shared stack's.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-import uuid
 
 import pytest
 import requests
@@ -38,9 +38,14 @@ def limited(stack, redis_server, run_dir):
     web.stop()
 
 
+_addresses = itertools.count()
+
+
 def _address() -> str:
-    """A client address of this test's own (via the trusted proxy's X-Forwarded-For)."""
-    return f"203.0.113.{uuid.uuid4().int % 250 + 1}"
+    """A client address no other call has used (via the trusted proxy's X-Forwarded-For):
+    a random pick could repeat one whose attempts still count in the window."""
+    n = next(_addresses)
+    return f"198.18.{n // 250}.{n % 250 + 1}"
 
 
 def _connect(url, user, address, name="client"):
