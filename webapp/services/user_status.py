@@ -74,13 +74,13 @@ def _transition_lock(user_id: str) -> Iterator[None]:
         client.eval(_RELEASE, 1, key, token)
 
 
-def apply_transition(user_id: str, came_online: bool) -> None:
+def apply_transition(user_id: str) -> None:
     """Store the user's current status (from the live count) and announce it if it flipped.
 
-    ``came_online`` is what the caller saw happen; the fresh count decides, so a transition
-    that a newer one overtook stores and says nothing.
+    Called after a connect or disconnect changed the user's count to or from zero; the fresh
+    count read under the lock decides, so a transition that a newer one overtook stores and
+    says nothing.
     """
-    del came_online  # the count read under the lock is the truth
     uid = uuid.UUID(user_id)
     # End the caller's read transaction (e.g. the connect handler's token lookup) so that its
     # pooled database connection is not held while this waits for the lock: under a connect
@@ -127,7 +127,7 @@ def sweep_stale_connections() -> list[str]:
     """End connections of dead web processes and announce the users who went offline."""
     went_offline = context.presence().sweep_dead_processes()
     for user_id in went_offline:
-        apply_transition(user_id, came_online=False)
+        apply_transition(user_id)
     return went_offline
 
 
@@ -142,9 +142,9 @@ def rebuild_presence(proc_id: str, local: LocalConnections) -> tuple[list[str], 
     try:
         came_online, went_offline = context.presence().rebuild(proc_id, local.snapshot())
         for user_id in came_online:
-            apply_transition(user_id, came_online=True)
+            apply_transition(user_id)
         for user_id in set(went_offline) | pending:
-            apply_transition(user_id, came_online=False)
+            apply_transition(user_id)
     except Exception:
         for user_id in pending:
             local.bookkeeping_failed(user_id)

@@ -54,7 +54,7 @@ def on_connect(auth: Any = None) -> None:
         heartbeat.ensure_started(current_app._get_current_object())
         heartbeat.CONNECTIONS.add(sid, user_id)
         if context.presence().connect(user_id, sid, heartbeat.PROCESS_ID):
-            apply_transition(user_id, came_online=True)
+            apply_transition(user_id)
     except Exception:
         # Refused, so no disconnect event will come: the heartbeat's rebuild removes whatever
         # part of the connection Redis did record, and settles the user's status.
@@ -77,7 +77,7 @@ def on_disconnect(*_reason: Any) -> None:
     heartbeat.CONNECTIONS.remove(request.sid)
     try:
         if context.presence().disconnect(user_id, request.sid, heartbeat.PROCESS_ID):
-            apply_transition(user_id, came_online=False)
+            apply_transition(user_id)
     except Exception:
         # Redis or the database is away: the heartbeat's rebuild finishes this when they
         # answer again (the user goes offline then, unless connected elsewhere).
