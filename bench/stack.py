@@ -16,7 +16,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -293,13 +292,3 @@ def external_stack(url: str) -> Iterator[BenchStack]:
     app = create_app(settings, serve_sockets=False)
     env = {"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
     yield BenchStack(url.rstrip("/"), env, app)
-
-
-def wait_for(predicate: Any, timeout: float, message: str) -> Any:
-    from tests.harness.waiting import wait_until
-
-    return wait_until(predicate, timeout=timeout, interval=0.05, message=message)
-
-
-def now() -> float:
-    return time.time()

@@ -107,10 +107,9 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
             serializer=WirePacket,  # answers undecodable events instead of dropping them
             **options,
         )
-        if settings.fast_fanout:
-            from webapp.broadcast import install
+        from webapp.broadcast import install
 
-            install(socketio.server)
+        install(socketio.server)  # TCP_NODELAY on websockets; the fast path's write lock
         import webapp.sockets  # noqa: F401  (registers the event handlers)
 
         if settings.trusted_proxies:
