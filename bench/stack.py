@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -27,7 +26,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.harness.ports import free_port  # noqa: E402
-from tests.harness.processes import ManagedProcess, wait_http_ok, wait_log_contains  # noqa: E402
+from tests.harness.processes import ManagedProcess, wait_http_ok  # noqa: E402
 from tests.harness.redis_server import RedisServer  # noqa: E402
 
 PYTHON = sys.executable
@@ -195,43 +194,6 @@ class BenchStack:
         return get_redis(self.env["REDIS_URL"])
 
 
-def run_flask(env: dict[str, str], *args: str) -> None:
-    subprocess.run(
-        [PYTHON, "-m", "flask", "--app", "wsgi", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def start_worker(name: str, env: dict[str, str], log_dir: Path, *args: str) -> ManagedProcess:
-    worker = ManagedProcess(
-        name,
-        [
-            PYTHON,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            *args,
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            f"{name}-{uuid.uuid4().hex[:6]}@%h",
-            "--loglevel",
-            "INFO",
-        ],
-        env,
-        REPO_ROOT,
-        log_dir,
-    )
-    wait_log_contains(worker, " ready.", timeout=60)
-    return worker
-
-
 @contextlib.contextmanager
 def beacon_stack(
     backend: str = "sqlite",
@@ -242,6 +204,7 @@ def beacon_stack(
 ) -> Iterator[BenchStack]:
     """A private Beacon: Redis, database, ``wsgi.py`` and an ``unread`` worker, torn down after."""
     from config import load_settings
+    from tests.conftest import run_flask, start_worker
     from webapp import create_app
 
     raise_fd_limit()
@@ -263,7 +226,7 @@ def beacon_stack(
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=web)
         workers = []
         if worker:
-            w = start_worker("unread", env, log_dir, "-Q", "unread", "-c", "2")
+            w = start_worker("unread", env, log_dir, "unread", "-c", "2")
             stack.callback(w.stop)
             workers.append(w)
         app = create_app(load_settings(env), serve_sockets=False)
