@@ -108,20 +108,23 @@ def list_for(user: User) -> list[dict[str, Any]]:
     return [subscription_payload(s) for s in rows]
 
 
+def _delete_own(user: User, which: Any) -> None:
+    """Delete the caller's subscription matching ``which``; anyone else's is 'not found'."""
+    deleted = db.session.execute(
+        delete(PushSubscription).where(which, PushSubscription.user_id == user.id)
+    ).rowcount
+    db.session.commit()
+    if not deleted:
+        raise NotFound("subscription_not_found", "no such subscription")
+
+
 def unsubscribe(user: User, subscription_id: str) -> None:
     """Delete one of the caller's subscriptions; anyone else's is 'not found'."""
     try:
         sub_id = uuid.UUID(subscription_id)
     except ValueError:
         raise NotFound("subscription_not_found", "no such subscription") from None
-    deleted = db.session.execute(
-        delete(PushSubscription).where(
-            PushSubscription.id == sub_id, PushSubscription.user_id == user.id
-        )
-    ).rowcount
-    db.session.commit()
-    if not deleted:
-        raise NotFound("subscription_not_found", "no such subscription")
+    _delete_own(user, PushSubscription.id == sub_id)
 
 
 def unsubscribe_by_endpoint(user: User, payload: Any) -> None:
@@ -130,11 +133,4 @@ def unsubscribe_by_endpoint(user: User, payload: Any) -> None:
     endpoint = data.get("endpoint")
     if not isinstance(endpoint, str) or not endpoint or len(endpoint) > 2048:
         raise InvalidInput("invalid_endpoint", "endpoint must be the subscription's URL")
-    deleted = db.session.execute(
-        delete(PushSubscription).where(
-            PushSubscription.endpoint == endpoint, PushSubscription.user_id == user.id
-        )
-    ).rowcount
-    db.session.commit()
-    if not deleted:
-        raise NotFound("subscription_not_found", "no such subscription")
+    _delete_own(user, PushSubscription.endpoint == endpoint)
