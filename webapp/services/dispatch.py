@@ -16,13 +16,8 @@ def message_posted(message_id: int, exclude_user_ids: list[str], *, push: bool) 
     Called after the message is committed, so a broker failure is logged, not raised: the
     message exists, and ``reconcile`` (beat) enqueues its work later. False when it failed.
     """
-    from workers.tasks.push import fan_out
-    from workers.tasks.unread import increment_unread
-
     try:
-        increment_unread.apply_async(args=[message_id, exclude_user_ids])
-        if push:
-            fan_out.apply_async(args=[message_id])
+        redispatch(message_id, exclude_user_ids, push=push)
     except (OperationalError, redis.RedisError, OSError) as exc:
         log.warning(
             "could not enqueue the work of message %s (%s); the reconciliation will",
@@ -34,7 +29,8 @@ def message_posted(message_id: int, exclude_user_ids: list[str], *, push: bool) 
 
 
 def redispatch(message_id: int, exclude_user_ids: list[str] | None, *, push: bool) -> None:
-    """Enqueue again what reconciliation found missing (each task is idempotent)."""
+    """Enqueue a message's work; also what reconciliation found missing (each task is
+    idempotent). ``exclude_user_ids`` None: the increment is not wanted."""
     from workers.tasks.push import fan_out
     from workers.tasks.unread import increment_unread
 
