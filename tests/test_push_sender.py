@@ -605,7 +605,14 @@ def tls_push(certs: dict[str, Path]) -> Iterator[TLSPushService]:
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certs["cert"], certs["key"])
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    class Server(http.server.ThreadingHTTPServer):
+        # 50 greenlets connect at once: the default backlog of 5 drops connection attempts,
+        # and a retransmitted SYN plus the handshakes (done one by one in accept) can then
+        # outlast the sender's timeout on a loaded machine. The local push service uses 128.
+        request_queue_size = 128
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.socket = context.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
