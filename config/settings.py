@@ -119,6 +119,11 @@ class Settings:
     push_allowed_hosts: tuple[str, ...] = ()
     push_failure_limit: int = 10
     push_max_subscriptions: int = 20
+    # Seconds during which further messages in one topic to one offline user are held and
+    # then sent as one push with their count (the first goes at once); 0 sends every one.
+    push_coalesce_window: float = 30.0
+    # Days a push stays in the user's history (GET /api/notifications/history).
+    push_history_days: float = 30.0
     app_base_url: str = "http://127.0.0.1:5000"
 
     max_message_length: int = 4000
@@ -218,6 +223,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         push_allowed_hosts=_list(env.get("PUSH_ALLOWED_HOSTS")),
         push_failure_limit=_int(env, "PUSH_FAILURE_LIMIT", defaults.push_failure_limit),
         push_max_subscriptions=_int(env, "PUSH_MAX_SUBSCRIPTIONS", defaults.push_max_subscriptions),
+        push_coalesce_window=_float(env, "PUSH_COALESCE_WINDOW", defaults.push_coalesce_window),
+        push_history_days=_float(env, "PUSH_HISTORY_DAYS", defaults.push_history_days),
         app_base_url=env.get("APP_BASE_URL") or f"http://{host}:{port}",
         max_message_length=_int(env, "MAX_MESSAGE_LENGTH", defaults.max_message_length),
         cors_origins=tuple(
@@ -275,12 +282,19 @@ def _presence_events(raw: str | None, default: str) -> str:
 
 def _check_task_timing(s: Settings) -> None:
     """A visibility timeout shorter than a deliberate hold would run tasks twice."""
-    longest_hold = max(s.push_retry_max + s.push_request_timeout, s.db_retry_backoff_max)
+    longest_hold = max(
+        s.push_retry_max + s.push_request_timeout,
+        s.db_retry_backoff_max,
+        s.push_coalesce_window,
+    )
     if s.broker_visibility_timeout <= longest_hold:
         raise ValueError(
             f"BROKER_VISIBILITY_TIMEOUT ({s.broker_visibility_timeout}s) must exceed the longest "
             f"retry delay plus one attempt ({longest_hold:g}s: PUSH_RETRY_MAX + "
-            "PUSH_REQUEST_TIMEOUT, DB_RETRY_BACKOFF_MAX), or workers redeliver held tasks early"
+            "PUSH_REQUEST_TIMEOUT, DB_RETRY_BACKOFF_MAX, PUSH_COALESCE_WINDOW), or workers "
+            "redeliver held tasks early"
         )
+    if s.push_coalesce_window < 0 or s.push_history_days <= 0:
+        raise ValueError("PUSH_COALESCE_WINDOW must be >= 0 and PUSH_HISTORY_DAYS > 0")
     if s.reconcile_grace >= s.reconcile_window:
         raise ValueError("RECONCILE_GRACE must be shorter than RECONCILE_WINDOW")

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -155,6 +157,104 @@ class ProcessedEvent(db.Model):
     __tablename__ = "processed_events"
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+
+# Push levels, most to least: every message, only @mentions, nothing.
+NOTIFY_LEVELS = ("all", "mentions", "none")
+_LEVEL_CHECK = "level IN ('all', 'mentions', 'none')"
+
+
+class NotificationSettings(db.Model):
+    """A user's push defaults and do-not-disturb; no row means the defaults (all, no DND)."""
+
+    __tablename__ = "notification_settings"
+    __table_args__ = (
+        CheckConstraint(_LEVEL_CHECK, name="level"),
+        CheckConstraint("(quiet_start IS NULL) = (quiet_end IS NULL)", name="quiet_hours_complete"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    level: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="all", server_default="all"
+    )
+    # Quiet hours: minutes after local midnight in time_zone; start > end wraps midnight.
+    quiet_start: Mapped[int | None] = mapped_column(SmallInteger)
+    quiet_end: Mapped[int | None] = mapped_column(SmallInteger)
+    time_zone: Mapped[str] = mapped_column(
+        String(64), nullable=False, default="UTC", server_default="UTC"
+    )
+    snooze_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # During quiet hours or a snooze, still push messages that @mention the user.
+    dnd_allow_mentions: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
+    )
+
+
+class NotificationOverride(db.Model):
+    """A user's push level for one channel or one topic (a topic's beats its channel's)."""
+
+    __tablename__ = "notification_overrides"
+    __table_args__ = (
+        CheckConstraint(_LEVEL_CHECK, name="level"),
+        CheckConstraint("(channel_id IS NULL) <> (topic_id IS NULL)", name="one_scope"),
+        UniqueConstraint(
+            "user_id", "channel_id", name="uq_notification_overrides_user_id_channel_id"
+        ),
+        UniqueConstraint("user_id", "topic_id", name="uq_notification_overrides_user_id_topic_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    channel_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("channels.id", ondelete="CASCADE")
+    )
+    topic_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(String(16), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
+    )
+
+
+class PushRecord(db.Model):
+    """One push that ended (delivered, expired or failed), for the user's history.
+
+    No foreign key to the subscription: an expired one is deleted, its history stays.
+    """
+
+    __tablename__ = "push_history"
+    __table_args__ = (
+        Index("ix_push_history_user_id_id", "user_id", "id"),
+        Index("ix_push_history_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    subscription_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    push_service: Mapped[str] = mapped_column(String(255), nullable=False)
+    topic_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("topics.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # How many messages the push stood for (more than 1 when coalesced).
+    message_count: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=1, server_default="1"
+    )
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
