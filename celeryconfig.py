@@ -48,6 +48,7 @@ beat_schedule = {
         "schedule": _settings.presence_sweep_interval,
     },
     "push-prune-failing": {"task": "beacon.push.prune_failing", "schedule": 3600.0},
+    "push-prune-history": {"task": "beacon.push.prune_history", "schedule": 3600.0},
     "reconcile-lost-work": {
         "task": "beacon.unread.reconcile",
         "schedule": _settings.reconcile_interval,

@@ -78,6 +78,8 @@ def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
         "PUSH_RETRY_BASE": "0.2",
         "PUSH_RETRY_MAX": "2",
         "PUSH_REQUEST_TIMEOUT": "5",
+        # One push per message, as most tests count them; tests/test_coalescing.py sets it.
+        "PUSH_COALESCE_WINDOW": "0",
         "LOG_LEVEL": "INFO",
         "DEV_LOGIN": "1",
         **extra,

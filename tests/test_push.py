@@ -3,23 +3,16 @@ verifies VAPID and decrypts like a browser vendor's."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from celery import Celery
 from sqlalchemy import select
 
-from tests.harness.processes import wait_log_contains
 from tests.harness.waiting import wait_until
-
-
-def _subscribe(beacon, user, **extra):
-    """Subscribe like a browser: its own key pair and auth secret, from the push service."""
-    sub = beacon.push.new_subscription()
-    body = {"endpoint": sub["endpoint"], "expirationTime": None, "keys": sub["keys"], **extra}
-    response = beacon.api(user, "POST", "/api/notifications/subscribe", json=body)
-    assert response.status_code == 201, response.text
-    return sub, response.json()
+from tests.push_helpers import delivered as _delivered
+from tests.push_helpers import fanout_done as _fanout_done
+from tests.push_helpers import send as _send
+from tests.push_helpers import subscribe as _subscribe
 
 
 def _stored(beacon, subscription_id):
@@ -33,29 +26,6 @@ def _stored(beacon, subscription_id):
         if row is not None:
             db.session.expunge(row)
         return row
-
-
-def _send(beacon, user, topic, text):
-    client = beacon.client(user)
-    ack = client.call("send_message", topic.ref(message=text))
-    assert ack["ok"], ack
-    client.disconnect()
-    return ack["message"]["id"]
-
-
-def _fanout_done(beacon, message_id, subscriptions):
-    wait_log_contains(beacon.workers["push"], f"fan-out message={message_id} ", timeout=20)
-    line = wait_log_contains(beacon.workers["push"], f"fan-out message={message_id} ")
-    assert line.rstrip().endswith(f"subscriptions={subscriptions}"), line
-
-
-def _delivered(beacon, sub, count=1):
-    wait_until(
-        lambda: len(beacon.push.messages(sub)) >= count,
-        timeout=20,
-        message=f"fewer than {count} pushes arrived",
-    )
-    return [json.loads(m["payload"]) for m in beacon.push.messages(sub)]
 
 
 def test_offline_member_gets_one_push_per_device(beacon):

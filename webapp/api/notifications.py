@@ -1,4 +1,5 @@
-"""``/api/notifications``: the VAPID key and the caller's push subscriptions."""
+"""``/api/notifications``: the VAPID key, the caller's push subscriptions, preferences and
+push history."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from flask import Blueprint, g, jsonify, request
 from webapp.api.body import json_body
 from webapp.auth import require_user
 from webapp.errors import Unavailable
-from webapp.services import context, subscriptions
+from webapp.services import context, preferences, push_history, subscriptions
+from webapp.services.validation import parse_query_int, parse_uuid
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 
@@ -48,3 +50,57 @@ def unsubscribe(subscription_id: str):
 def unsubscribe_by_endpoint():
     subscriptions.unsubscribe_by_endpoint(g.user, json_body())
     return "", 204
+
+
+@bp.get("/preferences")
+@require_user
+def get_preferences():
+    return jsonify(preferences.get(g.user))
+
+
+@bp.patch("/preferences")
+@require_user
+def update_preferences():
+    return jsonify(preferences.update(g.user, json_body()))
+
+
+@bp.put("/preferences/topics/<topic_id>")
+@require_user
+def set_topic_preference(topic_id: str):
+    return jsonify(
+        preferences.set_topic_level(g.user, parse_uuid(topic_id, "topic_id"), json_body())
+    )
+
+
+@bp.delete("/preferences/topics/<topic_id>")
+@require_user
+def clear_topic_preference(topic_id: str):
+    preferences.clear_topic_level(g.user, parse_uuid(topic_id, "topic_id"))
+    return "", 204
+
+
+@bp.put("/preferences/rooms/<room_id>")
+@require_user
+def set_room_preference(room_id: str):
+    return jsonify(preferences.set_room_level(g.user, parse_uuid(room_id, "room_id"), json_body()))
+
+
+@bp.delete("/preferences/rooms/<room_id>")
+@require_user
+def clear_room_preference(room_id: str):
+    preferences.clear_room_level(g.user, parse_uuid(room_id, "room_id"))
+    return "", 204
+
+
+@bp.get("/history")
+@require_user
+def push_history_page():
+    before = request.args.get("before")
+    return jsonify(
+        push_history.list_for(
+            g.user,
+            before=parse_query_int(before, "before", 0, 1, 2**63 - 1) if before else None,
+            limit=parse_query_int(request.args.get("limit"), "limit", 50, 1, 200),
+            outcome=request.args.get("outcome") or None,
+        )
+    )

@@ -1,7 +1,9 @@
 """Web Push for new messages: who gets one (fan-out), and what one send does to the database.
 
-Fan-out picks the members who are not the sender and have no live connection, and plans one
-push per subscription; ``@username`` turns a member's push into a ``mention`` (Urgency high).
+Fan-out picks the members who are not the sender and have no live connection, whose
+preferences and do-not-disturb allow the push (notification_rules), and plans one push per
+subscription, now or coalesced into a later one (push_coalescing); ``@username`` turns a
+member's push into a ``mention`` (Urgency high).
 Each send is recorded under ``push:<message>:<subscription>`` when delivered, so a redelivered
 task does not notify twice; an expired subscription is deleted by id *and* the keys it was
 sent with, so a browser that re-subscribed meanwhile keeps its fresh row.
@@ -13,8 +15,9 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -24,7 +27,7 @@ from webapp import metrics
 from webapp.extensions import db
 from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
 from webapp.redis_client import get_redis
-from webapp.services import context
+from webapp.services import context, notification_rules, push_coalescing, push_history
 from webapp.services.idempotency import claim, is_claimed
 from webapp.services.messages import preview
 from webapp.services.push_sender import PushResult, PushSender, SubscriptionKeys
@@ -71,18 +74,45 @@ class PushJob:
     topic: str
 
 
-def push_payload(message: Message, sender_user: User, kind: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FanoutPlan:
+    """The sends to enqueue now, and the flushes (user, topic, delay in seconds) to enqueue
+    for the pushes that coalescing held back."""
+
+    jobs: list[PushJob] = field(default_factory=list)
+    flushes: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+def push_payload(
+    message: Message,
+    sender_user: User,
+    kind: str,
+    count: int = 1,
+    *,
+    summary: bool | None = None,
+) -> dict[str, Any]:
+    """The notification for ``message``; ``count`` > 1 stands for that many messages in its
+    topic, the newest being ``message``. A ``summary`` (the default for a coalesced plain
+    message, always for a window's flush) is titled with the count instead of the sender, who
+    is not necessarily the one who mentioned the user."""
     topic = message.topic
-    title = (
-        f"{sender_user.name} mentioned you in {topic.name}"
-        if kind == "mention"
-        else f"{sender_user.name} in {topic.name}"
-    )
+    if summary is None:
+        summary = count > 1 and kind == "message"
+    if summary:
+        title = f"{count} new messages in {topic.name}"
+        body = preview(f"{sender_user.name}: {message.body}")
+    elif kind == "mention":
+        title = f"{sender_user.name} mentioned you in {topic.name}"
+        body = preview(message.body)
+    else:
+        title = f"{sender_user.name} in {topic.name}"
+        body = preview(message.body)
     base = context.settings().app_base_url.rstrip("/")
     return {
         "type": kind,
         "title": title,
-        "body": preview(message.body),
+        "body": body,
+        "count": count,
         "topic_id": str(topic.id),
         "room_id": str(topic.channel_id),
         "message_id": message.id,
@@ -90,19 +120,25 @@ def push_payload(message: Message, sender_user: User, kind: str) -> dict[str, An
     }
 
 
-def plan_fanout(message_id: int, *, replan: bool = False) -> list[PushJob]:
-    """One job per subscription of every offline member other than the sender.
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
+
+def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
+    """Who gets a push for this message, now or in a later coalesced one.
+
+    Offline members other than the sender with at least one subscription, whose preferences
+    and do-not-disturb allow it (notification_rules), then coalescing decides per member.
     ``replan`` (reconciliation after Redis lost its queues) plans a message again although
     its fan-out already ran, leaving out the sends that already ended (delivered or failed for
     good) and the subscriptions made after the message.
     """
     message = db.session.get(Message, message_id)
     if message is None:
-        return []
+        return FanoutPlan()
     if not replan and is_claimed(f"fanout:{message_id}"):
         log.info("push fan-out of message %s skipped: already done", message_id)
-        return []
+        return FanoutPlan()
     rows = db.session.execute(
         select(User.id, User.username)
         .join(TopicMember, TopicMember.user_id == User.id)
@@ -111,38 +147,104 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> list[PushJob]:
     members = {str(uid): username for uid, username in rows}
     online = context.presence().online_among(list(members))
     offline = [uuid.UUID(uid) for uid in members if uid not in online]
-    if not offline:
-        log.info("push fan-out message=%s offline_members=0 subscriptions=0", message_id)
-        return []
+    subs_of: dict[uuid.UUID, list[str]] = {}
+    if offline:
+        query = select(PushSubscription.id, PushSubscription.user_id).where(
+            PushSubscription.user_id.in_(offline)
+        )
+        if replan:
+            query = query.where(PushSubscription.created_at <= message.created_at)
+        for sub_id, user_id in db.session.execute(query).all():
+            if not (replan and _send_ended(message.id, str(sub_id))):
+                subs_of.setdefault(user_id, []).append(str(sub_id))
+
     mentioned = mentioned_usernames(message.body)
-    sender_user = message.sender
-    payloads: dict[str, dict[str, Any]] = {}
-    jobs = []
-    query = select(PushSubscription.id, PushSubscription.user_id).where(
-        PushSubscription.user_id.in_(offline)
-    )
-    if replan:
-        query = query.where(PushSubscription.created_at <= message.created_at)
-    subs = db.session.execute(query).all()
-    for sub_id, user_id in subs:
-        if replan and _send_ended(message.id, str(sub_id)):
+    is_mention = {uid: members[str(uid)].lower() in mentioned for uid in subs_of}
+    rules = notification_rules.rules_for(list(subs_of), message.topic)
+    now = utcnow()
+    wanted = [
+        (uid, is_mention[uid])
+        for uid in subs_of
+        if rules.get(uid, notification_rules.DEFAULT).allows(mentioned=is_mention[uid], now=now)
+    ]
+    offers = push_coalescing.offer(message.id, message.topic_id, wanted, _now_ms())
+
+    plan = FanoutPlan()
+    payloads: dict[tuple[str, int], dict[str, Any]] = {}
+    for uid, offer in offers.items():
+        if offer.flush_in is not None:
+            plan.flushes.append((str(uid), str(message.topic_id), offer.flush_in))
+        if not offer.send:
             continue
-        kind = "mention" if members[str(user_id)].lower() in mentioned else "message"
-        if kind not in payloads:
-            payloads[kind] = push_payload(message, sender_user, kind)
-        jobs.append(
-            PushJob(
-                subscription_id=str(sub_id),
-                message_id=message.id,
-                payload=payloads[kind],
-                urgency="high" if kind == "mention" else "normal",
-                topic=str(message.topic_id),
-            )
+        kind = "mention" if is_mention[uid] else "message"
+        if (kind, offer.count) not in payloads:
+            payloads[kind, offer.count] = push_payload(message, message.sender, kind, offer.count)
+        plan.jobs.extend(
+            _job(sub_id, message, payloads[kind, offer.count]) for sub_id in subs_of[uid]
         )
     log.info(
-        "push fan-out message=%s offline_members=%d subscriptions=%d",
+        "push fan-out message=%s offline_members=%d silenced=%d held=%d subscriptions=%d",
         message_id,
         len(offline),
+        len(subs_of) - len(wanted),
+        sum(1 for o in offers.values() if not o.send),
+        len(plan.jobs),
+    )
+    return plan
+
+
+def _job(sub_id: str, message: Message, payload: dict[str, Any]) -> PushJob:
+    return PushJob(
+        subscription_id=sub_id,
+        message_id=message.id,
+        payload=payload,
+        urgency="high" if payload["type"] == "mention" else "normal",
+        topic=str(message.topic_id),
+    )
+
+
+def plan_flush(user_id: str, topic_id: str) -> list[PushJob]:
+    """The one push for what a coalescing window held, unless the user caught up meanwhile
+    (came online, read the topic) or their rules now say no."""
+    held = push_coalescing.take(user_id, topic_id, _now_ms())
+    if held is None:
+        log.info("push flush user=%s topic=%s: nothing held", user_id, topic_id)
+        return []
+    message = db.session.get(Message, held.last_message_id)
+    uid = uuid.UUID(user_id)
+    member = db.session.execute(
+        select(TopicMember).where(
+            TopicMember.topic_id == uuid.UUID(topic_id), TopicMember.user_id == uid
+        )
+    ).scalar_one_or_none()
+    skip = None
+    if message is None or member is None:
+        skip = "the message or the membership is gone"
+    elif context.presence().online_among([user_id]):
+        skip = "the user is online"
+    elif (member.last_read_message_id or 0) >= message.id:
+        skip = "the user read the topic"
+    elif (
+        not notification_rules.rules_for([uid], message.topic)
+        .get(uid, notification_rules.DEFAULT)
+        .allows(mentioned=held.mentioned, now=utcnow())
+    ):
+        skip = "the user's preferences or do-not-disturb"
+    if skip is not None:
+        push_coalescing.reset(user_id, topic_id)
+        log.info("push flush user=%s topic=%s skipped: %s", user_id, topic_id, skip)
+        return []
+    kind = "mention" if held.mentioned else "message"
+    payload = push_payload(message, message.sender, kind, held.count, summary=True)
+    sub_ids = db.session.execute(
+        select(PushSubscription.id).where(PushSubscription.user_id == uid)
+    ).scalars()
+    jobs = [_job(str(sub_id), message, payload) for sub_id in sub_ids]
+    log.info(
+        "push flush user=%s topic=%s messages=%d subscriptions=%d",
+        user_id,
+        topic_id,
+        held.count,
         len(jobs),
     )
     return jobs
@@ -210,21 +312,36 @@ def _log_outcome(sub_id: str, message_id: int, result: PushResult) -> None:
     )
 
 
-def record_failure(sub_id: str, reason: str, message_id: int | None = None) -> None:
-    """The send failed for good: count it against the subscription, and mark the send ended
-    so that a reconciliation does not try it again."""
-    if message_id is not None:
-        claim(f"pushfailed:{message_id}:{sub_id}")
+def record_failure(job: PushJob, reason: str, status: int | None = None) -> None:
+    """The send failed for good: count it against the subscription, put it in the user's
+    history, and mark the send ended so that a reconciliation does not try it again."""
+    sub_id = uuid.UUID(job.subscription_id)
+    if claim(f"pushfailed:{job.message_id}:{job.subscription_id}"):
+        sub = db.session.execute(
+            select(PushSubscription.user_id, PushSubscription.endpoint).where(
+                PushSubscription.id == sub_id
+            )
+        ).first()
+        if sub is not None:
+            push_history.record(
+                user_id=sub.user_id,
+                subscription_id=sub_id,
+                endpoint=sub.endpoint,
+                payload=job.payload,
+                outcome="failed",
+                status=status,
+                reason=reason,
+            )
     db.session.execute(
         update(PushSubscription)
-        .where(PushSubscription.id == uuid.UUID(sub_id))
+        .where(PushSubscription.id == sub_id)
         .values(
             failure_count=PushSubscription.failure_count + 1,
             last_failure_at=utcnow(),
         )
     )
     db.session.commit()
-    log.warning("push subscription=%s failed for good: %s", sub_id, reason)
+    log.warning("push subscription=%s failed for good: %s", job.subscription_id, reason)
 
 
 def deliver(job: PushJob) -> PushResult | None:
@@ -255,16 +372,18 @@ def deliver(job: PushJob) -> PushResult | None:
         if sub is None:
             return None
         keys = SubscriptionKeys(sub.endpoint, sub.p256dh, sub.auth)
+        user_id = sub.user_id
         db.session.rollback()  # no transaction held open across the HTTP request
-        return _send_and_apply(job, key, sub_id, keys)
+        return _send_and_apply(job, key, user_id, keys)
     finally:
         _release_lease(key, lease)
 
 
 def _send_and_apply(
-    job: PushJob, key: str, sub_id: uuid.UUID, keys: SubscriptionKeys
+    job: PushJob, key: str, user_id: uuid.UUID, keys: SubscriptionKeys
 ) -> PushResult:
     settings = context.settings()
+    sub_id = uuid.UUID(job.subscription_id)
     try:
         check_endpoint_target(keys.endpoint, settings.push_allowed_hosts)
     except SubscriptionError as exc:
@@ -277,6 +396,17 @@ def _send_and_apply(
         )
     _log_outcome(job.subscription_id, job.message_id, result)
 
+    def remember(outcome: str) -> None:
+        push_history.record(
+            user_id=user_id,
+            subscription_id=sub_id,
+            endpoint=keys.endpoint,
+            payload=job.payload,
+            outcome=outcome,
+            status=result.status,
+            reason=result.reason,
+        )
+
     if result.outcome == "delivered":
         if claim(key):
             db.session.execute(
@@ -284,9 +414,10 @@ def _send_and_apply(
                 .where(PushSubscription.id == sub_id)
                 .values(last_success_at=utcnow(), failure_count=0)
             )
+            remember("delivered")
         db.session.commit()
     elif result.outcome == "expired":
-        db.session.execute(
+        deleted = db.session.execute(
             delete(PushSubscription).where(
                 and_(
                     PushSubscription.id == sub_id,
@@ -295,10 +426,12 @@ def _send_and_apply(
                     PushSubscription.auth == keys.auth,
                 )
             )
-        )
+        ).rowcount
+        if deleted:
+            remember("expired")
         db.session.commit()
     elif result.outcome == "rejected":
-        record_failure(job.subscription_id, result.reason, job.message_id)
+        record_failure(job, result.reason, result.status)
     return result
 
 

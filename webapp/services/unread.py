@@ -10,7 +10,7 @@ from sqlalchemy import case, func, or_, select, update
 from webapp import realtime
 from webapp.extensions import db
 from webapp.models import Message, TopicMember, User
-from webapp.services import context
+from webapp.services import context, push_coalescing
 from webapp.services.idempotency import claim
 from webapp.services.topics import member_topic
 from webapp.services.validation import parse_message_ids, parse_uuid, require_object
@@ -136,4 +136,5 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
         to=[realtime.topic_room(topic.id), realtime.user_room(user.id)],
     )
     announce_counts(topic.id, topic.channel_id, [(str(user.id), 0)])
+    push_coalescing.reset(user.id, topic.id)
     return result

@@ -1,0 +1,138 @@
+"""Coalescing end to end: a burst in one topic gives an offline user one push with the count.
+
+A stack of its own (the session's pushes every message: PUSH_COALESCE_WINDOW=0), on SQLite:
+the window lives in Redis, the database does not change it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Stack, _redis_dbs, launch_stack, make_database_url, stack_env
+from tests.harness.ports import free_port
+from tests.harness.processes import wait_log_contains
+from tests.push_helpers import delivered, subscribe
+
+WINDOW = 6  # seconds; a burst of 20 messages takes well under one second
+
+
+@pytest.fixture(scope="module")
+def coalescing(redis_server, push_service, vapid_keys, run_dir, request) -> Iterator[Stack]:
+    database_url = make_database_url("sqlite", "beacon_coalescing", run_dir, request)
+    port = free_port()
+    redis_url = redis_server.url_for_db(next(_redis_dbs))
+    env = stack_env(
+        database_url,
+        redis_url,
+        port,
+        push_service,
+        vapid_keys,
+        PUSH_COALESCE_WINDOW=str(WINDOW),
+    )
+    stack = launch_stack("sqlite", env, port, run_dir, push_service, name="coalescing")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def beacon(coalescing: Stack) -> Iterator[Stack]:
+    yield coalescing
+    coalescing.close_clients()
+
+
+def _flush_line(beacon, user, topic, since=None):
+    return wait_log_contains(
+        beacon.workers["push"],
+        f"push flush user={user.id} topic={topic.topic_id}",
+        timeout=WINDOW + 20,
+        since=since,
+    )
+
+
+def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
+    alice, bob = beacon.user("alice", "Alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    sub, _ = subscribe(beacon, bob)
+    sender = beacon.client(alice)
+    ids = []
+    for i in range(20):
+        ack = sender.call("send_message", topic.ref(message=f"message {i}"))
+        assert ack["ok"], ack
+        ids.append(ack["message"]["id"])
+
+    line = _flush_line(beacon, bob, topic)
+    assert line.rstrip().endswith("messages=20 subscriptions=1"), line
+    first, last = delivered(beacon, sub, count=2)
+    assert (first["message_id"], first["count"]) == (ids[0], 1)
+    assert first["title"].startswith("Alice in ")
+    assert last["count"] == 20 and last["message_id"] == ids[-1]
+    assert last["title"].startswith("20 new messages in ")
+    assert last["body"] == "Alice: message 19"
+    raw = beacon.push.messages(sub)
+    assert len(raw) == 2
+    # One Topic header for the topic: the push service (and the device's tag) replace the older.
+    assert raw[0]["topic"] == raw[1]["topic"] and raw[0]["topic"]
+
+    history = beacon.api(bob, "GET", "/api/notifications/history").json()["pushes"]
+    assert [(p["message_count"], p["outcome"]) for p in history] == [
+        (20, "delivered"),
+        (1, "delivered"),
+    ]
+
+
+def test_first_mention_in_a_window_is_not_held(beacon):
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    sub, _ = subscribe(beacon, bob)
+    sender = beacon.client(alice)
+    for text in ("hello", "still there?", f"@{bob.username} answer please"):
+        assert sender.call("send_message", topic.ref(message=text))["ok"]
+    first, mention = delivered(beacon, sub, count=2)  # long before the window ends
+    assert first["count"] == 1
+    assert mention["type"] == "mention" and mention["count"] == 3
+    assert beacon.push.messages(sub)[1]["urgency"] == "high"
+    # The mention's push covered what the window held: its flush has nothing left to send.
+    line = _flush_line(beacon, bob, topic)
+    assert line.rstrip().endswith("nothing held"), line
+    assert len(beacon.push.messages(sub)) == 2
+
+
+def test_no_flush_push_once_the_user_is_back(beacon):
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    sub, _ = subscribe(beacon, bob)
+    sender = beacon.client(alice)
+    assert sender.call("send_message", topic.ref(message="first"))["ok"]
+    delivered(beacon, sub)
+    assert sender.call("send_message", topic.ref(message="held"))["ok"]
+    bob_client = beacon.client(bob)  # back online before the window ends
+    bob_client.wait_for_event("user_status_change", lambda d: d.get("user_id") == bob.id)
+    line = _flush_line(beacon, bob, topic)
+    assert "skipped: the user is online" in line, line
+    assert len(beacon.push.messages(sub)) == 1
+    assert json.loads(beacon.push.messages(sub)[0]["payload"])["body"] == "first"
+
+
+def test_muting_during_the_window_drops_the_held_push(beacon):
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    sub, _ = subscribe(beacon, bob)
+    sender = beacon.client(alice)
+    assert sender.call("send_message", topic.ref(message="first"))["ok"]
+    delivered(beacon, sub)
+    assert sender.call("send_message", topic.ref(message="held"))["ok"]
+    muted = beacon.api(
+        bob,
+        "PUT",
+        f"/api/notifications/preferences/topics/{topic.topic_id}",
+        json={"level": "none"},
+    )
+    assert muted.status_code == 200, muted.text
+    line = _flush_line(beacon, bob, topic)
+    assert "skipped: the user's preferences or do-not-disturb" in line, line
+    assert len(beacon.push.messages(sub)) == 1

@@ -1,0 +1,104 @@
+"""The pushes sent to a user and how each ended, readable by that user, pruned by age."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, select
+
+from webapp.errors import InvalidInput
+from webapp.extensions import db
+from webapp.models import PushRecord, User, isoformat, utcnow
+from webapp.services import context
+
+# A send's outcome (push_sender) as the history names it.
+OUTCOMES = {"delivered": "delivered", "expired": "expired", "rejected": "failed", "retry": "failed"}
+PRUNE_BATCH = 5000
+
+
+def push_service(endpoint: str) -> str:
+    """The push service's origin: tells the user which browser vendor, not the device's token."""
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.netloc}"[:255]
+
+
+def record(
+    *,
+    user_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    endpoint: str,
+    payload: dict[str, Any],
+    outcome: str,
+    status: int | None = None,
+    reason: str | None = None,
+) -> None:
+    """Add the row to the current transaction (committed with the send's own effect)."""
+    topic_id = payload.get("topic_id")
+    db.session.add(
+        PushRecord(
+            user_id=user_id,
+            subscription_id=subscription_id,
+            push_service=push_service(endpoint),
+            topic_id=uuid.UUID(topic_id) if topic_id else None,
+            message_id=payload.get("message_id"),
+            kind=str(payload.get("type") or "message")[:16],
+            message_count=int(payload.get("count") or 1),
+            outcome=OUTCOMES.get(outcome, outcome),
+            status_code=status,
+            reason=(reason or None) and reason[:300],
+            created_at=utcnow(),
+        )
+    )
+
+
+def list_for(user: User, *, before: int | None, limit: int, outcome: str | None) -> dict[str, Any]:
+    """Newest first; ``next_before`` pages further back."""
+    if outcome is not None and outcome not in {"delivered", "expired", "failed"}:
+        raise InvalidInput("invalid_outcome", "outcome must be delivered, expired or failed")
+    query = select(PushRecord).where(PushRecord.user_id == user.id)
+    if before is not None:
+        query = query.where(PushRecord.id < before)
+    if outcome is not None:
+        query = query.where(PushRecord.outcome == outcome)
+    rows = list(db.session.execute(query.order_by(PushRecord.id.desc()).limit(limit + 1)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "pushes": [_view(r) for r in rows],
+        "next_before": rows[-1].id if more else None,
+    }
+
+
+def _view(row: PushRecord) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "created_at": isoformat(row.created_at),
+        "outcome": row.outcome,
+        "status_code": row.status_code,
+        "reason": row.reason,
+        "type": row.kind,
+        "message_count": row.message_count,
+        "topic_id": str(row.topic_id) if row.topic_id else None,
+        "message_id": row.message_id,
+        "subscription_id": str(row.subscription_id),
+        "push_service": row.push_service,
+    }
+
+
+def prune() -> int:
+    """Delete what is older than ``PUSH_HISTORY_DAYS``, in batches (no long lock on a big
+    table)."""
+    cutoff = utcnow() - timedelta(days=context.settings().push_history_days)
+    total = 0
+    while True:
+        ids = select(PushRecord.id).where(PushRecord.created_at < cutoff).limit(PRUNE_BATCH)
+        deleted = db.session.execute(
+            delete(PushRecord).where(PushRecord.id.in_(ids.scalar_subquery()))
+        ).rowcount
+        db.session.commit()
+        total += deleted
+        if deleted < PRUNE_BATCH:
+            return total
