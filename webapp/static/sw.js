@@ -1,7 +1,10 @@
 /* Beacon service worker: shows Web Push notifications and opens the topic when one is clicked.
  *
  * Served at /sw.js (scope "/"). The server pushes JSON (docs/PROTOCOL.md, "Web Push payload"):
- *   {type: "message"|"mention", title, body, topic_id, room_id, message_id, url}
+ *   {type: "message"|"mention", title, body, count, topic_id, room_id, message_id, url}
+ * count is how many messages the push stands for (1, or more when the server coalesced a busy
+ * topic: the title then says "N new messages in <topic>"); the tag below makes it replace the
+ * topic's previous notification.
  * It only pushes to users with no live connection, so every push becomes a notification
  * (pushManager.subscribe was called with userVisibleOnly: true, which promises exactly that).
  */
