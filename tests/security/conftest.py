@@ -116,7 +116,9 @@ class Hostile:
     def alice_state(self) -> dict[str, Any]:
         listed = self.stack.api(self.alice, "GET", "/api/notifications/subscriptions").json()
         page = self.stack.api(self.alice, "GET", f"/api/topics/{self.topic.topic_id}/messages")
+        prefs = self.stack.api(self.alice, "GET", "/api/notifications/preferences").json()
         return {
+            "preferences": prefs,
             "subscriptions": [s["id"] for s in listed["subscriptions"]],
             "messages": [m["id"] for m in page.json()["messages"]],
             "unread": (

@@ -25,7 +25,12 @@ def _alice_world(beacon, alice, bob, topic) -> dict[str, Any]:
             for t in beacon.api(bob, "GET", "/api/topics").json()["topics"]
             if t["topic_id"] == topic.topic_id
         ],
+        "preferences": beacon.api(alice, "GET", PREFS).json(),
+        "history": beacon.api(alice, "GET", "/api/notifications/history").json(),
     }
+
+
+PREFS = "/api/notifications/preferences"
 
 
 def test_nobody_touches_another_users_data(beacon, reliability):
@@ -47,6 +52,9 @@ def test_nobody_touches_another_users_data(beacon, reliability):
     )
     assert created.status_code == 201
     sub_id = created.json()["id"]
+    for path in (f"topics/{topic.topic_id}", f"rooms/{topic.room_id}"):
+        muted = beacon.api(alice, "PUT", f"{PREFS}/{path}", json={"level": "mentions"})
+        assert muted.status_code == 200, muted.text
     before = _alice_world(beacon, alice, bob, topic)
 
     mallory_client = beacon.client(mallory, "mallory")
@@ -63,9 +71,7 @@ def test_nobody_touches_another_users_data(beacon, reliability):
         body = response.json() if response.content else {}
         observed = f"{response.status_code} {body.get('error', '')}".strip()
         reliability.matrix(
-            f"{method} {path.replace(topic.topic_id, '<topic>').replace(sub_id, '<id>')}".split(
-                "?"
-            )[0],
+            f"{method} {_placeholders(path, topic, sub_id)}".split("?")[0],
             target,
             expected=f"{expected} {code}".strip(),
             observed=observed,
@@ -145,6 +151,13 @@ def test_nobody_touches_another_users_data(beacon, reliability):
         json={"endpoint": sub["endpoint"], "keys": mine["keys"]},
     )
 
+    # Preferences only ever name the caller's own rows: Alice's topic and room are refused for
+    # a level, and deleting "their" override deletes nothing of Alice's.
+    rest("PUT", f"{PREFS}/topics/{t}", "topic level", 403, "not_a_member", json={"level": "all"})
+    rest("PUT", f"{PREFS}/rooms/{r}", "room level", 404, "room_not_found", json={"level": "all"})
+    rest("DELETE", f"{PREFS}/topics/{t}", "topic level (only her own row)", 204, "")
+    rest("DELETE", f"{PREFS}/rooms/{r}", "room level (only her own row)", 204, "")
+
     def listing(path: str, target: str, key: str, expected: list[str], field: str) -> None:
         response = beacon.api(mallory, "GET", path)
         assert response.status_code == 200, response.text
@@ -160,6 +173,8 @@ def test_nobody_touches_another_users_data(beacon, reliability):
 
     listing("/api/topics", "topic (listing)", "topics", [own.topic_id], "topic_id")
     listing("/api/notifications/subscriptions", "subscription (listing)", "subscriptions", [], "id")
+    listing(PREFS, "topic levels (listing)", "topics", [], "topic_id")
+    listing("/api/notifications/history", "push history (listing)", "pushes", [], "id")
     me = beacon.api(mallory, "GET", "/api/users/me").json()
     reliability.matrix(
         "GET /api/users/me",
@@ -188,6 +203,16 @@ def test_nobody_touches_another_users_data(beacon, reliability):
 
     # Alice's data is untouched, apart from what Alice and Bob did themselves just now.
     after = _alice_world(beacon, alice, bob, topic)
+    assert after["preferences"] == before["preferences"]
+    assert after["history"] == before["history"]
     assert after["subscriptions"] == before["subscriptions"]
     assert after["messages"][1:] == before["messages"]
     assert after["counts"] == (0, 0)
+
+
+def _placeholders(path: str, topic, sub_id: str) -> str:
+    return (
+        path.replace(topic.topic_id, "<topic>")
+        .replace(topic.room_id, "<room>")
+        .replace(sub_id, "<id>")
+    )

@@ -237,3 +237,94 @@ def test_fuzzed_paths_and_query_strings(hostile, reliability):
         expected=EXPECTED,
         observed=tally,
     )
+
+
+def test_fuzzed_preference_and_history_routes(hostile, reliability):
+    """Valid bodies may change Mallory's own preferences; nothing may reach Alice's (the
+    ``hostile`` fixture compares them) and no input may crash a route."""
+    tally: Counter[str] = Counter()
+    prefs = "/api/notifications/preferences"
+    levels = st.one_of(st.sampled_from(["all", "mentions", "none"]), json_values)
+    clock = st.one_of(st.sampled_from(["22:00", "07:30", "24:00", "7:00", "23:60"]), texts)
+    settings_body = payloads(
+        {
+            "level": levels,
+            "quiet_hours": st.one_of(
+                st.none(), payloads({"start": clock, "end": clock}, binary=False), json_values
+            ),
+            "time_zone": st.one_of(
+                st.sampled_from(["Europe/Paris", "UTC", "posixrules", "../../x", "Etc/GMT+5"]),
+                texts,
+            ),
+            "snooze_until": st.one_of(
+                st.sampled_from(["2030-01-01T00:00Z", "2030-01-01", "9999-12-31T23:59:59+14:00"]),
+                texts,
+                json_values,
+            ),
+            "snooze_minutes": st.one_of(st.integers(-(2**70), 2**70), json_values),
+            "dnd_allow_mentions": json_values,
+        },
+        binary=False,
+    )
+    scope_ids = st.one_of(
+        st.sampled_from(["topic", "room"]),
+        st.uuids().map(str),
+        st.sampled_from(EDGE_STRINGS),
+        texts,
+    )
+    query = st.one_of(st.integers(-(2**70), 2**70).map(str), texts)
+
+    @example(("patch", {"time_zone": "\x00"}))
+    @example(("level", ("PUT", "topics", "topic", {"level": "none"})))
+    @example(("level", ("PUT", "rooms", "room", {"level": "none"})))
+    @settings(settings.get_profile("beacon-security"), max_examples=150)
+    @given(
+        st.one_of(
+            settings_body.map(lambda b: ("patch", b)),
+            _raw_bodies(hostile).map(lambda b: ("raw", b)),
+            st.tuples(
+                st.sampled_from(["PUT", "DELETE"]),
+                st.sampled_from(["topics", "rooms"]),
+                scope_ids,
+                payloads({"level": levels}, binary=False),
+            ).map(lambda t: ("level", t)),
+            st.tuples(query, query, st.one_of(query, st.just("failed"))).map(
+                lambda t: ("history", t)
+            ),
+        )
+    )
+    def case(call):
+        kind, value = call
+        if kind == "patch":
+            response = _call(hostile, "PATCH", prefs, json=value)
+        elif kind == "raw":
+            response = _call(
+                hostile, "PATCH", prefs, data=value, headers={"Content-Type": "application/json"}
+            )
+        elif kind == "level":
+            method, scope, target, body = value
+            # Alice's own topic and room are the interesting targets.
+            if target == "topic":
+                target = hostile.topic.topic_id
+            elif target == "room":
+                target = hostile.topic.room_id
+            response = _call(hostile, method, f"{prefs}/{scope}/{_segment(target)}", json=body)
+            if method == "PUT" and target in (hostile.topic.topic_id, hostile.topic.room_id):
+                assert response.status_code in (403, 404), response.text
+        else:
+            limit, before, outcome = value
+            response = _call(
+                hostile,
+                "GET",
+                "/api/notifications/history",
+                params={"limit": _raw(limit), "before": _raw(before), "outcome": _raw(outcome)},
+            )
+        _answer(response, tally)
+
+    case()
+    reliability.record(
+        "input",
+        "`/api/notifications/preferences` bodies and ids, `/history` queries (hypothesis)",
+        expected="2xx or 4xx JSON {error, message}; never 5xx; nothing of Alice's changed",
+        observed=tally,
+    )
