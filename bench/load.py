@@ -460,8 +460,9 @@ HEADER = (
 
 
 @contextlib.contextmanager
-def profiled(pid: int | None, out_dir: str | None, name: str) -> Any:
-    """``py-spy record`` the process for the duration of the block (collapsed stacks)."""
+def profiled(pid: int | None, out_dir: str | None, name: str, *, subprocesses: bool = False) -> Any:
+    """``py-spy record`` the process (and its children: a prefork worker's pool) for the
+    duration of the block (raw collapsed stacks)."""
     if not (pid and out_dir):
         yield
         return
@@ -473,7 +474,8 @@ def profiled(pid: int | None, out_dir: str | None, name: str) -> Any:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(out_dir) / f"{name}.txt"
     proc = subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+        [spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"]
+        + (["--subprocesses"] if subprocesses else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -557,6 +559,12 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
         with (
             profiled(web_pid, args.profile, f"run-{n}"),
             profiled(pool.procs[0].pid, args.profile, f"client-run-{n}"),
+            profiled(
+                stack.workers[0].pid if stack.workers else None,
+                args.profile,
+                f"worker-run-{n}",
+                subprocesses=True,
+            ),
         ):
             runs = pool.call(
                 "run",

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stack import create_topics, create_users, run_flask  # noqa: E402
+from bench.stack import create_topics, create_users  # noqa: E402
+from tests.conftest import run_flask  # noqa: E402
 
 
 def per_member_loop(message_id: int, exclude_user_ids: list[str]) -> list[tuple[str, int]]:

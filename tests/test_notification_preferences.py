@@ -325,3 +325,29 @@ def test_history_older_than_the_retention_is_pruned(beacon):
     wait_until(lambda: len(_history(beacon, bob)["pushes"]) == 1, timeout=20, message="not pruned")
     (kept,) = _history(beacon, bob)["pushes"]
     assert datetime.fromisoformat(kept["created_at"]) > datetime.now(UTC) - timedelta(days=days)
+
+
+def test_rules_resolve_the_same_by_id_and_through_the_membership(beacon, monkeypatch):
+    """Small fan-outs look users up by id, big ones through the topic's memberships."""
+    from webapp.extensions import db
+    from webapp.models import Topic
+    from webapp.services import notification_rules
+
+    alice, bob, carol, dave = (beacon.user(n) for n in ("alice", "bob", "carol", "dave"))
+    topic = beacon.topic(alice, bob, carol, dave)
+    _patch(beacon, bob, {"level": "mentions", "snooze_minutes": 30, "time_zone": "Asia/Tokyo"})
+    _put(beacon, bob, f"rooms/{topic.room_id}", "none")
+    _put(beacon, bob, f"topics/{topic.topic_id}", "all")
+    _put(beacon, carol, f"rooms/{topic.room_id}", "none")
+    _patch(beacon, dave, {"level": "mentions"})
+    ids = [uuid.UUID(u.id) for u in (alice, bob, carol, dave)]
+    with beacon.app.app_context():
+        row = db.session.get(Topic, uuid.UUID(topic.topic_id))
+        for limit in (100, 0):
+            monkeypatch.setattr(notification_rules, "BY_ID_LIMIT", limit)
+            rules = notification_rules.rules_for(ids[:3], row)  # dave is not asked about
+            assert set(rules) == {ids[1], ids[2]}, limit  # alice has no rule
+            assert rules[ids[1]].level == "all" and rules[ids[1]].time_zone == "Asia/Tokyo"
+            assert rules[ids[1]].snooze_until is not None
+            assert rules[ids[2]].level == "none" and rules[ids[2]].snooze_until is None
+        db.session.remove()

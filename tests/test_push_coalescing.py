@@ -134,3 +134,15 @@ def test_redis_down_sends_everything(redis_server, tmp_path):
     with app.app_context():
         user, topic = uuid.uuid4(), uuid.uuid4()
         assert _offer(1, user, topic, T0).send and _offer(2, user, topic, T0 + 1).send
+
+
+def test_a_big_topic_is_offered_in_batches_with_the_same_decisions(app):
+    topic = uuid.uuid4()
+    users = [uuid.uuid4() for _ in range(push_coalescing.OFFER_BATCH * 2 + 7)]
+    members = [(u, i % 3 == 0) for i, u in enumerate(users)]
+    first = push_coalescing.offer(1, topic, members, T0)
+    assert len(first) == len(users) and all(o.send and o.count == 1 for o in first.values())
+    second = push_coalescing.offer(2, topic, members, T0 + 1000)
+    for i, user in enumerate(users):
+        # Mentioned at the window's start already: the second message is held for everyone.
+        assert not second[user].send and second[user].flush_in == pytest.approx(29.0), i

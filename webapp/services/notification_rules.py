@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import aliased
 
 from webapp.extensions import db
-from webapp.models import NotificationOverride, NotificationSettings, Topic
+from webapp.models import NotificationOverride, NotificationSettings, Topic, TopicMember
 
 
 @dataclass(frozen=True)
@@ -71,48 +72,74 @@ def in_quiet_hours(start: int, end: int, time_zone: str, now: datetime) -> bool:
     return minute >= start or minute < end
 
 
+# Up to this many users are looked up by id; for more (a big topic's fan-out) the query reads
+# the topic's memberships instead of binding a list of thousands of ids.
+BY_ID_LIMIT = 100
+
+
 def rules_for(user_ids: list[uuid.UUID], topic: Topic) -> dict[uuid.UUID, Rules]:
-    """Each user's rules for ``topic``; users with no settings and no override are absent
-    (``DEFAULT`` applies)."""
+    """Each user's rules for ``topic`` (``user_ids`` are members of it); users with no
+    settings and no override are absent (``DEFAULT`` applies).
+
+    One query, one row per member who has any rule, plain columns: the fan-out asks this for
+    every message, and turning ids into UUID objects is most of its cost.
+    """
     if not user_ids:
         return {}
-    settings = {
-        row.user_id: row
-        for row in db.session.execute(
-            select(NotificationSettings).where(NotificationSettings.user_id.in_(user_ids))
-        ).scalars()
-    }
-    channel_level: dict[uuid.UUID, str] = {}
-    topic_level: dict[uuid.UUID, str] = {}
-    overrides = db.session.execute(
+    settings = NotificationSettings
+    for_topic = aliased(NotificationOverride)
+    for_room = aliased(NotificationOverride)
+    member = TopicMember.user_id
+    query = (
         select(
-            NotificationOverride.user_id,
-            NotificationOverride.topic_id,
-            NotificationOverride.level,
-        ).where(
-            NotificationOverride.user_id.in_(user_ids),
+            member,
+            settings.level,
+            settings.quiet_start,
+            settings.quiet_end,
+            settings.time_zone,
+            settings.snooze_until,
+            settings.dnd_allow_mentions,
+            for_topic.level,
+            for_room.level,
+        )
+        .select_from(TopicMember)
+        .outerjoin(settings, settings.user_id == member)
+        .outerjoin(for_topic, (for_topic.user_id == member) & (for_topic.topic_id == topic.id))
+        .outerjoin(
+            for_room, (for_room.user_id == member) & (for_room.channel_id == topic.channel_id)
+        )
+        .where(
+            TopicMember.topic_id == topic.id,
             or_(
-                NotificationOverride.topic_id == topic.id,
-                NotificationOverride.channel_id == topic.channel_id,
+                settings.user_id.is_not(None),
+                for_topic.id.is_not(None),
+                for_room.id.is_not(None),
             ),
         )
-    ).all()
-    for user_id, topic_id, level in overrides:
-        (topic_level if topic_id is not None else channel_level)[user_id] = level
+    )
+    if len(user_ids) <= BY_ID_LIMIT:
+        query = query.where(member.in_(user_ids))
+    wanted = set(user_ids)
     rules: dict[uuid.UUID, Rules] = {}
-    for user_id in settings.keys() | channel_level.keys() | topic_level.keys():
-        row = settings.get(user_id)
-        base = row.level if row is not None else "all"
-        level = topic_level.get(user_id) or channel_level.get(user_id) or base
-        if row is None:
-            rules[user_id] = Rules(level=level)
-        else:
-            rules[user_id] = Rules(
-                level=level,
-                quiet_start=row.quiet_start,
-                quiet_end=row.quiet_end,
-                time_zone=row.time_zone,
-                snooze_until=row.snooze_until,
-                dnd_allow_mentions=row.dnd_allow_mentions,
-            )
+    for (
+        user_id,
+        level,
+        start,
+        end,
+        zone_name,
+        snooze,
+        allow,
+        topic_level,
+        room_level,
+    ) in db.session.execute(query):
+        if user_id not in wanted:
+            continue
+        rules[user_id] = Rules(
+            level=topic_level or room_level or level or "all",
+            quiet_start=start,
+            quiet_end=end,
+            time_zone=zone_name or "UTC",
+            snooze_until=snooze,
+            dnd_allow_mentions=bool(allow),
+        )
     return rules
