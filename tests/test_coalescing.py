@@ -68,7 +68,8 @@ def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
     line = _flush_line(beacon, bob, topic)
     assert line.rstrip().endswith("messages=20 subscriptions=1"), line
     first, last = delivered(beacon, sub, count=2)
-    assert (first["message_id"], first["count"]) == (ids[0], 1)
+    # Fan-outs run concurrently (gevent pool): whichever reaches Redis first goes at once.
+    assert first["count"] == 1 and first["message_id"] in ids
     assert first["title"].startswith("Alice in ")
     assert last["count"] == 20 and last["message_id"] == ids[-1]
     assert last["title"].startswith("20 new messages in ")
