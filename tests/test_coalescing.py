@@ -91,8 +91,13 @@ def test_first_mention_in_a_window_is_not_held(beacon):
     topic = beacon.topic(alice, bob)
     sub, _ = subscribe(beacon, bob)
     sender = beacon.client(alice)
-    for text in ("hello", "still there?", f"@{bob.username} answer please"):
-        assert sender.call("send_message", topic.ref(message=text))["ok"]
+    # One at a time (fan-outs run concurrently): the first opens the window, the second is held.
+    assert sender.call("send_message", topic.ref(message="hello"))["ok"]
+    delivered(beacon, sub)
+    held = sender.call("send_message", topic.ref(message="still there?"))["message"]["id"]
+    line = wait_log_contains(beacon.workers["push"], f"fan-out message={held} ", timeout=20)
+    assert " held=1 " in line, line
+    assert sender.call("send_message", topic.ref(message=f"@{bob.username} answer please"))["ok"]
     first, mention = delivered(beacon, sub, count=2)  # long before the window ends
     assert first["count"] == 1
     assert mention["type"] == "mention" and mention["count"] == 3
