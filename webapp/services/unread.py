@@ -9,7 +9,7 @@ from sqlalchemy import case, func, or_, select, update
 
 from webapp import realtime
 from webapp.extensions import db
-from webapp.models import Message, TopicMember, User
+from webapp.models import Message, Topic, TopicMember, User
 from webapp.services import context, push_coalescing
 from webapp.services.idempotency import claim
 from webapp.services.topics import member_topic
@@ -26,12 +26,26 @@ def apply_increment(
     (a mark-as-read overtook the task) are not counted. Returns (applied, [(user_id, count)]);
     a repeat returns the current counts so that their update can be re-announced.
     """
-    message = db.session.get(Message, message_id)
-    if message is None:
-        return False, []
+    applied, counts, _ = _apply_increment(message_id, exclude_user_ids)
+    return applied, counts
+
+
+def _apply_increment(
+    message_id: int, exclude_user_ids: list[str]
+) -> tuple[bool, list[tuple[str, int]], tuple[uuid.UUID, uuid.UUID] | None]:
+    """``apply_increment`` plus the message's (topic, room), read in the same first query so
+    that announcing needs no more (None: no such message)."""
+    where = db.session.execute(
+        select(Message.topic_id, Topic.channel_id)
+        .join(Topic, Topic.id == Message.topic_id)
+        .where(Message.id == message_id)
+    ).first()
+    if where is None:
+        return False, [], None
+    topic_id, room_id = where
     excluded = [uuid.UUID(u) for u in exclude_user_ids]
     targets = [
-        TopicMember.topic_id == message.topic_id,
+        TopicMember.topic_id == topic_id,
         TopicMember.user_id.not_in(excluded),
     ]
     if claim(f"unread:{message_id}"):
@@ -56,28 +70,29 @@ def apply_increment(
         ).all()
         applied = False
     db.session.commit()
-    return applied, [(str(user_id), count) for user_id, count in rows]
+    return applied, [(str(user_id), count) for user_id, count in rows], (topic_id, room_id)
 
 
 def announce_counts(topic_id: uuid.UUID, room_id: uuid.UUID, counts: list[tuple[str, int]]) -> None:
     """Send each user's new count to all of their devices."""
-    redis_url = context.settings().redis_url
-    for user_id, count in counts:
-        realtime.emit(
-            redis_url,
-            "unread_update",
-            {"topic_id": str(topic_id), "room_id": str(room_id), "unread_count": count},
-            to=realtime.user_room(user_id),
-        )
+    realtime.emit_each(
+        context.settings().redis_url,
+        "unread_update",
+        [
+            (
+                {"topic_id": str(topic_id), "room_id": str(room_id), "unread_count": count},
+                realtime.user_room(user_id),
+            )
+            for user_id, count in counts
+        ],
+    )
 
 
 def increment_for_message(message_id: int, exclude_user_ids: list[str]) -> int:
     """The unread task's whole job: apply once, then announce. Returns members counted."""
-    applied, counts = apply_increment(message_id, exclude_user_ids)
-    if counts:
-        message = db.session.get(Message, message_id)
-        if message is not None:
-            announce_counts(message.topic_id, message.topic.channel_id, counts)
+    applied, counts, where = _apply_increment(message_id, exclude_user_ids)
+    if counts and where is not None:
+        announce_counts(*where, counts)
     return len(counts) if applied else 0
 
 
