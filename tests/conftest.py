@@ -8,6 +8,7 @@ topics instead of wiping shared state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -396,27 +397,38 @@ def launch_stack(
     return Stack(backend, url, env, app, web, started, push_service, run_dir=run_dir, name=name)
 
 
-@pytest.fixture(scope="session")
-def stack(
-    backend: str,
-    redis_server: RedisServer,
-    push_service: PushServiceClient,
-    vapid_keys: tuple[str, str],
-    run_dir: Path,
+@contextlib.contextmanager
+def shared_services_stack(
     request: pytest.FixtureRequest,
+    backend: str,
+    database: str,
+    *,
+    name: str | None = None,
+    **extra: str,
 ) -> Iterator[Stack]:
-    """Web, an ``unread`` worker and a ``push`` worker (gevent pool), as in production."""
+    """A whole stack on its own database and Redis database, using the session's Redis, push
+    service and VAPID keys; ``extra`` adds to its environment. Stopped on exit."""
     from tests.harness.ports import free_port
 
-    database_url = make_database_url(backend, f"beacon_{backend}", run_dir, request)
+    run_dir = request.getfixturevalue("run_dir")
+    push_service = request.getfixturevalue("push_service")
+    database_url = make_database_url(backend, database, run_dir, request)
     port = free_port()
-    redis_url = redis_server.url_for_db(next(_redis_dbs))
-    env = stack_env(database_url, redis_url, port, push_service, vapid_keys)
-    stack = launch_stack(backend, env, port, run_dir, push_service)
+    redis_url = request.getfixturevalue("redis_server").url_for_db(next(_redis_dbs))
+    vapid_keys = request.getfixturevalue("vapid_keys")
+    env = stack_env(database_url, redis_url, port, push_service, vapid_keys, **extra)
+    stack = launch_stack(backend, env, port, run_dir, push_service, name=name)
     try:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(backend: str, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Web, an ``unread`` worker and a ``push`` worker (gevent pool), as in production."""
+    with shared_services_stack(request, backend, f"beacon_{backend}") as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Stack, _redis_dbs, launch_stack, make_database_url, stack_env
-from tests.harness.ports import free_port
+from tests.conftest import Stack, shared_services_stack
 from tests.harness.processes import wait_log_contains
 from tests.push_helpers import delivered, subscribe
 
@@ -20,23 +19,15 @@ WINDOW = 6  # seconds; a burst of 20 messages takes well under one second
 
 
 @pytest.fixture(scope="module")
-def coalescing(redis_server, push_service, vapid_keys, run_dir, request) -> Iterator[Stack]:
-    database_url = make_database_url("sqlite", "beacon_coalescing", run_dir, request)
-    port = free_port()
-    redis_url = redis_server.url_for_db(next(_redis_dbs))
-    env = stack_env(
-        database_url,
-        redis_url,
-        port,
-        push_service,
-        vapid_keys,
+def coalescing(request) -> Iterator[Stack]:
+    with shared_services_stack(
+        request,
+        "sqlite",
+        "beacon_coalescing",
+        name="coalescing",
         PUSH_COALESCE_WINDOW=str(WINDOW),
-    )
-    stack = launch_stack("sqlite", env, port, run_dir, push_service, name="coalescing")
-    try:
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
@@ -52,6 +43,21 @@ def _flush_line(beacon, user, topic, since=None):
         timeout=WINDOW + 20,
         since=since,
     )
+
+
+def _window_with_one_held(beacon):
+    """Alice writes twice to offline Bob: the first is pushed, the second held (each waited
+    for: fan-outs run concurrently). Returns (alice, bob, topic, Bob's subscription, sender)."""
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    sub, _ = subscribe(beacon, bob)
+    sender = beacon.client(alice)
+    assert sender.call("send_message", topic.ref(message="first"))["ok"]
+    delivered(beacon, sub)
+    held = sender.call("send_message", topic.ref(message="still there?"))["message"]["id"]
+    line = wait_log_contains(beacon.workers["push"], f"fan-out message={held} ", timeout=20)
+    assert " held=1 " in line, line
+    return alice, bob, topic, sub, sender
 
 
 def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
@@ -87,16 +93,7 @@ def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
 
 
 def test_first_mention_in_a_window_is_not_held(beacon):
-    alice, bob = beacon.user("alice"), beacon.user("bob")
-    topic = beacon.topic(alice, bob)
-    sub, _ = subscribe(beacon, bob)
-    sender = beacon.client(alice)
-    # One at a time (fan-outs run concurrently): the first opens the window, the second is held.
-    assert sender.call("send_message", topic.ref(message="hello"))["ok"]
-    delivered(beacon, sub)
-    held = sender.call("send_message", topic.ref(message="still there?"))["message"]["id"]
-    line = wait_log_contains(beacon.workers["push"], f"fan-out message={held} ", timeout=20)
-    assert " held=1 " in line, line
+    _, bob, topic, sub, sender = _window_with_one_held(beacon)
     assert sender.call("send_message", topic.ref(message=f"@{bob.username} answer please"))["ok"]
     first, mention = delivered(beacon, sub, count=2)  # long before the window ends
     assert first["count"] == 1
@@ -109,13 +106,7 @@ def test_first_mention_in_a_window_is_not_held(beacon):
 
 
 def test_no_flush_push_once_the_user_is_back(beacon):
-    alice, bob = beacon.user("alice"), beacon.user("bob")
-    topic = beacon.topic(alice, bob)
-    sub, _ = subscribe(beacon, bob)
-    sender = beacon.client(alice)
-    assert sender.call("send_message", topic.ref(message="first"))["ok"]
-    delivered(beacon, sub)
-    assert sender.call("send_message", topic.ref(message="held"))["ok"]
+    _, bob, topic, sub, _ = _window_with_one_held(beacon)
     bob_client = beacon.client(bob)  # back online before the window ends
     bob_client.wait_for_event("user_status_change", lambda d: d.get("user_id") == bob.id)
     line = _flush_line(beacon, bob, topic)
@@ -125,13 +116,7 @@ def test_no_flush_push_once_the_user_is_back(beacon):
 
 
 def test_muting_during_the_window_drops_the_held_push(beacon):
-    alice, bob = beacon.user("alice"), beacon.user("bob")
-    topic = beacon.topic(alice, bob)
-    sub, _ = subscribe(beacon, bob)
-    sender = beacon.client(alice)
-    assert sender.call("send_message", topic.ref(message="first"))["ok"]
-    delivered(beacon, sub)
-    assert sender.call("send_message", topic.ref(message="held"))["ok"]
+    _, bob, topic, sub, _ = _window_with_one_held(beacon)
     muted = beacon.api(
         bob,
         "PUT",
