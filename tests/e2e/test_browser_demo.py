@@ -276,3 +276,91 @@ def test_reconnection_joins_the_open_topic_again(e2e, new_context):
     assert seen.foreign_requests() == []
     # Going offline makes Chromium log failed requests; nothing else may go wrong.
     assert [e for e in seen.errors if "ERR_INTERNET_DISCONNECTED" not in e] == []
+
+
+def _preferences(e2e, user) -> dict:
+    response = e2e.api(user, "GET", "/api/notifications/preferences")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _topic_level(e2e, user, topic_id: str) -> str | None:
+    levels = {t["topic_id"]: t["level"] for t in _preferences(e2e, user)["topics"]}
+    return levels.get(topic_id)
+
+
+def test_notification_settings_follow_the_user_across_tabs(e2e, new_context):
+    """One user, two browsers: muting the open topic and snoozing in one shows in the other
+    (``preferences_updated``), and the server stores both; a refused change shows an error."""
+    alice, bob = e2e.user("alice", "Alice Martin"), e2e.user("bob", "Bob Chen")
+    _, topic_id = _topic(e2e, "design", f"standup-{uuid.uuid4().hex[:4]}", alice, bob)
+    pages, seen = [], []
+    for _ in range(2):
+        page = new_context().new_page()
+        seen.append(watch(page, e2e.url))
+        sign_in(page, bob.username)
+        page.click(f'.topic[data-topic-id="{topic_id}"]')
+        expect(page.locator("#notify-level")).to_have_value("")
+        pages.append(page)
+    here, there = pages
+    marker = f'.topic[data-topic-id="{topic_id}"] .muted-mark'
+    expect(here.locator(marker)).to_have_count(0)
+
+    # Mute the open topic here: the override is stored, the other browser follows without reload.
+    here.select_option("#notify-level", "none")
+    wait_until(lambda: _topic_level(e2e, bob, topic_id) == "none", timeout=10, message="no mute")
+    expect(there.locator("#notify-level")).to_have_value("none")
+    for page in pages:
+        expect(page.locator(marker)).to_have_count(1)
+
+    # Back to Default (DELETE) from the other browser.
+    there.select_option("#notify-level", "")
+    expect(here.locator("#notify-level")).to_have_value("")
+    expect(here.locator(marker)).to_have_count(0)
+    assert _topic_level(e2e, bob, topic_id) is None
+
+    # Snooze for an hour: do-not-disturb on the server, "paused until" in both browsers.
+    snooze = here.locator("#snooze-button")
+    expect(snooze).to_have_text("Snooze 1 h")
+    snooze.click()
+    expect(snooze).to_have_text("Resume notifications")
+    prefs = _preferences(e2e, bob)
+    assert prefs["dnd_active"] is True and prefs["snooze_until"], prefs
+    until = here.evaluate(
+        "iso => new Intl.DateTimeFormat(undefined, {hour: 'numeric', minute: '2-digit'})"
+        ".format(new Date(iso))",
+        prefs["snooze_until"],
+    )
+    for page in pages:
+        status = page.locator("#dnd-status")
+        expect(status).to_be_visible()
+        expect(status).to_contain_text("Notifications paused until")
+        expect(status).to_contain_text(until)
+    expect(there.locator("#snooze-button")).to_have_text("Resume notifications")
+
+    # Resume from the other browser.
+    there.click("#snooze-button")
+    for page in pages:
+        expect(page.locator("#dnd-status")).to_be_hidden()
+        expect(page.locator("#snooze-button")).to_have_text("Snooze 1 h")
+    prefs = _preferences(e2e, bob)
+    assert prefs["dnd_active"] is False and prefs["snooze_until"] is None, prefs
+
+    # A refused change: an error toast, and the select goes back to the stored level.
+    refusal = {"error": "not_a_member", "message": "you are not a member of this topic"}
+    here.route(
+        "**/api/notifications/preferences/topics/*",
+        lambda route: route.fulfill(status=403, json=refusal),
+    )
+    here.select_option("#notify-level", "mentions")
+    error = here.locator(".toast.error")
+    expect(error.locator(".toast-title")).to_contain_text("Could not change notifications")
+    expect(error.locator(".toast-body")).to_have_text(refusal["message"])
+    expect(here.locator("#notify-level")).to_have_value("")
+    assert _topic_level(e2e, bob, topic_id) is None
+
+    for watched in seen:
+        assert watched.foreign_requests() == []
+    assert seen[1].errors == []
+    # Chromium logs the refused request itself; nothing else may go wrong.
+    assert [e for e in seen[0].errors if "status of 403" not in e] == []

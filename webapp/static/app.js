@@ -13,6 +13,9 @@
   const PEOPLE_SHOWN = 12;
   const MESSAGES_PAGE = 50;
   const SUBSCRIBE_TIMEOUT_MS = 20000;
+  const SNOOZE_MINUTES = 60;
+  const LEVEL_LABELS = { all: "All", mentions: "Mentions", none: "Nothing" };
+  const BELL_OFF = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M20 18.69 7.84 6.14 5.27 3.49 4 4.76l2.8 2.8v.01c-.52.99-.8 2.16-.8 3.42v5l-2 2v1h13.73l2 2L21 19.72l-1-1.03zM12 22c1.11 0 2-.89 2-2h-4c0 1.11.89 2 2 2zm6-7.32V11c0-3.08-1.64-5.64-4.5-6.32V4c0-.83-.67-1.5-1.5-1.5s-1.5.67-1.5 1.5v.68c-.15.03-.29.08-.42.12-.1.03-.2.07-.3.11h-.01c-.01 0-.01 0-.02.01-.23.09-.46.2-.68.31 0 0-.01 0-.01.01L18 14.68z"/></svg>';
 
   const $ = (selector) => document.querySelector(selector);
   const el = (tag, className, text) => {
@@ -40,6 +43,8 @@
     markTimer: null,
     pushSupported: "serviceWorker" in navigator && "PushManager" in window && "Notification" in window,
     registration: null,
+    prefs: null, // GET /api/notifications/preferences, kept current by preferences_updated
+    snoozeTimer: null,
   };
 
   // ---------------------------------------------------------------- formatting helpers
@@ -57,6 +62,12 @@
       if (seconds < steps[i][0]) return `Last seen ${relative.format(-Math.round(seconds / steps[i - 1][0]), steps[i][1])}`;
     }
     return `Last seen ${dayFormat.format(new Date(iso))}`;
+  }
+
+  function clock(iso) {
+    const date = new Date(iso);
+    const today = date.toDateString() === new Date().toDateString();
+    return today ? timeFormat.format(date) : `${dayFormat.format(date)}, ${timeFormat.format(date)}`;
   }
 
   function displayName(user) {
@@ -234,6 +245,10 @@
     state.token = null;
     state.me = null;
     state.current = null;
+    state.prefs = null;
+    clearTimeout(state.snoozeTimer);
+    renderTopicLevel();
+    renderSnooze();
     $("#app-view").hidden = true;
     $("#me").hidden = true;
     $("#push-button").hidden = true;
@@ -253,7 +268,7 @@
     renderMe();
     $("#login-view").hidden = true;
     $("#app-view").hidden = false;
-    await Promise.all([loadTopics(), loadPeople()]);
+    await Promise.all([loadTopics(), loadPeople(), refreshPreferences()]);
     connectSocket();
     setupPush();
     const params = new URLSearchParams(location.search);
@@ -307,6 +322,15 @@
       button.dataset.topicId = topic.topic_id;
       button.setAttribute("aria-current", String(topic.topic_id === state.current));
       button.append(el("span", "topic-name", topic.topic_name));
+      if (effectiveLevel(topic) === "none") {
+        button.classList.add("is-muted");
+        const mark = el("span", "muted-mark");
+        mark.innerHTML = BELL_OFF;
+        mark.title = "Notifications off";
+        mark.setAttribute("role", "img");
+        mark.setAttribute("aria-label", "notifications off");
+        button.append(mark);
+      }
       if (topic.unread_count > 0) {
         button.classList.add("has-unread");
         const badge = el("span", "badge", topic.unread_count > 99 ? "99+" : String(topic.unread_count));
@@ -410,6 +434,7 @@
     socket.on("new_message", onNewMessage);
     socket.on("unread_update", onUnreadUpdate);
     socket.on("messages_read", onMessagesRead);
+    socket.on("preferences_updated", onPreferences);
     socket.on("error", (payload) => toast({ kind: "error", title: "Server error", body: payload.message || payload.code }));
   }
 
@@ -417,7 +442,7 @@
   async function onConnect() {
     setConnection("connected", "Live");
     try {
-      await Promise.all([loadTopics(), loadPeople()]);
+      await Promise.all([loadTopics(), loadPeople(), refreshPreferences()]); // changes missed offline
       if (state.current) await joinCurrent(true);
     } catch (err) {
       toast({ kind: "error", title: "Could not refresh", body: err.message });
@@ -539,6 +564,7 @@
     $("#composer-input").placeholder = `Message ${topic.topic_name}`;
     showComposerError("");
     renderTopics();
+    renderTopicLevel();
     renderMessages({});
     if (state.socket && state.socket.connected) {
       await joinCurrent(false);
@@ -691,6 +717,104 @@
     const input = $("#composer-input");
     input.style.height = "auto";
     input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+  }
+
+  // ---------------------------------------------------------------- notification preferences
+
+  /** The level a topic inherits: its room's, else the user's default. */
+  function inheritedLevel(topic) {
+    const room = state.prefs.rooms.find((r) => r.room_id === topic.room_id);
+    return (room || state.prefs).level;
+  }
+
+  /** The level that decides pushes for a topic: its own override, else the inherited one. */
+  function effectiveLevel(topic) {
+    if (!state.prefs) return "all";
+    const own = state.prefs.topics.find((t) => t.topic_id === topic.topic_id);
+    return own ? own.level : inheritedLevel(topic);
+  }
+
+  async function loadPreferences() {
+    onPreferences(await api("GET", "/api/notifications/preferences"));
+  }
+
+  /** Not needed to chat: a failure is shown, and the rest of the page goes on. */
+  function refreshPreferences() {
+    return loadPreferences().catch((err) => {
+      toast({ kind: "error", title: "Could not load notification settings", body: err.message });
+    });
+  }
+
+  /** The whole preferences (GET, PATCH or preferences_updated from any device): show them. */
+  function onPreferences(prefs) {
+    state.prefs = prefs;
+    clearTimeout(state.snoozeTimer);
+    if (prefs.snooze_until) {
+      // Nothing is sent when a snooze runs out: ask again then. At least 5 s (this clock may be
+      // ahead of the server's), at most what setTimeout holds (~24 days).
+      const wait = Math.min(Math.max(new Date(prefs.snooze_until) - Date.now() + 1000, 5000), 2 ** 31 - 1);
+      state.snoozeTimer = setTimeout(() => loadPreferences().catch(() => {}), wait);
+    }
+    renderTopics();
+    renderTopicLevel();
+    renderSnooze();
+  }
+
+  function renderTopicLevel() {
+    const topic = state.topics.get(state.current);
+    const box = $("#topic-notify");
+    box.hidden = !topic || !state.prefs;
+    if (box.hidden) return;
+    const select = $("#notify-level");
+    const own = state.prefs.topics.find((t) => t.topic_id === topic.topic_id);
+    select.options[0].textContent = `Default (${LEVEL_LABELS[inheritedLevel(topic)]})`;
+    select.value = own ? own.level : "";
+  }
+
+  function renderSnooze() {
+    const prefs = state.prefs;
+    const button = $("#snooze-button");
+    const status = $("#dnd-status");
+    button.hidden = !prefs;
+    status.hidden = !prefs || !prefs.dnd_active;
+    if (!prefs) return;
+    const snoozed = Boolean(prefs.snooze_until);
+    button.querySelector(".label").textContent = snoozed ? "Resume notifications" : `Snooze ${SNOOZE_MINUTES / 60} h`;
+    button.setAttribute("aria-pressed", String(snoozed));
+    button.title = snoozed ? "Push notifications again from now on." : "No push notifications for an hour, on any device.";
+    if (snoozed) status.textContent = `Notifications paused until ${clock(prefs.snooze_until)}`;
+    else if (prefs.quiet_hours) status.textContent = `Quiet hours until ${prefs.quiet_hours.end} (${prefs.time_zone})`;
+    else status.textContent = "Notifications paused";
+  }
+
+  async function toggleSnooze() {
+    const snoozed = Boolean(state.prefs && state.prefs.snooze_until);
+    const button = $("#snooze-button");
+    button.disabled = true;
+    try {
+      onPreferences(await api("PATCH", "/api/notifications/preferences", { snooze_minutes: snoozed ? 0 : SNOOZE_MINUTES }));
+    } catch (err) {
+      toast({ kind: "error", title: snoozed ? "Could not resume notifications" : "Could not snooze", body: err.message });
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /** The open topic's select: Default removes the override (DELETE), a level sets it (PUT). */
+  async function setTopicLevel() {
+    const topic = state.topics.get(state.current);
+    const level = $("#notify-level").value;
+    if (!topic || !state.prefs) return;
+    const path = `/api/notifications/preferences/topics/${encodeURIComponent(topic.topic_id)}`;
+    try {
+      const override = level ? await api("PUT", path, { level }) : await api("DELETE", path);
+      // PUT answers the override, DELETE nothing; preferences_updated brings the same news.
+      const others = state.prefs.topics.filter((t) => t.topic_id !== topic.topic_id);
+      onPreferences({ ...state.prefs, topics: override ? [...others, override] : others });
+    } catch (err) {
+      toast({ kind: "error", title: "Could not change notifications", where: topic.topic_name, body: err.message });
+      renderTopicLevel(); // back to the stored level
+    }
   }
 
   // ---------------------------------------------------------------- toasts
@@ -862,6 +986,8 @@
     $("#switch-user").addEventListener("click", () => { clearSession(); showLogin(); });
     $("#composer").addEventListener("submit", sendMessage);
     $("#push-button").addEventListener("click", () => togglePush());
+    $("#snooze-button").addEventListener("click", () => toggleSnooze());
+    $("#notify-level").addEventListener("change", () => setTopicLevel());
     $("#people-more").addEventListener("click", () => { state.showAllPeople = !state.showAllPeople; renderPeople(); });
     const input = $("#composer-input");
     input.addEventListener("input", autoGrow);
