@@ -9,7 +9,6 @@ topics instead of wiping shared state.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import subprocess
 import sys
@@ -36,7 +35,6 @@ FLASK = [PYTHON, "-m", "flask", "--app", "wsgi"]
 CELERY = [PYTHON, "-m", "celery", "-A", "workers"]
 JWT_SECRET = "test-secret-" + "x" * 40
 BACKENDS = ("sqlite", "postgresql")
-_redis_dbs = itertools.count(1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -414,7 +412,7 @@ def shared_services_stack(
     push_service = request.getfixturevalue("push_service")
     database_url = make_database_url(backend, database, run_dir, request)
     port = free_port()
-    redis_url = request.getfixturevalue("redis_server").url_for_db(next(_redis_dbs))
+    redis_url = request.getfixturevalue("redis_server").new_db_url()
     vapid_keys = request.getfixturevalue("vapid_keys")
     env = stack_env(database_url, redis_url, port, push_service, vapid_keys, **extra)
     stack = launch_stack(backend, env, port, run_dir, push_service, name=name)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 
-from tests.conftest import _redis_dbs, base_env
+from tests.conftest import base_env
 from webapp.services import push_coalescing
 
 WINDOW_MS = 30_000
@@ -24,7 +24,7 @@ def app(redis_server, tmp_path) -> Iterator[Flask]:
     from config import load_settings
     from webapp import create_app
 
-    url = redis_server.url_for_db(next(_redis_dbs))
+    url = redis_server.new_db_url()
     env = base_env(f"sqlite:///{tmp_path}/unused.db", url, PUSH_COALESCE_WINDOW="30")
     app = create_app(load_settings(env), serve_sockets=False)
     with app.app_context():

@@ -35,6 +35,8 @@ class RedisServer:
     ``stop()``/``kill()`` reuses the same port, so URLs handed to other processes stay valid.
     """
 
+    DATABASES = 256
+
     def __init__(
         self,
         port: int | None = None,
@@ -55,6 +57,7 @@ class RedisServer:
         self.dir: Path = Path(tempfile.mkdtemp(prefix="beacon-redis-"))
         self.log_path: Path = self.dir / "redis.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._next_db = 1  # database 0 is ``url``
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -65,6 +68,16 @@ class RedisServer:
     def url_for_db(self, db: int) -> str:
         """URL for another logical database on the same server (e.g. to separate tests)."""
         return f"redis://{self.host}:{self.port}/{db}"
+
+    def new_db_url(self) -> str:
+        """A logical database nobody else got from this server: one per stack or test, so two
+        stacks' workers never take each other's tasks. Counted here, on the one server object
+        (a counter in a test module can exist twice: pytest's ``conftest`` and
+        ``tests.conftest`` are two imports of one file)."""
+        if self._next_db >= self.DATABASES:
+            raise RuntimeError(f"all {self.DATABASES} Redis databases of this server are used")
+        self._next_db += 1
+        return self.url_for_db(self._next_db - 1)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -93,6 +106,8 @@ class RedisServer:
             "no",
             "--maxmemory-policy",
             "noeviction",
+            "--databases",
+            str(self.DATABASES),
             "--protected-mode",
             "yes",
             "--daemonize",

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import _redis_dbs, start_web
+from tests.conftest import start_web
 from tests.harness.ports import free_port
 from tests.harness.sio_client import RecordingClient
 from tests.harness.waiting import wait_until
@@ -31,7 +31,7 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def limited(stack, redis_server, run_dir):
-    env = {**stack.env, **LIMITS, "REDIS_URL": redis_server.url_for_db(next(_redis_dbs))}
+    env = {**stack.env, **LIMITS, "REDIS_URL": redis_server.new_db_url()}
     port = free_port()
     web = start_web(f"web-limits-{stack.backend}", env, port, run_dir)
     yield f"http://127.0.0.1:{port}"
