@@ -3,6 +3,7 @@ verifies VAPID and decrypts like a browser vendor's."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from celery import Celery
@@ -162,3 +163,30 @@ def test_redelivered_send_does_not_notify_twice(beacon):
         message="the redelivered sends were not processed",
     )
     assert beacon.push.record(sub)["attempts"] == 1
+
+
+def test_summary_push_is_sent_once_and_apart_from_the_messages_own(beacon):
+    """A coalescing window's summary may name a message that had its own push (a mention sent
+    at once): it has its own delivery marker, and is itself sent only once."""
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    sub, row = _subscribe(beacon, bob)
+    message_id = _send(beacon, alice, topic, "own push")
+    (payload,) = _delivered(beacon, sub)
+    summary = {**payload, "count": 3, "title": "3 new messages in the topic"}
+    producer = Celery("test-producer", broker=beacon.env["REDIS_URL"])
+    for _ in range(2):
+        producer.send_task(
+            "beacon.push.send",
+            args=[row["id"], message_id, summary, "normal", topic.topic_id],
+            kwargs={"summary": True},
+            queue="push",
+        )
+    worker = beacon.workers["push"]
+    skipped = f"push skipped subscription={row['id']} message={message_id}"
+    wait_until(
+        lambda: worker.log_text().count(skipped) == 1,
+        message="the repeated summary was not skipped",
+    )
+    counts = [json.loads(m["payload"])["count"] for m in beacon.push.messages(sub)]
+    assert counts == [1, 3] and beacon.push.record(sub)["attempts"] == 2

@@ -72,6 +72,20 @@ class PushJob:
     payload: dict[str, Any]
     urgency: str
     topic: str
+    # The push that ends a coalescing window: it stands for several messages, the newest being
+    # message_id, which may also have had a push of its own (a mention sent at once).
+    summary: bool = False
+
+    @property
+    def marker(self) -> str:
+        """The processed-event key recorded when this push is delivered (sent at most once)."""
+        key = f"push:{self.message_id}:{self.subscription_id}"
+        return f"{key}:summary" if self.summary else key
+
+    @property
+    def failed_marker(self) -> str:
+        """The key recorded when this push failed for good (reconciliation skips it)."""
+        return "pushfailed:" + self.marker.removeprefix("push:")
 
 
 @dataclass(frozen=True)
@@ -193,13 +207,16 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
     return plan
 
 
-def _job(sub_id: str, message: Message, payload: dict[str, Any]) -> PushJob:
+def _job(
+    sub_id: str, message: Message, payload: dict[str, Any], *, summary: bool = False
+) -> PushJob:
     return PushJob(
         subscription_id=sub_id,
         message_id=message.id,
         payload=payload,
         urgency="high" if payload["type"] == "mention" else "normal",
         topic=str(message.topic_id),
+        summary=summary,
     )
 
 
@@ -239,7 +256,7 @@ def plan_flush(user_id: str, topic_id: str) -> list[PushJob]:
     sub_ids = db.session.execute(
         select(PushSubscription.id).where(PushSubscription.user_id == uid)
     ).scalars()
-    jobs = [_job(str(sub_id), message, payload) for sub_id in sub_ids]
+    jobs = [_job(str(sub_id), message, payload, summary=True) for sub_id in sub_ids]
     log.info(
         "push flush user=%s topic=%s messages=%d subscriptions=%d",
         user_id,
@@ -316,7 +333,7 @@ def record_failure(job: PushJob, reason: str, status: int | None = None) -> None
     """The send failed for good: count it against the subscription, put it in the user's
     history, and mark the send ended so that a reconciliation does not try it again."""
     sub_id = uuid.UUID(job.subscription_id)
-    if claim(f"pushfailed:{job.message_id}:{job.subscription_id}"):
+    if claim(job.failed_marker):
         sub = db.session.execute(
             select(PushSubscription.user_id, PushSubscription.endpoint).where(
                 PushSubscription.id == sub_id
@@ -349,7 +366,7 @@ def deliver(job: PushJob) -> PushResult | None:
 
     A ``retry`` outcome changes nothing here: the task decides to retry or to give up.
     """
-    key = f"push:{job.message_id}:{job.subscription_id}"
+    key = job.marker
     sub_id = uuid.UUID(job.subscription_id)
     lease = _acquire_lease(key)
     if lease is None:

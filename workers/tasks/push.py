@@ -35,7 +35,8 @@ def flush_held(user_id: str, topic_id: str) -> int:
 def _enqueue(jobs: list[push_delivery.PushJob]) -> None:
     for job in jobs:
         send_push.apply_async(
-            args=[job.subscription_id, job.message_id, job.payload, job.urgency, job.topic]
+            args=[job.subscription_id, job.message_id, job.payload, job.urgency, job.topic],
+            kwargs={"summary": True} if job.summary else {},
         )
 
 
@@ -47,8 +48,9 @@ def send_push(
     payload: dict[str, Any],
     urgency: str,
     topic: str,
+    summary: bool = False,
 ) -> str | None:
-    job = push_delivery.PushJob(subscription_id, message_id, payload, urgency, topic)
+    job = push_delivery.PushJob(subscription_id, message_id, payload, urgency, topic, summary)
     result = push_delivery.deliver(job)
     if result is None or result.outcome != "retry":
         return result.outcome if result else None
