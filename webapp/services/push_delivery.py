@@ -79,13 +79,19 @@ class PushJob:
     @property
     def marker(self) -> str:
         """The processed-event key recorded when this push is delivered (sent at most once)."""
-        key = f"push:{self.message_id}:{self.subscription_id}"
-        return f"{key}:summary" if self.summary else key
+        return send_marker("push", self.message_id, self.subscription_id, self.summary)
 
     @property
     def failed_marker(self) -> str:
         """The key recorded when this push failed for good (reconciliation skips it)."""
-        return "pushfailed:" + self.marker.removeprefix("push:")
+        return send_marker("pushfailed", self.message_id, self.subscription_id, self.summary)
+
+
+def send_marker(kind: str, message_id: int, sub_id: str, summary: bool = False) -> str:
+    """``push:<message>:<subscription>`` (delivered) or ``pushfailed:…`` (failed for good),
+    with ``:summary`` for the push that ends a coalescing window."""
+    key = f"{kind}:{message_id}:{sub_id}"
+    return f"{key}:summary" if summary else key
 
 
 @dataclass(frozen=True)
@@ -268,8 +274,8 @@ def plan_flush(user_id: str, topic_id: str) -> list[PushJob]:
 
 
 def _send_ended(message_id: int, sub_id: str) -> bool:
-    return is_claimed(f"push:{message_id}:{sub_id}") or is_claimed(
-        f"pushfailed:{message_id}:{sub_id}"
+    return is_claimed(send_marker("push", message_id, sub_id)) or is_claimed(
+        send_marker("pushfailed", message_id, sub_id)
     )
 
 
@@ -391,14 +397,12 @@ def deliver(job: PushJob) -> PushResult | None:
         keys = SubscriptionKeys(sub.endpoint, sub.p256dh, sub.auth)
         user_id = sub.user_id
         db.session.rollback()  # no transaction held open across the HTTP request
-        return _send_and_apply(job, key, user_id, keys)
+        return _send_and_apply(job, user_id, keys)
     finally:
         _release_lease(key, lease)
 
 
-def _send_and_apply(
-    job: PushJob, key: str, user_id: uuid.UUID, keys: SubscriptionKeys
-) -> PushResult:
+def _send_and_apply(job: PushJob, user_id: uuid.UUID, keys: SubscriptionKeys) -> PushResult:
     settings = context.settings()
     sub_id = uuid.UUID(job.subscription_id)
     try:
@@ -425,7 +429,7 @@ def _send_and_apply(
         )
 
     if result.outcome == "delivered":
-        if claim(key):
+        if claim(job.marker):
             db.session.execute(
                 update(PushSubscription)
                 .where(PushSubscription.id == sub_id)
