@@ -7,13 +7,23 @@ from typing import Any
 from flask import Flask, request
 
 from webapp.errors import InvalidInput
-from webapp.services.validation import parse_json_body
+from webapp.services.validation import MAX_BIGINT, parse_json_body, parse_query_int
 
 
 def json_body() -> Any:
     """The JSON body (None when empty). Too large is 413; bad UTF-8, bad or too deep JSON,
     NUL characters and lone surrogates are 400 with a reason."""
     return parse_json_body(request.get_data(cache=True))
+
+
+def page_args() -> tuple[int | None, int]:
+    """A paged list's query: ``before`` (an id cursor, optional) and ``limit`` (1..200,
+    default 50), refused with a reason when out of range."""
+    before = request.args.get("before")
+    return (
+        parse_query_int(before, "before", 0, 1, MAX_BIGINT) if before else None,
+        parse_query_int(request.args.get("limit"), "limit", 50, 1, 200),
+    )
 
 
 def _refuse_nul_in_query() -> None:

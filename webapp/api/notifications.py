@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from webapp.api.body import json_body
+from webapp.api.body import json_body, page_args
 from webapp.auth import require_user
 from webapp.errors import Unavailable
 from webapp.services import context, preferences, push_history, subscriptions
-from webapp.services.validation import parse_query_int, parse_uuid
+from webapp.services.validation import parse_uuid
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 
@@ -95,12 +95,6 @@ def clear_room_preference(room_id: str):
 @bp.get("/history")
 @require_user
 def push_history_page():
-    before = request.args.get("before")
-    return jsonify(
-        push_history.list_for(
-            g.user,
-            before=parse_query_int(before, "before", 0, 1, 2**63 - 1) if before else None,
-            limit=parse_query_int(request.args.get("limit"), "limit", 50, 1, 200),
-            outcome=request.args.get("outcome") or None,
-        )
-    )
+    before, limit = page_args()
+    outcome = request.args.get("outcome") or None
+    return jsonify(push_history.list_for(g.user, before=before, limit=limit, outcome=outcome))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, g, jsonify
 
+from webapp.api.body import page_args
 from webapp.auth import require_user
 from webapp.services import messages
 from webapp.services.topics import topics_of
-from webapp.services.validation import parse_query_int, parse_uuid
+from webapp.services.validation import parse_uuid
 
 bp = Blueprint("topics", __name__, url_prefix="/api/topics")
 
@@ -21,11 +22,8 @@ def list_topics():
 @bp.get("/<topic_id>/messages")
 @require_user
 def topic_messages(topic_id: str):
-    before = request.args.get("before")
+    before, limit = page_args()
     page = messages.list_messages(
-        g.user,
-        parse_uuid(topic_id, "topic_id"),
-        before=parse_query_int(before, "before", 0, 1, 2**63 - 1) if before else None,
-        limit=parse_query_int(request.args.get("limit"), "limit", 50, 1, 200),
+        g.user, parse_uuid(topic_id, "topic_id"), before=before, limit=limit
     )
     return jsonify(page)

@@ -14,8 +14,7 @@ from webapp.extensions import db
 from webapp.models import PushRecord, User, isoformat, utcnow
 from webapp.services import context
 
-# A send's outcome (push_sender) as the history names it.
-OUTCOMES = {"delivered": "delivered", "expired": "expired", "rejected": "failed", "retry": "failed"}
+OUTCOMES = ("delivered", "expired", "failed")
 PRUNE_BATCH = 5000
 
 
@@ -46,7 +45,7 @@ def record(
             message_id=payload.get("message_id"),
             kind=str(payload.get("type") or "message")[:16],
             message_count=int(payload.get("count") or 1),
-            outcome=OUTCOMES.get(outcome, outcome),
+            outcome=outcome,
             status_code=status,
             reason=(reason or None) and reason[:300],
             created_at=utcnow(),
@@ -56,7 +55,7 @@ def record(
 
 def list_for(user: User, *, before: int | None, limit: int, outcome: str | None) -> dict[str, Any]:
     """Newest first; ``next_before`` pages further back."""
-    if outcome is not None and outcome not in {"delivered", "expired", "failed"}:
+    if outcome is not None and outcome not in OUTCOMES:
         raise InvalidInput("invalid_outcome", "outcome must be delivered, expired or failed")
     query = select(PushRecord).where(PushRecord.user_id == user.id)
     if before is not None:
