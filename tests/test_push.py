@@ -149,19 +149,7 @@ def test_redelivered_send_does_not_notify_twice(beacon):
     sub, row = _subscribe(beacon, bob)
     message_id = _send(beacon, alice, topic, "once")
     (payload,) = _delivered(beacon, sub)
-    producer = Celery("test-producer", broker=beacon.env["REDIS_URL"])
-    for _ in range(2):
-        producer.send_task(
-            "beacon.push.send",
-            args=[row["id"], message_id, payload, "normal", topic.topic_id],
-            queue="push",
-        )
-    worker = beacon.workers["push"]
-    skipped = f"push skipped subscription={row['id']} message={message_id}"
-    wait_until(
-        lambda: worker.log_text().count(skipped) == 2,
-        message="the redelivered sends were not processed",
-    )
+    _send_twice_and_wait_skipped(beacon, row["id"], message_id, payload, topic, skipped=2)
     assert beacon.push.record(sub)["attempts"] == 1
 
 
@@ -174,19 +162,26 @@ def test_summary_push_is_sent_once_and_apart_from_the_messages_own(beacon):
     message_id = _send(beacon, alice, topic, "own push")
     (payload,) = _delivered(beacon, sub)
     summary = {**payload, "count": 3, "title": "3 new messages in the topic"}
+    _send_twice_and_wait_skipped(
+        beacon, row["id"], message_id, summary, topic, skipped=1, summary=True
+    )
+    counts = [json.loads(m["payload"])["count"] for m in beacon.push.messages(sub)]
+    assert counts == [1, 3] and beacon.push.record(sub)["attempts"] == 2
+
+
+def _send_twice_and_wait_skipped(beacon, sub_id, message_id, payload, topic, *, skipped, **kw):
+    """Enqueue the same send task twice, as a redelivery would, and wait until the worker has
+    skipped ``skipped`` of the sends as already done."""
     producer = Celery("test-producer", broker=beacon.env["REDIS_URL"])
     for _ in range(2):
         producer.send_task(
             "beacon.push.send",
-            args=[row["id"], message_id, summary, "normal", topic.topic_id],
-            kwargs={"summary": True},
+            args=[sub_id, message_id, payload, "normal", topic.topic_id],
+            kwargs=kw,
             queue="push",
         )
-    worker = beacon.workers["push"]
-    skipped = f"push skipped subscription={row['id']} message={message_id}"
+    line = f"push skipped subscription={sub_id} message={message_id}"
     wait_until(
-        lambda: worker.log_text().count(skipped) == 1,
-        message="the repeated summary was not skipped",
+        lambda: beacon.workers["push"].log_text().count(line) == skipped,
+        message=f"the worker did not skip {skipped} of the repeated sends",
     )
-    counts = [json.loads(m["payload"])["count"] for m in beacon.push.messages(sub)]
-    assert counts == [1, 3] and beacon.push.record(sub)["attempts"] == 2
