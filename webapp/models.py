@@ -164,7 +164,7 @@ class ProcessedEvent(db.Model):
 
 # Push levels, most to least: every message, only @mentions, nothing.
 NOTIFY_LEVELS = ("all", "mentions", "none")
-_LEVEL_CHECK = "level IN ('all', 'mentions', 'none')"
+_LEVEL_CHECK = "level IN ({})".format(", ".join(f"'{level}'" for level in NOTIFY_LEVELS))
 
 
 class NotificationSettings(db.Model):
