@@ -126,6 +126,10 @@ def test_metrics_show_connections_tasks_and_pushes(beacon):
         lambda: grew("beacon_push_responses_total", status="2xx"),
         message="push response not counted",
     )
+    wait_until(
+        lambda: grew("beacon_push_decisions_total", decision="sent"),
+        message="the fan-out's decision was not counted",
+    )
     text = scrape()
     assert _metric(text, "beacon_messages_total") >= 1
     assert _metric(text, "beacon_connections") >= 1

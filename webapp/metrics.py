@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 TASKS_KEY = "beacon:metrics:tasks"  # field "<queue>|<task>|<outcome>"
 PUSH_KEY = "beacon:metrics:push"  # field "<status class>"
+DECISIONS_KEY = "beacon:metrics:push_decisions"  # field "<decision>"
 QUEUES = ("unread", "push")
 
 registry = CollectorRegistry(auto_describe=True)
@@ -50,6 +51,19 @@ def record_push(client: redis.Redis, status: int | None) -> None:
         log.debug("could not record push metric", exc_info=True)
 
 
+def record_push_decisions(client: redis.Redis, counts: dict[str, int]) -> None:
+    """Count what the fan-out and the coalescing flushes decided, per member (sent, silenced
+    by the member's rules, held by coalescing; flushed, flush_skipped); never raises."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        for decision, count in counts.items():
+            if count:
+                pipe.hincrby(DECISIONS_KEY, decision, count)
+        pipe.execute()
+    except redis.RedisError:
+        log.debug("could not record push decisions", exc_info=True)
+
+
 class ClusterCollector(Collector):
     """Reads the cluster-wide figures from Redis at scrape time."""
 
@@ -64,11 +78,12 @@ class ClusterCollector(Collector):
                 pipe.llen(queue)
             pipe.hgetall(TASKS_KEY)
             pipe.hgetall(PUSH_KEY)
+            pipe.hgetall(DECISIONS_KEY)
             online, *rest = pipe.execute()
         except redis.RedisError:
             log.warning("metrics: Redis unavailable, cluster figures omitted")
             return
-        depths, tasks, pushes = rest[: len(QUEUES)], rest[-2], rest[-1]
+        depths, (tasks, pushes, decisions) = rest[: len(QUEUES)], rest[len(QUEUES) :]
 
         yield GaugeMetricFamily("beacon_online_users", "Users with a live connection", online)
         depth = GaugeMetricFamily("beacon_queue_depth", "Tasks waiting", labels=["queue"])
@@ -88,6 +103,15 @@ class ClusterCollector(Collector):
         for field, value in sorted(pushes.items()):
             responses.add_metric([field], float(value))
         yield responses
+        decided = CounterMetricFamily(
+            "beacon_push_decisions",
+            "Members the push fan-out sent to, silenced (their rules) or held (coalescing); "
+            "coalescing windows flushed or skipped",
+            labels=["decision"],
+        )
+        for field, value in sorted(decisions.items()):
+            decided.add_metric([field], float(value))
+        yield decided
 
 
 _collector: ClusterCollector | None = None

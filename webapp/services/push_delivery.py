@@ -202,12 +202,18 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
         plan.jobs.extend(
             _job(sub_id, message, payloads[kind, offer.count]) for sub_id in subs_of[uid]
         )
+    silenced = len(subs_of) - len(wanted)
+    held = sum(1 for o in offers.values() if not o.send)
+    metrics.record_push_decisions(
+        get_redis(context.settings().redis_url),
+        {"sent": len(offers) - held, "silenced": silenced, "held": held},
+    )
     log.info(
         "push fan-out message=%s offline_members=%d silenced=%d held=%d subscriptions=%d",
         message_id,
         len(offline),
-        len(subs_of) - len(wanted),
-        sum(1 for o in offers.values() if not o.send),
+        silenced,
+        held,
         len(plan.jobs),
     )
     return plan
@@ -253,10 +259,13 @@ def plan_flush(user_id: str, topic_id: str) -> list[PushJob]:
         .allows(mentioned=held.mentioned, now=utcnow())
     ):
         skip = "the user's preferences or do-not-disturb"
+    redis_client = get_redis(context.settings().redis_url)
     if skip is not None:
         push_coalescing.reset(user_id, topic_id)
+        metrics.record_push_decisions(redis_client, {"flush_skipped": 1})
         log.info("push flush user=%s topic=%s skipped: %s", user_id, topic_id, skip)
         return []
+    metrics.record_push_decisions(redis_client, {"flushed": 1})
     kind = "mention" if held.mentioned else "message"
     payload = push_payload(message, message.sender, kind, held.count, summary=True)
     sub_ids = db.session.execute(
