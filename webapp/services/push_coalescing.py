@@ -115,7 +115,7 @@ class Offer:
 
 @dataclass(frozen=True)
 class Held:
-    """What a window held back: ``count`` messages in the chain, the newest is ``last``."""
+    """What a window held back: ``count`` messages in the chain, the newest ``last_message_id``."""
 
     count: int
     last_message_id: int
