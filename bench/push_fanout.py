@@ -12,7 +12,8 @@ rules, coalescing) in three configurations, alternating their order:
 - ``rules+coalescing``: the same with a 30 s window: one Lua call per member, pipelined (the
   first message opens the windows, the rest are held: a busy topic).
 
-Nothing is enqueued (the bench calls the planner, not the task). Times are medians.
+Nothing is enqueued (the bench calls the planner, not the task). Times are medians; the last
+two columns are the coalescing script's own time inside Redis (``INFO commandstats``).
 
     .venv/bin/python bench/push_fanout.py [--sizes 10,1000,5000] [--repeat 7]
         [--backends sqlite,postgresql]
@@ -172,7 +173,10 @@ def plan(app, message_id: int, window: float) -> tuple[float, int, int]:
 
 
 def bench_size(app, size: int, repeat: int) -> dict[str, float]:
-    """Two topics of ``size`` members: one without rules, one with (same users' shape)."""
+    """Two topics of ``size`` members: one without rules, one with (same users' shape); the
+    medians, and the coalescing script's time inside Redis (``INFO commandstats``)."""
+    from webapp.redis_client import get_redis
+
     plain_topic, plain_users = seed(app, size)
     rules_topic, rules_users = seed(app, size)
     add_rules(app, rules_topic, rules_users)
@@ -184,6 +188,8 @@ def bench_size(app, size: int, repeat: int) -> dict[str, float]:
     }
     for topic, sender, window in setups.values():  # warm up caches and connections
         plan(app, new_message(app, topic, sender), window)
+    redis_client = get_redis(app.extensions["beacon_settings"].redis_url)
+    redis_client.config_resetstat()
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     for r in range(repeat):
         order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
@@ -193,7 +199,12 @@ def bench_size(app, size: int, repeat: int) -> dict[str, float]:
             if mode != "rules+coalescing":
                 assert jobs == size - 1, (mode, jobs)
             times[mode].append(elapsed)
-    return {mode: statistics.median(t) for mode, t in times.items()}
+    medians = {mode: statistics.median(t) for mode, t in times.items()}
+    # Time spent inside Redis running the coalescing script (only that mode runs it).
+    lua = redis_client.info("commandstats").get("cmdstat_evalsha", {})
+    medians["lua_us_per_member"] = lua.get("usec", 0) / max(1, repeat * (size - 1))
+    medians["lua_ms_per_call"] = lua.get("usec_per_call", 0) / 1000
+    return medians
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"push fan-out planning, all members offline, median of {args.repeat} (ms per message)")
     print(
         f"{'backend':<10} {'members':>7} {'plain':>9} {'rules':>9} {'+coalesce':>10} "
-        f"{'rules/plain':>12} {'+coal/plain':>12}"
+        f"{'rules/plain':>12} {'+coal/plain':>12} {'Lua µs/member':>14} {'ms/call':>8}"
     )
     for backend in args.backends.split(","):
         backend = backend.strip()
@@ -222,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 plain, rules, coal = m["plain"], m["rules"], m["rules+coalescing"]
                 print(
                     f"{backend:<10} {size:>7} {plain * 1e3:>9.2f} {rules * 1e3:>9.2f} "
-                    f"{coal * 1e3:>10.2f} {rules / plain:>11.2f}x {coal / plain:>11.2f}x",
+                    f"{coal * 1e3:>10.2f} {rules / plain:>11.2f}x {coal / plain:>11.2f}x "
+                    f"{m['lua_us_per_member']:>14.1f} {m['lua_ms_per_call']:>8.2f}",
                     flush=True,
                 )
     return 0
