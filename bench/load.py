@@ -13,7 +13,10 @@ transport), spread over ``--procs`` client processes with one asyncio loop each.
 - at ``--rate`` messages/s for ``--duration`` s (open loop: a send does not wait for the
   previous ack; random senders), delivery latency send -> ``new_message`` at the other
   members of the topic and send -> ``global_message_alert`` at every client, p50/p99, and
-  drops (expected - received deliveries, after a bounded drain);
+  drops (expected - received deliveries, after a bounded drain); on a line below the row, the
+  alert's p99.9 and max, and its time from the message's ``created_at`` (stamped by the web
+  process before the commit) to the client, which leaves out the sending client and the
+  handler's work before the insert;
 - CPU use over the measured window: web process, worker, Redis, and the client processes
   (which share the same 2 cores: when they saturate, the latency is theirs, not Beacon's).
 
@@ -40,6 +43,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +137,7 @@ class ClientProcess:
         self.clients: list[Any] = [None] * len(specs)
         self.alert_lat = array.array("d")
         self.alert_sent = array.array("d")  # send time of each alert_lat entry
+        self.alert_out = array.array("d")  # created_at (server clock) -> received
         self.new_lat = array.array("d")
         self.ack_lat = array.array("d")
         self.alerts = [0] * len(specs)  # measured alerts received, per client
@@ -155,6 +160,9 @@ class ClientProcess:
                 sent = float(parts[2])
                 self.alert_lat.append(t - sent)
                 self.alert_sent.append(sent)
+                created = payload.get("created_at")
+                if created:
+                    self.alert_out.append(t - datetime.fromisoformat(created).timestamp())
                 self.alerts[i] += 1
 
         def on_new(payload: dict) -> None:
@@ -349,6 +357,7 @@ class ClientProcess:
         return {
             "alert_lat": self.alert_lat.tobytes(),
             "alert_sent": self.alert_sent.tobytes(),
+            "alert_out": self.alert_out.tobytes(),
             "new_lat": self.new_lat.tobytes(),
             "ack_lat": self.ack_lat.tobytes(),
             "alerts": sum(live),
@@ -601,6 +610,7 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
             for t, lat in zip(sent_at, alert_lat, strict=True):
                 per_msg[t] = max(per_msg.get(t, 0.0), lat)
             Path(args.dump).write_text(json.dumps(sorted(per_msg.items())))
+        alert_out = _floats([d["alert_out"] for d in drains])
         new_lat = _floats([d["new_lat"] for d in drains])
         ack_lat = _floats([d["ack_lat"] for d in drains])
         received = sum(d["alerts"] for d in drains)
@@ -614,6 +624,9 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
             alert_p50=_pct(alert_lat, 0.5),
             alert_p99=_pct(alert_lat, 0.99),
             alert_max=max(alert_lat) if len(alert_lat) else float("nan"),
+            alert_p999=_pct(alert_lat, 0.999),
+            alert_out_p50=_pct(alert_out, 0.5),
+            alert_out_p99=_pct(alert_out, 0.99),
             new_p50=_pct(new_lat, 0.5),
             new_p99=_pct(new_lat, 0.99),
             ack_p99=_pct(ack_lat, 0.99),
@@ -705,6 +718,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  logs: {stack.log_dir}")
         rows.append(row)
         print(format_row(row), flush=True)
+        if row.get("alert_out_p99") is not None:
+            print(
+                f"  alert p99.9/max {row['alert_p999'] * 1e3:.0f}/{row['alert_max'] * 1e3:.0f} ms;"
+                " from the message's created_at (server clock) to the client: p50/p99 "
+                f"{row['alert_out_p50'] * 1e3:.0f}/{row['alert_out_p99'] * 1e3:.0f} ms",
+                flush=True,
+            )
         notes = []
         if row["connected"] != n:
             notes.append(f"connected {row['connected']}/{n} {row['conn_errors']}")
