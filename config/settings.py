@@ -162,6 +162,9 @@ class Settings:
     # Write broadcast frames straight to idle websocket connections (webapp/broadcast.py);
     # off: python-socketio's per-connection queue for every frame (for comparison).
     fast_fanout: bool = True
+    # Web process: freeze the objects start-up built and collect the young generation less
+    # often (webapp/gc_tuning.py); off: CPython's defaults (for comparison).
+    gc_tuning: bool = True
     # Who gets user_status_change: "everyone" connected (the protocol's default), or "topics":
     # the connections that joined one of the user's topics, plus the user's own devices. Every
     # transition reaches every client with "everyone", so a storm of N users costs N^2 frames.
@@ -267,6 +270,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         log_level=(env.get("LOG_LEVEL") or defaults.log_level).upper(),
         dev_login=_bool(env.get("DEV_LOGIN"), defaults.dev_login),
         fast_fanout=_bool(env.get("FAST_FANOUT"), defaults.fast_fanout),
+        gc_tuning=_bool(env.get("GC_TUNING"), defaults.gc_tuning),
         presence_events=_presence_events(env.get("PRESENCE_EVENTS"), defaults.presence_events),
     )
     _check_task_timing(settings)
