@@ -278,8 +278,20 @@ class ClientProcess:
         await asyncio.gather(*(one(i) for i in range(len(self.specs))))
         return {"failures": failures}
 
-    async def run(self, t_start: float, warmup: float, duration: float, rate: float) -> dict:
-        """Open-loop sends from random connected clients at ``rate``/s; then report."""
+    async def run(
+        self, t_start: float, warmup: float, duration: float, rate: float, tune_gc: bool
+    ) -> dict:
+        """Open-loop sends from random connected clients at ``rate``/s; then report.
+
+        ``tune_gc``: freeze the connections' objects first (as the web process freezes its
+        start-up's), so a full collection walking thousands of connections does not pause a
+        whole client process, an artifact of packing clients into one process that a
+        browser, with its own heap per client, does not have.
+        """
+        if tune_gc:
+            from webapp import gc_tuning
+
+            gc_tuning.tune()
         rng = random.Random(self.index * 7919 + 17)
         live = [i for i, c in enumerate(self.clients) if c is not None]
         pending: set[asyncio.Future] = set()
@@ -582,6 +594,7 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
                 warmup=args.warmup,
                 duration=args.duration,
                 rate=args.rate / procs,
+                tune_gc=args.client_gc == "tuned",
             )
         t_measure = t_start + args.warmup
         wall = time.time() - t_measure
@@ -679,6 +692,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--conc", type=int, default=50, help="handshakes in flight per process")
     parser.add_argument("--client", default="lean", choices=["lean", "stock"])
+    parser.add_argument(
+        "--client-gc",
+        default="tuned",
+        choices=["tuned", "default"],
+        help="client processes: freeze their heap before measuring, or CPython's collector",
+    )
     parser.add_argument("--connect-timeout", type=float, default=300.0)
     parser.add_argument(
         "--quiesce", type=float, default=120.0, help="max wait for the ramp's broadcasts"
@@ -699,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sweep.split(",")] if args.sweep else [args.clients]
     print(
         f"rate {args.rate:g} msg/s for {args.duration:g}s (+{args.warmup:g}s warm-up), "
-        f"topics of {args.topic_size}, {args.procs} client processes ({args.client} client), "
+        f"topics of {args.topic_size}, {args.procs} client processes ({args.client} client, "
+        f"{args.client_gc} GC), "
         f"cpus {os.cpu_count()}, {args.backend}"
         + (f", env {' '.join(args.env)}" if args.env else ""),
         flush=True,
