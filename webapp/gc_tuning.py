@@ -4,7 +4,7 @@ CPython's collector stops the whole process while it runs, and under gevent that
 connection at once. With CPython's defaults (a young collection every 700 net allocations)
 the web process at 1,000 clients and 20 messages/s ran about 80 collections in 20 s, and a full
 one whenever enough objects had survived into the old generation: each full collection walks
-the entire heap (the imported libraries and every connection's objects) and took 60-180 ms
+the entire heap (the imported libraries and every connection's objects) and took 67-180 ms
 there, a stall every client sees as latency (``bench/load.py``; figures in bench/README.md).
 
 Two standard remedies, applied once after the app is built:
