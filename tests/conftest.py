@@ -87,8 +87,13 @@ def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
 
 def run_flask(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``flask --app wsgi ...`` as a real subprocess (what operators and scripts run)."""
+    return run_in_repo(env, *FLASK, *args, check=check)
+
+
+def run_in_repo(env: dict[str, str], *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``cmd`` from the repository root with ``env`` over the caller's; output captured."""
     return subprocess.run(
-        [*FLASK, *args],
+        list(cmd),
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,

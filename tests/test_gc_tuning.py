@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import ROOT, base_env
+from tests.conftest import PYTHON, base_env, run_in_repo
 
 PROBE = "import gc, wsgi; print(gc.get_freeze_count(), gc.get_threshold()[0])"
 
@@ -20,15 +16,7 @@ def test_web_entry_point_freezes_start_up_and_raises_the_young_threshold(
     env = base_env(f"sqlite:///{tmp_path / 'beacon.db'}", "redis://127.0.0.1:1/0")
     if setting is not None:
         env["GC_TUNING"] = setting
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.split()
+    out = run_in_repo(env, PYTHON, "-c", PROBE).stdout.split()
     frozen, young = int(out[-2]), int(out[-1])
     if tuned:
         assert frozen > 10_000  # the libraries and the app built at start-up
