@@ -8,6 +8,9 @@ broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
 # Keep reconnecting for as long as Redis is away: a worker must outlive a broker restart.
 broker_connection_max_retries = None
+# The producer pool of processes that are not workers (web). Workers raise it, and the Redis
+# transport's per-channel pool (max_connections), to their concurrency + headroom at start
+# (workers/broker_pool.py): a gevent worker's green threads all ack and publish at once.
 broker_pool_limit = 50
 # A task a worker took and never acknowledged (the worker was killed) goes to another worker
 # after the visibility timeout. It must be longer than any retry countdown (the loader checks),
@@ -49,6 +52,11 @@ beat_schedule = {
     },
     "push-prune-failing": {"task": "beacon.push.prune_failing", "schedule": 3600.0},
     "push-prune-history": {"task": "beacon.push.prune_history", "schedule": 3600.0},
+    "unread-prune-markers": {
+        "task": "beacon.unread.prune_markers",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
     "reconcile-lost-work": {
         "task": "beacon.unread.reconcile",
         "schedule": _settings.reconcile_interval,

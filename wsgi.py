@@ -4,10 +4,15 @@ from gevent import monkey
 
 monkey.patch_all()
 
+from config import load_settings  # noqa: E402
 from webapp import create_app, gc_tuning  # noqa: E402
 from webapp.extensions import socketio  # noqa: E402
 
-app = create_app()
+try:
+    _settings = load_settings()
+except ValueError as exc:  # a setting the loader refuses: the reason, not a traceback
+    raise SystemExit(f"beacon: refusing to start: {exc}") from None
+app = create_app(_settings)
 if app.extensions["beacon_settings"].gc_tuning:
     gc_tuning.tune()
 

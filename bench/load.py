@@ -12,7 +12,9 @@ transport), spread over ``--procs`` client processes with one asyncio loop each.
   joined - RSS before) / N;
 - at ``--rate`` messages/s for ``--duration`` s (open loop: a send does not wait for the
   previous ack; random senders), delivery latency send -> ``new_message`` at the other
-  members of the topic and send -> ``global_message_alert`` at every client, p50/p99, and
+  members of the topic and send -> ``global_message_alert`` at every client (the stacks it
+  starts run with ``ALERT_AUDIENCE=everyone``, the broadcast this measures; a ``--url`` target
+  must too, or every client but the topic's members counts drops), p50/p99, and
   drops (expected - received deliveries, after a bounded drain); on a line below the row, the
   alert's p99.9 and max, and its time from the message's ``created_at`` (stamped by the web
   process before the commit) to the client, which leaves out the sending client and the
@@ -27,6 +29,12 @@ on a fresh stack.
     .venv/bin/python bench/load.py --clients 1000 --rate 20 --duration 20
     .venv/bin/python bench/load.py --sweep 250,500,1000,2000 --rate 20
     .venv/bin/python bench/load.py --clients 5000 --rate 0     # connections held, no traffic
+    .venv/bin/python bench/load.py --clients 1000 --rate 20 --duration 20 --slow-readers 1
+
+``--slow-readers N`` adds N more users whose connections (raw websockets with a 4 KiB receive
+buffer, members of the first topic) stop reading after joining and only answer pings: the web
+process's RSS is sampled over the whole run (peak and end), and the line says whether the
+server dropped them (``MAX_PENDING_BYTES``).
 """
 
 from __future__ import annotations
@@ -458,6 +466,94 @@ class ClientPool:
                 proc.kill()
 
 
+# --------------------------------------------------------------------------- slow readers
+
+
+class SlowReaders:
+    """Raw Engine.IO websockets that join their topic, then never read but answer pings."""
+
+    def __init__(self, url: str, specs: list[ClientSpec]) -> None:
+        import json
+        import socket
+        import threading
+
+        import websocket
+
+        self.conns: list[Any] = []
+        self.failed: list[str] = []
+        base = url.replace("http://", "ws://").replace("https://", "wss://")
+        for spec in specs:
+            ws = websocket.create_connection(
+                f"{base}/socket.io/?EIO=4&transport=websocket",
+                sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),),
+                timeout=30,
+            )
+            ws.recv()  # OPEN
+            ws.send("40" + json.dumps({"token": spec.token}))
+            self._read_until(ws, "40{")
+            ws.send("420" + json.dumps(["join_topic", {"topic_id": spec.topic_id}]))
+            self._read_until(ws, "430")
+            self.conns.append(ws)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._pong, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _read_until(ws: Any, prefix: str) -> None:
+        while not (message := ws.recv()).startswith(prefix):
+            if message == "2":
+                ws.send("3")
+
+    def _pong(self) -> None:
+        alive = list(self.conns)
+        while alive and not self.stop.wait(1.0):
+            for ws in list(alive):
+                try:
+                    ws.send("3")  # the PING it never read
+                except Exception as exc:  # noqa: BLE001  (the server closed it)
+                    self.failed.append(type(exc).__name__)
+                    alive.remove(ws)
+
+    def close(self) -> int:
+        """Stop; the number of connections the server had closed (a send to them failed)."""
+        self.stop.set()
+        self.thread.join(5)
+        for ws in self.conns:
+            with contextlib.suppress(Exception):
+                ws.sock.close()
+        return len(self.failed)
+
+
+class RssSampler:
+    """The web process's RSS every 0.5 s in a thread: peak and last."""
+
+    def __init__(self, pid: int | None) -> None:
+        import threading
+
+        from bench.stack import rss_bytes
+
+        self.pid, self.read = pid, rss_bytes
+        self.peak = self.last = rss_bytes(pid) if pid else 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if pid:
+            self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            with contextlib.suppress(OSError):
+                self.last = self.read(self.pid)
+                self.peak = max(self.peak, self.last)
+
+    def close(self) -> tuple[int, int]:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
+            self.last = self.read(self.pid)
+            self.peak = max(self.peak, self.last)
+        return self.peak, self.last
+
+
 # --------------------------------------------------------------------------- the parent
 
 
@@ -513,13 +609,21 @@ def profiled(pid: int | None, out_dir: str | None, name: str, *, subprocesses: b
 def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
     from bench.stack import cpu_seconds, create_topics, create_users, group_cpu_seconds, rss_bytes
 
-    users = create_users(stack.app, n, prefix="load")
+    slow_n = max(0, args.slow_readers)
+    users = create_users(stack.app, n + slow_n, prefix="load")
     size = max(1, args.topic_size)
     groups = [list(range(s, min(n, s + size))) for s in range(0, n, size)]
+    groups[0] += list(range(n, n + slow_n))  # the slow readers: members of the first topic
     topics = create_topics(stack.app, groups, users)
+    slow_specs = [
+        ClientSpec(users[i].id, users[i].token, topics[0].topic_id, topics[0].room_id)
+        for i in range(n, n + slow_n)
+    ]
     specs = []
     for topic in topics:
         for i in topic.members:
+            if i >= n:
+                continue  # a slow reader: connected by SlowReaders, not by the pool
             u = users[i]
             specs.append(ClientSpec(u.id, u.token, topic.topic_id, topic.room_id))
     procs = max(1, min(args.procs, n))
@@ -528,6 +632,8 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
     redis = stack.redis_client()
     redis_pid = int(redis.info("server")["process_id"])
     row: dict[str, Any] = {"n": n}
+    rss = RssSampler(web_pid)
+    slow: SlowReaders | None = None
     try:
         pool.call("disconnect_all", timeout=60)  # imports socketio in the children (warm)
         rss0 = rss_bytes(web_pid) if web_pid else None
@@ -549,12 +655,14 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
             conn_errors=errors,
         )
         joins = pool.call("join_all", timeout=args.connect_timeout, concurrency=args.conc)
+        if slow_specs:
+            slow = SlowReaders(stack.url, slow_specs)
         join_fail = {k: v for r in joins for k, v in r["failures"].items()}
         row["join_failures"] = join_fail
         from webapp.services.presence import ONLINE
 
         # Presence must be exact: one online user per connected client (distinct users).
-        online = redis.scard(ONLINE)
+        online = redis.scard(ONLINE) - len(slow_specs)
         row["online"] = online
         # The ramp's user_status_change broadcasts (one per user to every client) can queue up
         # far behind the handshakes: wait until they stop arriving before measuring.
@@ -654,6 +762,9 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
         )
         pool.call("disconnect_all", timeout=120)
     finally:
+        if slow is not None:
+            row["slow_dropped"] = slow.close()
+        row["rss_peak"], row["rss_end"] = rss.close()
         pool.close()
     return row
 
@@ -709,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--dump", default=None, help="write [send time, max alert latency]")
     parser.add_argument(
+        "--slow-readers", type=int, default=0, help="extra connections that stop reading"
+    )
+    parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the Beacon processes"
     )
     args = parser.parse_args(argv)
@@ -730,7 +844,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             ctx = external_stack(args.url)
         else:
-            extra = dict(item.split("=", 1) for item in args.env)
+            # Every client expects every alert: the broadcast to everyone is what is measured
+            # (the default audience, the topic's members, is a small part of that work).
+            extra = {"ALERT_AUDIENCE": "everyone", **dict(i.split("=", 1) for i in args.env)}
             ctx = beacon_stack(args.backend, keep_logs=args.keep_logs, extra_env=extra)
         with ctx as stack:
             row = run_once(stack, args, n)
@@ -758,6 +874,13 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(
                 f"drops: {row['alert_drops']} alerts, {row['new_drops']} new_message "
                 f"(sent {row['sent']}, acked {row['acked']})"
+            )
+        if row.get("rss_peak"):
+            print(
+                f"  web RSS peak/end {row['rss_peak'] / 2**20:.0f}/{row['rss_end'] / 2**20:.0f} "
+                f"MiB; slow readers {args.slow_readers}"
+                + (f", dropped by the server {row['slow_dropped']}" if args.slow_readers else ""),
+                flush=True,
             )
         if row.get("disconnects"):
             notes.append(f"{row['disconnects']} clients were disconnected")

@@ -2,7 +2,7 @@
 
 One process, one SQLite file (or a private PostgreSQL) and a private Redis. A topic of N
 members, all offline, each with one push subscription. Each repetition plans the fan-out of a
-new message (``webapp.services.push_delivery.plan_fanout``: members, presence, subscriptions,
+new message (``webapp.delivery.planning.plan_fanout``: members, presence, subscriptions,
 rules, coalescing) in three configurations, alternating their order:
 
 - ``plain``: no preference rows, ``PUSH_COALESCE_WINDOW=0`` (what the fan-out did before
@@ -156,20 +156,20 @@ def new_message(app, topic, sender) -> int:
 
 
 def plan(app, message_id: int, window: float) -> tuple[float, int, int]:
+    from webapp.delivery import planning
     from webapp.extensions import db
-    from webapp.services import push_delivery
 
     settings = app.extensions["beacon_settings"]
     app.extensions["beacon_settings"] = dataclasses.replace(settings, push_coalesce_window=window)
     try:
         with app.app_context():
             start = time.perf_counter()
-            result = push_delivery.plan_fanout(message_id)
+            result = planning.plan_fanout(message_id)
             elapsed = time.perf_counter() - start
             db.session.remove()
     finally:
         app.extensions["beacon_settings"] = settings
-    return elapsed, len(result.jobs), len(result.flushes)
+    return elapsed, result.deliveries, sum(len(users) for _, _, users in result.flushes)
 
 
 def bench_size(app, size: int, repeat: int) -> dict[str, float]:

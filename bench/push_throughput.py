@@ -38,12 +38,10 @@ from tests.pushservice import (  # noqa: E402
     running_push_service,
     running_push_service_process,
 )
-from webapp.services.push_sender import (  # noqa: E402
-    PushSender,
-    SubscriptionKeys,
-    encrypt_aes128gcm,
-    generate_vapid_keypair,
-)
+from webapp.delivery.channels.webpush.ece import encrypt_aes128gcm  # noqa: E402
+from webapp.delivery.channels.webpush.sender import PushSender  # noqa: E402
+from webapp.delivery.channels.webpush.subscription import SubscriptionKeys  # noqa: E402
+from webapp.delivery.channels.webpush.vapid import generate_vapid_keypair  # noqa: E402
 
 SUBJECT = "mailto:bench@example.com"
 TTL = 60
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         # primitives directly); http_ece.encrypt, which the sender used before, is shown too.
         floor = encryption_time(subs, n, repeat, encrypt_aes128gcm)
         ece = encryption_time(subs, n, repeat, _http_ece)
-        with PushSender(private_key, SUBJECT, timeout=10, max_workers=args.workers) as sender:
+        with PushSender(private_key, SUBJECT, timeout=10, concurrency=args.workers) as sender:
             sender.send_many(messages[:200], ttl=TTL)  # warm up: connections, key and JWT caches
             runs = {
                 "Beacon send() loop": measure(

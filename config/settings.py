@@ -7,6 +7,7 @@ thing everywhere.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,10 @@ def _default_database_url() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'instance' / 'beacon.db'}"
 
 
+DEFAULT_PROCESSED_EVENTS_DAYS = 7.0
+MIN_PENDING_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed, immutable view of the environment."""
@@ -107,6 +112,10 @@ class Settings:
     jwt_audience: str | None = None
     jwt_default_ttl: int = 3600
     jwt_leeway: int = 10
+    # Seconds before a connection's token expires when it is sent ``token_expiring`` (once);
+    # the web process checks the open connections' tokens every TOKEN_SWEEP_INTERVAL seconds.
+    token_expiring_notice: float = 60.0
+    token_sweep_interval: float = 5.0
 
     vapid_private_key: str | None = None
     vapid_public_key: str | None = None
@@ -115,7 +124,11 @@ class Settings:
     push_max_retries: int = 5
     push_retry_base: float = 2.0
     push_retry_max: float = 300.0
-    push_request_timeout: float = 10.0
+    # One deadline for a whole push request: connect, TLS, request and the answer's last byte.
+    push_request_timeout: float = 15.0
+    # Deliveries per send task (grouped by push service), and requests one task has in flight.
+    push_batch_size: int = 100
+    push_send_concurrency: int = 16
     push_allowed_hosts: tuple[str, ...] = ()
     push_failure_limit: int = 10
     push_max_subscriptions: int = 20
@@ -136,6 +149,19 @@ class Settings:
     rate_limit_send_message: RateLimit | None = RateLimit(30, 10.0)
     rate_limit_subscribe: RateLimit | None = RateLimit(10, 60.0)
     rate_limit_connect_user: RateLimit | None = RateLimit(30, 60.0)
+    # Topic events, per user, every call counted. The browser demo marks a topic read at most
+    # once per 150 ms per visible tab (a debounce), and joins/leaves on each topic switch.
+    rate_limit_join_topic: RateLimit | None = RateLimit(60, 10.0)
+    rate_limit_leave_topic: RateLimit | None = RateLimit(60, 10.0)
+    rate_limit_mark_as_read: RateLimit | None = RateLimit(60, 10.0)
+    # Open connections per user, counted in Redis across web processes (0: no cap).
+    max_connections_per_user: int = 20
+    # Web process, per Engine.IO session with no authenticated Socket.IO connection: seconds
+    # before it is closed, and refused connect packets after which it is closed; and how many
+    # such sessions it holds before refusing new ones at the handshake. 0 disables each.
+    auth_timeout: float = 10.0
+    max_connect_attempts: int = 3
+    max_pending_sessions: int = 1000
     # Off by default: behind a load balancer every client has the balancer's address unless
     # TRUSTED_PROXIES says how many proxies to look through.
     rate_limit_connect_ip: RateLimit | None = None
@@ -153,15 +179,24 @@ class Settings:
     reconcile_interval: float = 30.0
     reconcile_grace: float = 60.0
     reconcile_window: float = 3600.0
+    # Days a processed-event marker (``processed_events``) is kept before beat deletes it.
+    # None: the longer of 7 days and the minimum (``processed_events_minimum``); a value below
+    # that minimum is refused, since a task could still run again after its marker is gone.
+    processed_events_days: float | None = None
 
     log_json: bool = False
     log_level: str = "INFO"
 
-    # Development only: GET /api/dev/users and POST /api/dev/token hand out tokens to anyone.
+    # Development only: GET /api/dev/users and POST /api/dev/token hand out tokens to anyone;
+    # refused at load unless HOST is a loopback address (_check_dev_login).
     dev_login: bool = False
-    # Write broadcast frames straight to idle websocket connections (webapp/broadcast.py);
+    # Write broadcast frames straight to idle websocket connections (webapp/realtime/fanout.py);
     # off: python-socketio's per-connection queue for every frame (for comparison).
     fast_fanout: bool = True
+    # Web process: bytes that may wait to be written to one connection (queued events, a
+    # partly written frame); a client that falls further behind (it stopped reading) is
+    # disconnected instead of growing the process. 0: unbounded.
+    max_pending_bytes: int = 1 << 20
     # Web process: freeze the objects start-up built and collect the young generation less
     # often (webapp/gc_tuning.py); off: CPython's defaults (for comparison).
     gc_tuning: bool = True
@@ -169,6 +204,33 @@ class Settings:
     # the connections that joined one of the user's topics, plus the user's own devices. Every
     # transition reaches every client with "everyone", so a storm of N users costs N^2 frames.
     presence_events: str = "everyone"
+    # Who gets global_message_alert (topic name, sender, preview): "members" of the topic, on
+    # every device (their user:<id> rooms), or "everyone" connected, for workspaces where
+    # every topic is public (the previews of private topics would reach non-members).
+    alert_audience: str = "members"
+
+    @property
+    def processed_events_minimum(self) -> float:
+        """Seconds a marker must outlive its message: the longest after which the message's
+        work can still run again, or be looked for. A send retried ``PUSH_MAX_RETRIES`` times,
+        each after at most ``PUSH_RETRY_MAX`` s plus one request, behind a coalescing window; a
+        task redelivered after the visibility timeout or waiting out a database backoff; and
+        reconciliation, which redoes the work of any message younger than ``RECONCILE_WINDOW``
+        that has no marker. Summed, so that any chain of them is covered."""
+        return (
+            self.reconcile_window
+            + self.broker_visibility_timeout
+            + self.db_retry_backoff_max
+            + self.push_coalesce_window
+            + (self.push_max_retries + 1) * (self.push_retry_max + self.push_request_timeout)
+        )
+
+    @property
+    def processed_events_retention(self) -> float:
+        """Seconds after which beat deletes a processed-event marker."""
+        if self.processed_events_days is not None:
+            return self.processed_events_days * 86400
+        return max(DEFAULT_PROCESSED_EVENTS_DAYS * 86400, self.processed_events_minimum)
 
     @property
     def push_enabled(self) -> bool:
@@ -215,6 +277,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         jwt_audience=env.get("JWT_AUDIENCE") or None,
         jwt_default_ttl=_int(env, "JWT_DEFAULT_TTL", defaults.jwt_default_ttl),
         jwt_leeway=_int(env, "JWT_LEEWAY", defaults.jwt_leeway),
+        token_expiring_notice=_float(env, "TOKEN_EXPIRING_NOTICE", defaults.token_expiring_notice),
+        token_sweep_interval=_float(env, "TOKEN_SWEEP_INTERVAL", defaults.token_sweep_interval),
         vapid_private_key=env.get("VAPID_PRIVATE_KEY") or None,
         vapid_public_key=env.get("VAPID_PUBLIC_KEY") or None,
         vapid_subject=env.get("VAPID_SUBJECT") or defaults.vapid_subject,
@@ -223,6 +287,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         push_retry_base=_float(env, "PUSH_RETRY_BASE", defaults.push_retry_base),
         push_retry_max=_float(env, "PUSH_RETRY_MAX", defaults.push_retry_max),
         push_request_timeout=_float(env, "PUSH_REQUEST_TIMEOUT", defaults.push_request_timeout),
+        push_batch_size=_int(env, "PUSH_BATCH_SIZE", defaults.push_batch_size),
+        push_send_concurrency=_int(env, "PUSH_SEND_CONCURRENCY", defaults.push_send_concurrency),
         push_allowed_hosts=_list(env.get("PUSH_ALLOWED_HOSTS")),
         push_failure_limit=_int(env, "PUSH_FAILURE_LIMIT", defaults.push_failure_limit),
         push_max_subscriptions=_int(env, "PUSH_MAX_SUBSCRIPTIONS", defaults.push_max_subscriptions),
@@ -258,6 +324,27 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env.get("RATE_LIMIT_CONNECT_IP"),
             defaults.rate_limit_connect_ip,
         ),
+        rate_limit_join_topic=parse_rate_limit(
+            "RATE_LIMIT_JOIN_TOPIC",
+            env.get("RATE_LIMIT_JOIN_TOPIC"),
+            defaults.rate_limit_join_topic,
+        ),
+        rate_limit_leave_topic=parse_rate_limit(
+            "RATE_LIMIT_LEAVE_TOPIC",
+            env.get("RATE_LIMIT_LEAVE_TOPIC"),
+            defaults.rate_limit_leave_topic,
+        ),
+        rate_limit_mark_as_read=parse_rate_limit(
+            "RATE_LIMIT_MARK_AS_READ",
+            env.get("RATE_LIMIT_MARK_AS_READ"),
+            defaults.rate_limit_mark_as_read,
+        ),
+        max_connections_per_user=_int(
+            env, "MAX_CONNECTIONS_PER_USER", defaults.max_connections_per_user
+        ),
+        auth_timeout=_float(env, "AUTH_TIMEOUT", defaults.auth_timeout),
+        max_connect_attempts=_int(env, "MAX_CONNECT_ATTEMPTS", defaults.max_connect_attempts),
+        max_pending_sessions=_int(env, "MAX_PENDING_SESSIONS", defaults.max_pending_sessions),
         trusted_proxies=_int(env, "TRUSTED_PROXIES", defaults.trusted_proxies),
         broker_visibility_timeout=_int(
             env, "BROKER_VISIBILITY_TIMEOUT", defaults.broker_visibility_timeout
@@ -266,14 +353,20 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         reconcile_interval=_float(env, "RECONCILE_INTERVAL", defaults.reconcile_interval),
         reconcile_grace=_float(env, "RECONCILE_GRACE", defaults.reconcile_grace),
         reconcile_window=_float(env, "RECONCILE_WINDOW", defaults.reconcile_window),
+        processed_events_days=(
+            _float(env, "PROCESSED_EVENTS_DAYS", 0.0) if env.get("PROCESSED_EVENTS_DAYS") else None
+        ),
         log_json=_bool(env.get("LOG_JSON"), defaults.log_json),
         log_level=(env.get("LOG_LEVEL") or defaults.log_level).upper(),
         dev_login=_bool(env.get("DEV_LOGIN"), defaults.dev_login),
         fast_fanout=_bool(env.get("FAST_FANOUT"), defaults.fast_fanout),
+        max_pending_bytes=_int(env, "MAX_PENDING_BYTES", defaults.max_pending_bytes),
         gc_tuning=_bool(env.get("GC_TUNING"), defaults.gc_tuning),
         presence_events=_presence_events(env.get("PRESENCE_EVENTS"), defaults.presence_events),
+        alert_audience=_alert_audience(env.get("ALERT_AUDIENCE"), defaults.alert_audience),
     )
     _check_task_timing(settings)
+    _check_dev_login(settings)
     return settings
 
 
@@ -284,8 +377,41 @@ def _presence_events(raw: str | None, default: str) -> str:
     return value
 
 
+def _alert_audience(raw: str | None, default: str) -> str:
+    value = (raw or default).strip().lower()
+    if value not in {"members", "everyone"}:
+        raise ValueError(f"ALERT_AUDIENCE must be 'members' or 'everyone', got {raw!r}")
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ::1 (brackets and IPv4-mapped too)."""
+    name = host.strip().strip("[]").lower()
+    if name in {"localhost", "localhost."}:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+def _check_dev_login(s: Settings) -> None:
+    """DEV_LOGIN gives anyone a token for any user: only ever on the machine's own loopback."""
+    if s.dev_login and not is_loopback_host(s.host):
+        raise ValueError(
+            f"DEV_LOGIN is on (anyone can get a token for any user) and HOST={s.host!r} is not "
+            "a loopback address: set HOST to 127.0.0.1, ::1 or localhost, or turn DEV_LOGIN off"
+        )
+
+
 def _check_task_timing(s: Settings) -> None:
     """A visibility timeout shorter than a deliberate hold would run tasks twice."""
+    if not (0 < s.push_request_timeout <= 600):
+        raise ValueError("PUSH_REQUEST_TIMEOUT must be between 0 and 600 seconds")
+    if not (1 <= s.push_batch_size <= 1000) or not (1 <= s.push_send_concurrency <= 1000):
+        raise ValueError("PUSH_BATCH_SIZE and PUSH_SEND_CONCURRENCY must be between 1 and 1000")
     longest_hold = max(
         s.push_retry_max + s.push_request_timeout,
         s.db_retry_backoff_max,
@@ -300,5 +426,30 @@ def _check_task_timing(s: Settings) -> None:
         )
     if s.push_coalesce_window < 0 or s.push_history_days <= 0:
         raise ValueError("PUSH_COALESCE_WINDOW must be >= 0 and PUSH_HISTORY_DAYS > 0")
+    if s.token_expiring_notice < 0 or not (0 < s.token_sweep_interval <= 3600):
+        raise ValueError(
+            "TOKEN_EXPIRING_NOTICE must be >= 0 and TOKEN_SWEEP_INTERVAL between 0 and 3600 s"
+        )
+    if s.max_pending_bytes != 0 and s.max_pending_bytes < MIN_PENDING_BYTES:
+        raise ValueError(
+            f"MAX_PENDING_BYTES must be 0 (unbounded) or at least {MIN_PENDING_BYTES} (a few of "
+            f"the largest events), got {s.max_pending_bytes}"
+        )
+    if min(s.auth_timeout, s.max_connect_attempts, s.max_pending_sessions) < 0:
+        raise ValueError(
+            "AUTH_TIMEOUT, MAX_CONNECT_ATTEMPTS and MAX_PENDING_SESSIONS must be >= 0 (0: off)"
+        )
+    if s.max_connections_per_user < 0:
+        raise ValueError("MAX_CONNECTIONS_PER_USER must be >= 0 (0: no cap)")
     if s.reconcile_grace >= s.reconcile_window:
         raise ValueError("RECONCILE_GRACE must be shorter than RECONCILE_WINDOW")
+    if s.processed_events_days is not None:
+        minimum = s.processed_events_minimum
+        if s.processed_events_days * 86400 < minimum:
+            raise ValueError(
+                f"PROCESSED_EVENTS_DAYS ({s.processed_events_days:g}) must be at least "
+                f"{minimum / 86400:.4g} days ({minimum:g}s: RECONCILE_WINDOW + "
+                "BROKER_VISIBILITY_TIMEOUT + DB_RETRY_BACKOFF_MAX + PUSH_COALESCE_WINDOW + "
+                "(PUSH_MAX_RETRIES + 1) x (PUSH_RETRY_MAX + PUSH_REQUEST_TIMEOUT)), or a task "
+                "that runs again after its marker is deleted repeats its effect"
+            )

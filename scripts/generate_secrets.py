@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dotenv import dotenv_values, set_key  # noqa: E402
 
 from config.settings import ENV_FILE  # noqa: E402
-from webapp.services.push_sender import generate_vapid_keypair  # noqa: E402
+from webapp.delivery.channels.webpush.vapid import generate_vapid_keypair  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

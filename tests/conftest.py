@@ -79,6 +79,11 @@ def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
         "PUSH_REQUEST_TIMEOUT": "5",
         # One push per message, as most tests count them; tests/test_coalescing.py sets it.
         "PUSH_COALESCE_WINDOW": "0",
+        # The fuzz tests send 100-150 topic events of one user within seconds and the unread
+        # race loops mark_as_read; tests/security/test_limits.py tests the low limits.
+        "RATE_LIMIT_JOIN_TOPIC": "10000/10s",
+        "RATE_LIMIT_LEAVE_TOPIC": "10000/10s",
+        "RATE_LIMIT_MARK_AS_READ": "10000/10s",
         "LOG_LEVEL": "INFO",
         "DEV_LOGIN": "1",
         **extra,
@@ -123,7 +128,7 @@ def push_service() -> Iterator[PushServiceClient]:
 
 @pytest.fixture(scope="session")
 def vapid_keys() -> tuple[str, str]:
-    from webapp.services.push_sender import generate_vapid_keypair
+    from webapp.delivery.channels.webpush.vapid import generate_vapid_keypair
 
     return generate_vapid_keypair()
 
@@ -351,18 +356,17 @@ def stack_env(
     vapid_keys: tuple[str, str],
     **extra: str,
 ) -> dict[str, str]:
-    """``base_env`` plus Web Push towards the local push service, for a web on ``port``."""
+    """``base_env`` plus Web Push towards the local push service, for a web on ``port``;
+    ``extra`` adds to it or overrides it."""
     push_host = push_service.base_url.split("://", 1)[1]
-    return base_env(
-        database_url,
-        redis_url,
-        VAPID_PRIVATE_KEY=vapid_keys[0],
-        VAPID_PUBLIC_KEY=vapid_keys[1],
-        VAPID_SUBJECT="mailto:ops@beacon.test",
-        PUSH_ALLOWED_HOSTS=push_host,
-        APP_BASE_URL=f"http://127.0.0.1:{port}",
-        **extra,
-    )
+    web_push = {
+        "VAPID_PRIVATE_KEY": vapid_keys[0],
+        "VAPID_PUBLIC_KEY": vapid_keys[1],
+        "VAPID_SUBJECT": "mailto:ops@beacon.test",
+        "PUSH_ALLOWED_HOSTS": push_host,
+        "APP_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    return base_env(database_url, redis_url, **{**web_push, **extra})
 
 
 def launch_stack(
@@ -407,10 +411,12 @@ def shared_services_stack(
     database: str,
     *,
     name: str | None = None,
+    workers: dict[str, tuple[str, ...]] | None = None,
     **extra: str,
 ) -> Iterator[Stack]:
     """A whole stack on its own database and Redis database, using the session's Redis, push
-    service and VAPID keys; ``extra`` adds to its environment. Stopped on exit."""
+    service and VAPID keys; ``extra`` adds to its environment, ``workers`` replaces the
+    default ones (see ``launch_stack``). Stopped on exit."""
     from tests.harness.ports import free_port
 
     run_dir = request.getfixturevalue("run_dir")
@@ -420,7 +426,7 @@ def shared_services_stack(
     redis_url = request.getfixturevalue("redis_server").new_db_url()
     vapid_keys = request.getfixturevalue("vapid_keys")
     env = stack_env(database_url, redis_url, port, push_service, vapid_keys, **extra)
-    stack = launch_stack(backend, env, port, run_dir, push_service, name=name)
+    stack = launch_stack(backend, env, port, run_dir, push_service, name=name, workers=workers)
     try:
         yield stack
     finally:

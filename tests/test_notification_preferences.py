@@ -329,9 +329,9 @@ def test_history_older_than_the_retention_is_pruned(beacon):
 
 def test_rules_resolve_the_same_by_id_and_through_the_membership(beacon, monkeypatch):
     """Small fan-outs look users up by id, big ones through the topic's memberships."""
+    from webapp.delivery import rules as notification_rules
     from webapp.extensions import db
     from webapp.models import Topic
-    from webapp.services import notification_rules
 
     alice, bob, carol, dave = (beacon.user(n) for n in ("alice", "bob", "carol", "dave"))
     topic = beacon.topic(alice, bob, carol, dave)

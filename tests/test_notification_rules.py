@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from webapp.services.notification_rules import Rules, in_quiet_hours
+from webapp.delivery.rules import Rules, in_quiet_hours
 
 NOON = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 

@@ -182,11 +182,12 @@ def test_presence_events_topics_reach_co_members_only(beacon, topics_web):
     bob_client.wait_for_event(
         "user_status_change", lambda p: p["user_id"] == alice.id and p["is_online"]
     )
-    # Carol shares no topic with Alice: a later event to everyone proves none came before it.
-    ack = alice_client.call("send_message", topic.ref(message="hello"))
-    assert ack["ok"], ack
+    # Carol shares no topic with Alice: a later event to Carol proves none came before it (the
+    # alert of her own message in a topic of her own; alerts go to the topic's members).
+    own = carol_client.call("send_message", beacon.topic(carol).ref(message="mine"))
+    assert own["ok"], own
     carol_client.wait_for_event(
-        "global_message_alert", lambda p: p["message_id"] == ack["message"]["id"]
+        "global_message_alert", lambda p: p["message_id"] == own["message"]["id"]
     )
     about_alice = [
         p for p in carol_client.events("user_status_change", after=mark) if p["user_id"] == alice.id

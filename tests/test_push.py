@@ -149,7 +149,7 @@ def test_redelivered_send_does_not_notify_twice(beacon):
     sub, row = _subscribe(beacon, bob)
     message_id = _send(beacon, alice, topic, "once")
     (payload,) = _delivered(beacon, sub)
-    _send_twice_and_wait_skipped(beacon, row["id"], message_id, payload, topic, skipped=2)
+    _send_twice_and_wait_skipped(beacon, row["id"], bob, message_id, skipped=2)
     assert beacon.push.record(sub)["attempts"] == 1
 
 
@@ -161,23 +161,20 @@ def test_summary_push_is_sent_once_and_apart_from_the_messages_own(beacon):
     sub, row = _subscribe(beacon, bob)
     message_id = _send(beacon, alice, topic, "own push")
     (payload,) = _delivered(beacon, sub)
-    summary = {**payload, "count": 3, "title": "3 new messages in the topic"}
-    _send_twice_and_wait_skipped(
-        beacon, row["id"], message_id, summary, topic, skipped=1, summary=True
-    )
+    _send_twice_and_wait_skipped(beacon, row["id"], bob, message_id, skipped=1, summary=True)
     counts = [json.loads(m["payload"])["count"] for m in beacon.push.messages(sub)]
     assert counts == [1, 3] and beacon.push.record(sub)["attempts"] == 2
 
 
-def _send_twice_and_wait_skipped(beacon, sub_id, message_id, payload, topic, *, skipped, **kw):
-    """Enqueue the same send task twice, as a redelivery would, and wait until the worker has
-    skipped ``skipped`` of the sends as already done."""
+def _send_twice_and_wait_skipped(beacon, sub_id, user, message_id, *, skipped, summary=False):
+    """Enqueue the same one-delivery batch twice, as a redelivery would, and wait until the
+    worker has skipped ``skipped`` of the sends as already done (or in flight)."""
     producer = Celery("test-producer", broker=beacon.env["REDIS_URL"])
+    count = 3 if summary else 1
     for _ in range(2):
         producer.send_task(
-            "beacon.push.send",
-            args=[sub_id, message_id, payload, "normal", topic.topic_id],
-            kwargs=kw,
+            "beacon.push.send_batch",
+            args=["webpush", message_id, [[sub_id, user.id, "message", count, summary]]],
             queue="push",
         )
     line = f"push skipped subscription={sub_id} message={message_id}"
@@ -185,3 +182,23 @@ def _send_twice_and_wait_skipped(beacon, sub_id, message_id, payload, topic, *, 
         lambda: beacon.workers["push"].log_text().count(line) == skipped,
         message=f"the worker did not skip {skipped} of the repeated sends",
     )
+
+
+
+def test_a_batch_retries_only_its_failed_deliveries(beacon):
+    """One batch (one push service) holds the three devices; one answers 503 once. Only that
+    delivery goes on as a retry batch: the two others are sent once, and its push arrives
+    on the second attempt."""
+    alice, bob, carol = beacon.user("alice"), beacon.user("bob"), beacon.user("carol")
+    topic = beacon.topic(alice, bob, carol)
+    bob_phone, _ = _subscribe(beacon, bob)
+    bob_laptop, _ = _subscribe(beacon, bob)
+    carol_sub, _ = _subscribe(beacon, carol)
+    beacon.push.set_behaviour(bob_laptop, script=[{"status": 503, "retry_after": 1}])
+    message_id = _send(beacon, alice, topic, "one batch")
+    line = _fanout_done(beacon, message_id, subscriptions=3)
+    assert " batches=1 " in line, line
+    for sub in (bob_phone, bob_laptop, carol_sub):
+        (payload,) = _delivered(beacon, sub)
+        assert payload["message_id"] == message_id
+    assert [beacon.push.attempts(s) for s in (bob_phone, bob_laptop, carol_sub)] == [1, 2, 1]

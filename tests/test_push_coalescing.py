@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 
 from tests.conftest import base_env
-from webapp.services import push_coalescing
+from webapp.delivery import coalescing as push_coalescing
 
 WINDOW_MS = 30_000
 T0 = 1_700_000_000_000

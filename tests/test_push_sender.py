@@ -10,7 +10,6 @@ threads and, in a child process, with gevent greenlets as in the push worker.
 from __future__ import annotations
 
 import base64
-import datetime
 import email.utils
 import http.server
 import json
@@ -30,24 +29,21 @@ from typing import Any
 import http_ece
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.harness.certs import make_certs
 from tests.pushservice import PushServiceClient, running_push_service
-from webapp.services.push_sender import (
+from webapp.delivery.channels.base import Outcome
+from webapp.delivery.channels.webpush.ece import MAX_PAYLOAD_BYTES, _encrypt_with, encrypt_aes128gcm
+from webapp.delivery.channels.webpush.sender import PushSender
+from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
+from webapp.delivery.channels.webpush.vapid import (
     JWT_LIFETIME,
-    MAX_PAYLOAD_BYTES,
-    PushResult,
-    PushSender,
-    SubscriptionKeys,
-    _encrypt_with,
-    backoff_delay,
-    encrypt_aes128gcm,
     generate_vapid_keypair,
     vapid_public_key_from_private,
 )
+from workers.retry import backoff_delay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,9 +97,9 @@ def _claims(token: str) -> dict[str, Any]:
 def test_payload_decrypts_exactly(push: PushServiceClient, sender: PushSender, sub: dict) -> None:
     binary = os.urandom(MAX_PAYLOAD_BYTES)  # the largest payload that fits one record
     text = json.dumps({"type": "message", "body": "héllo ✓"}).encode()
-    assert sender.send(keys_of(sub), binary, ttl=60).outcome == "delivered"
+    assert sender.send(keys_of(sub), binary, ttl=60).kind == "delivered"
     result = sender.send(keys_of(sub), text, ttl=60)
-    assert result == PushResult(201, "delivered", None, "201 Created")
+    assert result == Outcome(201, "delivered", None, "201 Created")
     messages = push.messages(sub)
     assert [_unb64(m["payload_b64"]) for m in messages] == [binary, text]
     assert messages[1]["payload"] == text.decode()
@@ -116,13 +112,13 @@ def test_each_message_gets_a_fresh_ephemeral_key(
     seen = set()
     original = sender._post
 
-    def spy(sub: SubscriptionKeys, target: Any, headers: dict, body: bytes) -> PushResult:
+    def spy(sub: SubscriptionKeys, target: Any, headers: dict, body: bytes) -> Outcome:
         seen.add(body[21 : 21 + 65])  # aes128gcm header: salt, rs, idlen, keyid (sender key)
         return original(sub, target, headers, body)
 
     sender._post = spy  # type: ignore[method-assign]
     for _ in range(3):
-        assert sender.send(keys, b"same payload", ttl=60).outcome == "delivered"
+        assert sender.send(keys, b"same payload", ttl=60).kind == "delivered"
     assert len(seen) == 3
 
 
@@ -190,9 +186,9 @@ def test_headers_ttl_urgency_topic_arrive(
 def test_send_many_delivers_all_in_order(vapid: tuple[str, str], push: PushServiceClient) -> None:
     subs = [push.new_subscription() for _ in range(5)]
     messages = [(keys_of(subs[i % 5]), f"message {i}".encode()) for i in range(40)]
-    with PushSender(vapid[0], SUBJECT, timeout=5, max_workers=4) as sender:
+    with PushSender(vapid[0], SUBJECT, timeout=5, concurrency=4) as sender:
         results = sender.send_many(messages, ttl=60)
-    assert [r.outcome for r in results] == ["delivered"] * 40
+    assert [r.kind for r in results] == ["delivered"] * 40
     for k, s in enumerate(subs):
         got = sorted(m["payload"] for m in push.messages(s))
         assert got == sorted(f"message {i}" for i in range(k, 40, 5))
@@ -201,7 +197,7 @@ def test_send_many_delivers_all_in_order(vapid: tuple[str, str], push: PushServi
 def test_connections_are_pooled(push: PushServiceClient, sender: PushSender, sub: dict) -> None:
     before = push.stats()["connections"]
     for _ in range(20):
-        assert sender.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
+        assert sender.send(keys_of(sub), b"x", ttl=60).kind == "delivered"
     assert push.stats()["connections"] - before == 1
 
 
@@ -209,7 +205,7 @@ def test_concurrent_sends_get_their_own_connections_then_reuse_them(
     vapid: tuple[str, str], push: PushServiceClient
 ) -> None:
     subs = [push.new_subscription() for _ in range(8)]
-    with PushSender(vapid[0], SUBJECT, timeout=5, pool_maxsize=8, max_workers=1) as sender:
+    with PushSender(vapid[0], SUBJECT, timeout=5, pool_maxsize=8, concurrency=1) as sender:
         before = push.stats()["connections"]
         barrier = threading.Barrier(8)
         outcomes: list[str] = []
@@ -217,7 +213,7 @@ def test_concurrent_sends_get_their_own_connections_then_reuse_them(
         def worker(k: int) -> None:
             barrier.wait()
             for i in range(5):
-                outcome = sender.send(keys_of(subs[k]), f"{k}:{i}".encode(), ttl=60).outcome
+                outcome = sender.send(keys_of(subs[k]), f"{k}:{i}".encode(), ttl=60).kind
                 outcomes.append(outcome)
 
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
@@ -229,7 +225,7 @@ def test_concurrent_sends_get_their_own_connections_then_reuse_them(
         assert outcomes == ["delivered"] * 40
         assert 1 <= opened <= 8  # never more connections than requests in flight
         for _ in range(10):  # idle connections are reused: no new ones
-            assert sender.send(keys_of(subs[0]), b"again", ttl=60).outcome == "delivered"
+            assert sender.send(keys_of(subs[0]), b"again", ttl=60).kind == "delivered"
         assert push.stats()["connections"] - before == opened
     for k, s in enumerate(subs):  # every message reached its own subscription, intact
         assert [m["payload"] for m in push.messages(s)][:5] == [f"{k}:{i}" for i in range(5)]
@@ -245,7 +241,8 @@ import sys
 
 from gevent.pool import Pool
 
-from webapp.services.push_sender import PushSender, SubscriptionKeys
+from webapp.delivery.channels.webpush.sender import PushSender
+from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
 
 config = json.load(sys.stdin)
 subs = [SubscriptionKeys(*s) for s in config["subs"]]
@@ -258,7 +255,7 @@ sender = PushSender(
 
 
 def send(i):
-    return sender.send(subs[i % len(subs)], f"g{i}".encode(), ttl=60).outcome
+    return sender.send(subs[i % len(subs)], f"g{i}".encode(), ttl=60).kind
 
 
 outcomes = Pool(50).map(send, range(200))
@@ -306,12 +303,12 @@ def test_gevent_greenlets_share_the_sender_safely(
 def test_a_connection_the_push_service_closed_is_not_reused(
     push: PushServiceClient, sender: PushSender, sub: dict
 ) -> None:
-    assert sender.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
+    assert sender.send(keys_of(sub), b"x", ttl=60).kind == "delivered"
     assert push.service is not None
     push.service._server.close_connections()  # as a push service's idle timeout would
     time.sleep(0.1)
     before = push.stats()["connections"]  # (the admin client reconnects too, before this)
-    assert sender.send(keys_of(sub), b"y", ttl=60).outcome == "delivered"
+    assert sender.send(keys_of(sub), b"y", ttl=60).kind == "delivered"
     assert push.stats()["connections"] - before == 1
 
 
@@ -321,10 +318,10 @@ def test_a_long_answer_is_cut_off_and_its_connection_dropped(
     push.set_behaviour(sub, [{"status": 400, "body": "because " + "z" * 20_000}])
     before = push.stats()["connections"]
     result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome) == (400, "rejected")
+    assert (result.status, result.kind) == (400, "rejected")
     assert result.reason.startswith("400 Bad Request: because zzz") and len(result.reason) <= 200
     # The unread rest of that answer must not be taken for the next answer.
-    assert sender.send(keys_of(sub), b"y", ttl=60).outcome == "delivered"
+    assert sender.send(keys_of(sub), b"y", ttl=60).kind == "delivered"
     assert push.stats()["connections"] - before == 2
 
 
@@ -336,7 +333,7 @@ def test_gone_subscriptions_are_expired(
     push.set_behaviour(sub, sticky=status)
     for _ in range(2):
         result = sender.send(keys_of(sub), b"x", ttl=60)
-        assert (result.status, result.outcome) == (status, "expired")
+        assert (result.status, result.kind) == (status, "expired")
 
 
 def test_unknown_and_unsubscribed_endpoints_are_expired(
@@ -348,7 +345,7 @@ def test_unknown_and_unsubscribed_endpoints_are_expired(
     assert sender.send(unknown, b"x", ttl=60).status == 404
     push.unsubscribe(sub)
     result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome) == (410, "expired")
+    assert (result.status, result.kind) == (410, "expired")
 
 
 def test_429_with_retry_after_seconds_then_delivered(
@@ -356,9 +353,9 @@ def test_429_with_retry_after_seconds_then_delivered(
 ) -> None:
     push.set_behaviour(sub, [{"status": 429, "retry_after": 7}, {"status": 201}])
     first = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (first.status, first.outcome, first.retry_after) == (429, "retry", 7.0)
-    assert sender.send(keys_of(sub), b"y", ttl=60).outcome == "delivered"
-    assert sender.send(keys_of(sub), b"z", ttl=60).outcome == "delivered"  # script used up
+    assert (first.status, first.kind, first.retry_after) == (429, "retry", 7.0)
+    assert sender.send(keys_of(sub), b"y", ttl=60).kind == "delivered"
+    assert sender.send(keys_of(sub), b"z", ttl=60).kind == "delivered"  # script used up
     record = push.record(sub)
     assert (record["attempts"], record["delivered"]) == (3, 2)
     assert [m["payload"] for m in record["messages"]] == ["y", "z"]
@@ -372,7 +369,7 @@ def test_retry_after_http_date_is_relative_to_the_clock(
     push.set_behaviour(sub, [{"status": 503, "retry_after": date}])
     with PushSender(vapid[0], SUBJECT, timeout=5, clock=clock) as sender:
         result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome, result.retry_after) == (503, "retry", 120.0)
+    assert (result.status, result.kind, result.retry_after) == (503, "retry", 120.0)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -381,7 +378,7 @@ def test_server_errors_are_retried(
 ) -> None:
     push.set_behaviour(sub, [status])
     result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome, result.retry_after) == (status, "retry", None)
+    assert (result.status, result.kind, result.retry_after) == (status, "retry", None)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 413, 415])
@@ -390,7 +387,7 @@ def test_client_errors_are_rejected_with_the_reason(
 ) -> None:
     push.set_behaviour(sub, sticky={"status": status, "body": f"because {status} " + "z" * 500})
     result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome, result.retry_after) == (status, "rejected", None)
+    assert (result.status, result.kind, result.retry_after) == (status, "rejected", None)
     assert result.reason.startswith(f"{status} ") and f"because {status}" in result.reason
     assert len(result.reason) <= 200
 
@@ -412,7 +409,7 @@ def test_redirects_are_not_followed(push: PushServiceClient, sender: PushSender,
     other = push.new_subscription()
     push.set_behaviour(sub, [{"status": 307, "headers": {"Location": other["endpoint"]}}])
     result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome) == (307, "rejected")
+    assert (result.status, result.kind) == (307, "rejected")
     assert push.attempts(other) == 0
 
 
@@ -422,9 +419,9 @@ def test_a_subscription_bound_to_another_vapid_key_is_refused(
     _, someone_elses_key = generate_vapid_keypair()
     sub = push.new_subscription(application_server_key=someone_elses_key)
     result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome) == (403, "rejected")
+    assert (result.status, result.kind) == (403, "rejected")
     bound = push.new_subscription(application_server_key=sender.public_key)
-    assert sender.send(keys_of(bound), b"x", ttl=60).outcome == "delivered"
+    assert sender.send(keys_of(bound), b"x", ttl=60).kind == "delivered"
 
 
 # -- network failures ------------------------------------------------------------------------
@@ -440,7 +437,7 @@ def test_connection_refused_is_retried(sender: PushSender, sub: dict) -> None:
         f"http://127.0.0.1:{port}/push/abc", sub["keys"]["p256dh"], sub["keys"]["auth"]
     )
     result = sender.send(keys, b"x", ttl=60)
-    assert (result.status, result.outcome, result.retry_after) == (None, "retry", None)
+    assert (result.status, result.kind, result.retry_after) == (None, "retry", None)
     assert result.reason == "network error: ConnectionError"
     assert str(port) not in result.reason
 
@@ -458,7 +455,7 @@ def test_a_hanging_push_service_times_out(vapid: tuple[str, str], sub: dict) -> 
             result = sender.send(keys, b"x", ttl=60)
     finally:
         listener.close()
-    assert (result.status, result.outcome) == (None, "retry")
+    assert (result.status, result.kind) == (None, "retry")
     assert result.reason == "network error: ReadTimeout"
 
 
@@ -466,10 +463,10 @@ def test_a_stopped_push_service_is_a_network_error(vapid: tuple[str, str]) -> No
     with running_push_service() as temporary:
         sub = temporary.new_subscription()
         sender = PushSender(vapid[0], SUBJECT, timeout=5)
-        assert sender.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
+        assert sender.send(keys_of(sub), b"x", ttl=60).kind == "delivered"
     # The pooled keep-alive connection was dropped with the service; nothing listens now.
     result = sender.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome) == (None, "retry")
+    assert (result.status, result.kind) == (None, "retry")
     sender.close()
 
 
@@ -479,18 +476,18 @@ def test_the_guard_refuses_loopback_unless_allowlisted(
 ) -> None:
     with PushSender(vapid[0], SUBJECT, timeout=5, allowed_hosts=()) as guarded:
         result = guarded.send(keys_of(sub), b"x", ttl=60)
-    assert (result.status, result.outcome) == (None, "rejected")
+    assert (result.status, result.kind) == (None, "rejected")
     assert "non-public address" in result.reason
     assert push.attempts(sub) == 0
     host_port = push.base_url.split("://", 1)[1]
     with PushSender(vapid[0], SUBJECT, timeout=5, allowed_hosts=(host_port,)) as allowed:
-        assert allowed.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
+        assert allowed.send(keys_of(sub), b"x", ttl=60).kind == "delivered"
 
 
 def test_the_guard_stops_dns_rebinding_after_the_check(
     vapid: tuple[str, str], push: PushServiceClient, sub: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from webapp.services.push_validation import check_endpoint_target
+    from webapp.delivery.channels.webpush.subscription import check_endpoint_target
 
     port = int(push.base_url.rsplit(":", 1)[1])
     answers = iter(["93.184.216.34"] + ["127.0.0.1"] * 10)  # public for the check, then not
@@ -508,7 +505,7 @@ def test_the_guard_stops_dns_rebinding_after_the_check(
     # ...then the name re-points to loopback before the HTTP client connects.
     with PushSender(vapid[0], SUBJECT, timeout=5, allowed_hosts=()) as guarded:
         result = guarded.send(rebound, b"x", ttl=60)
-    assert (result.outcome, push.attempts(sub)) == ("rejected", 0)
+    assert (result.kind, push.attempts(sub)) == ("rejected", 0)
     with PushSender(vapid[0], SUBJECT, timeout=5) as unguarded:
         unguarded.send(rebound, b"x", ttl=60)
     assert push.attempts(sub) == 1  # without the guard the request reaches loopback
@@ -527,59 +524,7 @@ class TLSPushService:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A test CA (ca.pem) and a server certificate it signed, for "localhost" only."""
-    folder = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Beacon test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
-    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
+    return make_certs(tmp_path_factory.mktemp("tls"), addresses=())
 
 
 @pytest.fixture
@@ -639,7 +584,7 @@ def test_https_is_verified_against_the_configured_ca_bundle(
     )
     with PushSender(vapid[0], SUBJECT, timeout=5) as sender:
         for _ in range(3):
-            assert sender.send(keys, b"x", ttl=60) == PushResult(
+            assert sender.send(keys, b"x", ttl=60) == Outcome(
                 201, "delivered", None, "201 Created"
             )
     assert tls_push.requests == [{"host": f"localhost:{tls_push.port}", "path": "/push/abc"}] * 3
@@ -656,7 +601,7 @@ def test_untrusted_certificates_are_refused(
     )
     with PushSender(vapid[0], SUBJECT, timeout=5) as sender:  # certifi's CAs: not ours
         result = sender.send(keys, b"x", ttl=60)
-    assert result == PushResult(None, "retry", None, "network error: SSLError")
+    assert result == Outcome(None, "retry", None, "network error: SSLError")
     assert tls_push.requests == []
 
 
@@ -673,7 +618,7 @@ def test_a_certificate_for_another_host_is_refused(
     )
     with PushSender(vapid[0], SUBJECT, timeout=5) as sender:
         result = sender.send(keys, b"x", ttl=60)
-    assert result == PushResult(None, "retry", None, "network error: SSLError")
+    assert result == Outcome(None, "retry", None, "network error: SSLError")
     assert tls_push.requests == []
 
 
@@ -707,7 +652,7 @@ def test_a_stalled_tls_handshake_times_out(vapid: tuple[str, str], sub: dict) ->
             assert time.monotonic() - started < 3
     finally:
         listener.close()
-    assert result == PushResult(None, "retry", None, "network error: ConnectTimeout")
+    assert result == Outcome(None, "retry", None, "network error: ConnectTimeout")
 
 
 # -- VAPID -----------------------------------------------------------------------------------
@@ -718,7 +663,7 @@ def test_vapid_header_format_and_claims(
     clock = FakeClock(float(now))
     with PushSender(vapid[0], SUBJECT, timeout=5, clock=clock) as sender:
         assert sender.public_key == vapid[1] == vapid_public_key_from_private(vapid[0])
-        assert sender.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
+        assert sender.send(keys_of(sub), b"x", ttl=60).kind == "delivered"
     token = push.messages(sub)[0]["vapid_token"]
     public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), _unb64(vapid[1]))
     claims = jwt.decode(token, public, algorithms=["ES256"], audience=push.origin)
@@ -735,11 +680,11 @@ def test_vapid_jwt_is_reused_then_refreshed_near_expiry(
     with PushSender(vapid[0], SUBJECT, timeout=5, clock=clock) as sender:
         for offset in (0, 60, 3600, JWT_LIFETIME - 3601):  # more than an hour left: reuse
             clock.now = start + offset
-            assert sender.send(keys, b"x", ttl=60).outcome == "delivered"
+            assert sender.send(keys, b"x", ttl=60).kind == "delivered"
         clock.now = start + JWT_LIFETIME - 3599  # within the last hour: re-sign
-        assert sender.send(keys, b"x", ttl=60).outcome == "delivered"
+        assert sender.send(keys, b"x", ttl=60).kind == "delivered"
         clock.now += 600
-        assert sender.send(keys, b"x", ttl=60).outcome == "delivered"
+        assert sender.send(keys, b"x", ttl=60).kind == "delivered"
     tokens = [m["vapid_token"] for m in push.messages(sub)]
     assert len(set(tokens[:4])) == 1
     assert tokens[4] == tokens[5] != tokens[0]
@@ -752,8 +697,8 @@ def test_vapid_jwt_is_cached_per_origin(vapid: tuple[str, str], push: PushServic
     with running_push_service() as other, PushSender(vapid[0], SUBJECT, timeout=5) as sender:
         a, b = push.new_subscription(), other.new_subscription()
         for _ in range(2):
-            assert sender.send(keys_of(a), b"x", ttl=60).outcome == "delivered"
-            assert sender.send(keys_of(b), b"x", ttl=60).outcome == "delivered"
+            assert sender.send(keys_of(a), b"x", ttl=60).kind == "delivered"
+            assert sender.send(keys_of(b), b"x", ttl=60).kind == "delivered"
         tokens_a = {m["vapid_token"] for m in push.messages(a)}
         tokens_b = {m["vapid_token"] for m in other.messages(b)}
     assert len(tokens_a) == len(tokens_b) == 1
@@ -763,13 +708,13 @@ def test_vapid_jwt_is_cached_per_origin(vapid: tuple[str, str], push: PushServic
 
 def test_jwt_cache_is_safe_under_threads(vapid: tuple[str, str], push: PushServiceClient) -> None:
     sub = push.new_subscription()
-    with PushSender(vapid[0], SUBJECT, timeout=5, max_workers=8) as sender:
+    with PushSender(vapid[0], SUBJECT, timeout=5, concurrency=8) as sender:
         barrier = threading.Barrier(8)
         results: list[str] = []
 
         def worker() -> None:
             barrier.wait()
-            results.append(sender.send(keys_of(sub), b"x", ttl=60).outcome)
+            results.append(sender.send(keys_of(sub), b"x", ttl=60).kind)
 
         threads = [threading.Thread(target=worker) for _ in range(8)]
         for t in threads:
@@ -801,7 +746,7 @@ def test_pem_private_keys_are_accepted(push: PushServiceClient, sub: dict) -> No
     assert public == vapid_public_key_from_private(base64.urlsafe_b64encode(raw).decode())
     with PushSender(pem, SUBJECT, timeout=5) as sender:
         assert sender.public_key == public
-        assert sender.send(keys_of(sub), b"x", ttl=60).outcome == "delivered"
+        assert sender.send(keys_of(sub), b"x", ttl=60).kind == "delivered"
 
 
 @pytest.mark.parametrize("bad", ["", "not-a-key!", "AAAA", base64.b64encode(b"x" * 40).decode()])
@@ -827,15 +772,15 @@ def test_unsendable_messages_are_rejected_locally(
     push: PushServiceClient, sender: PushSender, sub: dict
 ) -> None:
     too_big = sender.send(keys_of(sub), b"x" * (MAX_PAYLOAD_BYTES + 1), ttl=60)
-    assert (too_big.status, too_big.outcome) == (None, "rejected")
+    assert (too_big.status, too_big.kind) == (None, "rejected")
     broken = SubscriptionKeys(sub["endpoint"], "AAAA", sub["keys"]["auth"])
-    assert sender.send(broken, b"x", ttl=60).outcome == "rejected"
+    assert sender.send(broken, b"x", ttl=60).kind == "rejected"
     not_a_url = SubscriptionKeys("mailto:x@example.com", sub["keys"]["p256dh"], sub["keys"]["auth"])
-    assert sender.send(not_a_url, b"x", ttl=60).outcome == "rejected"
+    assert sender.send(not_a_url, b"x", ttl=60).kind == "rejected"
     for bad in (" x", "\r\nX-Injected: 1", "/é"):  # nothing a request line cannot carry
         spaced = SubscriptionKeys(sub["endpoint"] + bad, sub["keys"]["p256dh"], sub["keys"]["auth"])
         result = sender.send(spaced, b"x", ttl=60)
-        assert (result.outcome, result.reason) == ("rejected", "invalid endpoint URL")
+        assert (result.kind, result.reason) == ("rejected", "invalid endpoint URL")
     assert push.attempts(sub) == 0
 
 
@@ -856,3 +801,4 @@ def test_backoff_honours_retry_after_as_a_floor_within_the_cap() -> None:
     assert backoff_delay(0, 2.0, 300.0, 3600.0, rng=lambda: 0.0) == 300.0
     delays = {backoff_delay(4, 1.0, 60.0, None) for _ in range(50)}
     assert len(delays) > 1 and all(0 <= d < 16 for d in delays)
+

@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from webapp.services.push_sender import SubscriptionKeys
-from webapp.services.push_validation import (
+from webapp.delivery.channels.webpush.subscription import (
     MAX_ENDPOINT_LENGTH,
     SubscriptionError,
+    SubscriptionKeys,
     check_endpoint_target,
     validate_subscription,
 )

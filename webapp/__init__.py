@@ -49,7 +49,7 @@ def _check_push_keys(settings: Settings) -> None:
             "(create them with: python scripts/generate_secrets.py)"
         )
         return
-    from webapp.services.push_sender import vapid_public_key_from_private
+    from webapp.delivery.channels.webpush.vapid import vapid_public_key_from_private
 
     try:
         derived = vapid_public_key_from_private(settings.vapid_private_key)
@@ -88,16 +88,24 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
     cli.register(app)
 
     if serve_sockets:
+        import socketio as socketio_lib
+
+        from webapp.realtime.audience import connected_only
+        from webapp.sockets import heartbeat
         from webapp.sockets.wire import WirePacket
 
-        options: dict = {}
+        manager_class: type = socketio_lib.RedisManager
         if settings.fast_fanout:
-            from webapp.broadcast import FanoutRedisManager
+            from webapp.realtime.fanout import FanoutRedisManager
 
-            # The same Redis channel as the default manager (workers emit on it).
-            options["client_manager"] = FanoutRedisManager(
-                settings.redis_url, channel="flask-socketio"
-            )
+            manager_class = FanoutRedisManager
+        # Broadcasts skip sockets whose token is not checked yet (webapp/realtime/audience.py).
+        # The same Redis channel as Flask-SocketIO's default manager (workers emit on it).
+        options: dict = {
+            "client_manager": connected_only(
+                manager_class, lambda sid: heartbeat.CONNECTIONS.user_of(sid) is not None
+            )(settings.redis_url, channel="flask-socketio")
+        }
         socketio.init_app(
             app,
             async_mode="gevent",
@@ -107,10 +115,27 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
             serializer=WirePacket,  # answers undecodable events instead of dropping them
             **options,
         )
-        from webapp.broadcast import install
+        from webapp.realtime.fanout import install
 
-        install(socketio.server)  # TCP_NODELAY on websockets; the fast path's write lock
+        # TCP_NODELAY on websockets; the fast path's write lock; a client that stops reading
+        # is disconnected once MAX_PENDING_BYTES wait for it.
+        install(
+            socketio.server,
+            max_pending_bytes=settings.max_pending_bytes,
+            user_of=heartbeat.CONNECTIONS.user_of,
+        )
         import webapp.sockets  # noqa: F401  (registers the event handlers)
+        from webapp.realtime import session_gate
+
+        # Engine.IO sessions that do not authenticate are closed after AUTH_TIMEOUT or
+        # MAX_CONNECT_ATTEMPTS refused connect packets; past MAX_PENDING_SESSIONS of them
+        # the handshake is refused.
+        session_gate.install(
+            socketio.server,
+            auth_timeout=settings.auth_timeout,
+            max_attempts=settings.max_connect_attempts,
+            max_pending=settings.max_pending_sessions,
+        )
 
         if settings.trusted_proxies:
             # Outermost, so Socket.IO handlers see the client's address too (rate limits).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -38,8 +39,16 @@ def issue_token(settings: Settings, user_id: uuid.UUID, ttl: int | None = None) 
     return jwt.encode(claims, key, algorithm=settings.jwt_algorithm)
 
 
-def verify_token(settings: Settings, token: object) -> User:
-    """Return the user a token belongs to, or raise ``Unauthorized``.
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified token says: its user and when it expires (``exp``, Unix seconds)."""
+
+    user_id: uuid.UUID
+    expires_at: int
+
+
+def decode_token(settings: Settings, token: object) -> TokenClaims:
+    """Verify a token's signature and times, or raise ``Unauthorized``; no database lookup.
 
     Only the configured algorithm is accepted, which rules out ``none`` and HS/RS confusion.
     """
@@ -68,10 +77,21 @@ def verify_token(settings: Settings, token: object) -> User:
         user_id = uuid.UUID(str(claims["sub"]))
     except ValueError:
         raise Unauthorized("invalid_token", "the token subject is not a user id") from None
-    user = db.session.get(User, user_id)
+    # PyJWT checked that ``exp`` is an integer (a number or its text) before accepting it.
+    return TokenClaims(user_id, int(claims["exp"]))
+
+
+def token_user(claims: TokenClaims) -> User:
+    """The user a verified token names, or ``Unauthorized("unknown_user")``."""
+    user = db.session.get(User, claims.user_id)
     if user is None:
         raise Unauthorized("unknown_user", "the token's user does not exist")
     return user
+
+
+def verify_token(settings: Settings, token: object) -> User:
+    """Return the user a token belongs to, or raise ``Unauthorized``."""
+    return token_user(decode_token(settings, token))
 
 
 def bearer_token(headers: Any) -> str | None:

@@ -8,8 +8,9 @@ collector at scrape time, so any web process's ``/metrics`` shows the whole clus
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -30,6 +31,11 @@ CONNECTIONS = Gauge(
     "beacon_connections", "Live Socket.IO connections on this web process", registry=registry
 )
 MESSAGES = Counter("beacon_messages", "Messages accepted by this web process", registry=registry)
+SLOW_CLIENTS_DROPPED = Counter(
+    "beacon_slow_clients_dropped",
+    "Connections this web process closed because more than MAX_PENDING_BYTES waited for them",
+    registry=registry,
+)
 
 
 def status_class(status: int | None) -> str:
@@ -44,9 +50,14 @@ def record_task(client: redis.Redis, queue: str, task: str, outcome: str) -> Non
         log.debug("could not record task metric", exc_info=True)
 
 
-def record_push(client: redis.Redis, status: int | None) -> None:
+def record_pushes(client: redis.Redis, statuses: Iterable[int | None]) -> None:
+    """Count push answers by status class (one round trip for a batch); never raises."""
+    counts = collections.Counter(status_class(s) for s in statuses)
     try:
-        client.hincrby(PUSH_KEY, status_class(status), 1)
+        pipe = client.pipeline(transaction=False)
+        for cls, count in counts.items():
+            pipe.hincrby(PUSH_KEY, cls, count)
+        pipe.execute()
     except redis.RedisError:
         log.debug("could not record push metric", exc_info=True)
 

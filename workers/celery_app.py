@@ -1,12 +1,15 @@
-"""The one place that builds the Celery app, and the task base that gives tasks a Flask app."""
+"""The workers' side of the one Celery app (``webapp.platform.queue``): the task base that
+gives tasks a Flask app, and the retry options shared by the tasks."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Task, signals
 from flask import Flask
+
+from webapp.platform.queue import celery  # noqa: F401  (the one app; tasks import it from here)
 
 _flask_app: Flask | None = None
 
@@ -27,10 +30,6 @@ class AppContextTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with flask_app().app_context():
             return super().__call__(*args, **kwargs)
-
-
-celery = Celery("beacon", task_cls=AppContextTask)
-celery.config_from_object("celeryconfig")
 
 
 def outage_retry() -> dict[str, Any]:

@@ -364,3 +364,35 @@ def test_notification_settings_follow_the_user_across_tabs(e2e, new_context):
     assert seen[1].errors == []
     # Chromium logs the refused request itself; nothing else may go wrong.
     assert [e for e in seen[0].errors if "status of 403" not in e] == []
+
+
+def test_page_refreshes_its_token_before_it_expires(e2e, new_context):
+    """A connection whose token is about to expire gets ``token_expiring``; the page fetches a
+    new development token for the same user, sends ``refresh_token`` and says so."""
+    import jwt
+
+    bob = e2e.user("bob", "Bob Chen")
+    context = new_context()
+    page = context.new_page()
+    seen = watch(page, e2e.url)
+    sign_in(page, bob.username)
+    # Inside the notice window from the start (TOKEN_EXPIRING_NOTICE is 60 s by default).
+    short = e2e.cli("token", bob.username, "--ttl", "30")
+    page.evaluate(
+        """([token, username]) => {
+          const value = JSON.stringify({ token, username });
+          sessionStorage.setItem("beacon.session", value);
+          localStorage.setItem("beacon.session", value);
+        }""",
+        [short, bob.username],
+    )
+    page.reload()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#token-status")).to_contain_text("Session refreshed", timeout=20_000)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    held = page.evaluate("JSON.parse(sessionStorage.getItem('beacon.session')).token")
+    claims = jwt.decode(held, options={"verify_signature": False})
+    old = jwt.decode(short, options={"verify_signature": False})
+    assert claims["sub"] == bob.id and claims["exp"] > old["exp"] + 3600
+    assert seen.foreign_requests() == []
+    assert seen.errors == []

@@ -13,10 +13,12 @@ retry countdown 2 s + a 3 s push request), reconciliation every second for messa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from tests.conftest import (
 from tests.harness.ports import free_port
 from tests.harness.postgres_server import PostgresServer
 from tests.harness.redis_server import RedisServer
-from tests.pushservice.server import PushServiceClient
+from tests.pushservice.server import PushServiceClient, running_push_service
 
 FAULT_ENV = {
     "BROKER_VISIBILITY_TIMEOUT": "6",
@@ -158,3 +160,50 @@ def make_stack(
 def process_report(stack: Stack) -> dict[str, Any]:
     """Which of the stack's processes are still running (a fault must not make one exit)."""
     return {name: proc.alive for name, proc in stack.processes.items()}
+
+
+class Gate:
+    """Holds every push request while closed. On ``open`` the held requests are processed,
+    or, with ``drop_held``, answered 503 unprocessed (a push service that never got to them)."""
+
+    def __init__(self, client: PushServiceClient, *, holding: bool, drop_held: bool) -> None:
+        assert client.service is not None
+        self._service = client.service
+        self._original = self._service.handle_push
+        self._cond = threading.Condition()
+        self._drop_held = drop_held
+        self.holding = holding
+        self.held = 0
+        self._service.handle_push = self._handle  # type: ignore[method-assign]
+
+    def _handle(self, sub_id: str, headers: Any, body: bytes) -> tuple[int, dict, bytes]:
+        with self._cond:
+            if self.holding:
+                self.held += 1
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: not self.holding)
+                if self._drop_held:
+                    return 503, {}, b"dropped: the push service never processed this request"
+        return self._original(sub_id, headers, body)
+
+    def close(self) -> None:
+        with self._cond:
+            self.holding = True
+
+    def open(self) -> None:
+        with self._cond:
+            self.holding = False
+            self._cond.notify_all()
+
+
+@contextlib.contextmanager
+def gated_push_service(
+    *, holding: bool, drop_held: bool
+) -> Iterator[tuple[PushServiceClient, Gate]]:
+    """A local push service behind a ``Gate`` (opened at the end, so nothing stays held)."""
+    with running_push_service() as client:
+        gate = Gate(client, holding=holding, drop_held=drop_held)
+        try:
+            yield client, gate
+        finally:
+            gate.open()

@@ -21,61 +21,24 @@ import json
 import os
 import re
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
-from tests.faults.conftest import process_report
+from tests.faults.conftest import Gate, gated_push_service, process_report
 from tests.harness.processes import wait_log_contains
 from tests.harness.waiting import wait_until
-from tests.pushservice.server import PushServiceClient, running_push_service
+from tests.pushservice.server import PushServiceClient
 
 WORKER = ("unread,push", "-P", "gevent", "-c", "20")
 
 
-class Gate:
-    """Holds every push request while closed; held requests are then dropped unprocessed."""
-
-    def __init__(self, client: PushServiceClient) -> None:
-        assert client.service is not None
-        self._service = client.service
-        self._original = self._service.handle_push
-        self._cond = threading.Condition()
-        self.holding = False
-        self.held = 0
-        self._service.handle_push = self._handle  # type: ignore[method-assign]
-
-    def _handle(self, sub_id: str, headers: Any, body: bytes) -> tuple[int, dict, bytes]:
-        with self._cond:
-            if self.holding:
-                self.held += 1
-                self._cond.notify_all()
-                self._cond.wait_for(lambda: not self.holding)
-                return 503, {}, b"dropped: the push service never processed this request"
-        return self._original(sub_id, headers, body)
-
-    def close(self) -> None:
-        with self._cond:
-            self.holding = True
-
-    def open(self) -> None:
-        with self._cond:
-            self.holding = False
-            self._cond.notify_all()
-
-
 @pytest.fixture
 def gated_push() -> Iterator[tuple[PushServiceClient, Gate]]:
-    with running_push_service() as client:
-        gate = Gate(client)
-        try:
-            yield client, gate
-        finally:
-            gate.open()
+    with gated_push_service(holding=False, drop_held=True) as (client, gate):
+        yield client, gate
 
 
 def _received(log: str, task: str) -> set[str]:
@@ -137,7 +100,9 @@ def test_killed_worker_tasks_are_redelivered_counts_exact_pushes_once(
         held_fanouts = _received(log, "beacon.push.fan_out") - _succeeded(
             log, "beacon.push.fan_out"
         )
-        held_sends = _received(log, "beacon.push.send") - _succeeded(log, "beacon.push.send")
+        held_sends = _received(log, "beacon.push.send_batch") - _succeeded(
+            log, "beacon.push.send_batch"
+        )
         assert len(held_increments) == 3 and len(held_fanouts) == 3 and held_sends
 
         # 3. The fault.

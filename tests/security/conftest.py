@@ -48,6 +48,12 @@ REFUSALS = {
     "room_mismatch",
     "unknown_event",
     "rate_limited",
+    # refresh_token
+    "missing_token",
+    "invalid_token",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_mismatch",
 }
 
 

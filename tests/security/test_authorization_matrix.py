@@ -107,6 +107,17 @@ def test_nobody_touches_another_users_data(beacon, reliability):
         {"topic_id": own.topic_id, "room_id": r, "message_ids": message_ids},
         "room_mismatch",
     )
+    # A refresh never switches the connection's user: not with Alice's own token, not with a
+    # token naming Alice that Mallory signed herself.
+    event("refresh_token", "Alice's valid token", {"token": alice.token}, "token_mismatch")
+    header, _claims, signature = mallory.token.split(".")
+    alice_claims = alice.token.split(".")[1]
+    event(
+        "refresh_token",
+        "Alice's id in Mallory's signed token",
+        {"token": f"{header}.{alice_claims}.{signature}"},
+        "invalid_token",
+    )
     # Her own topic with Alice's message ids: allowed, but the foreign ids are ignored.
     ack = mallory_client.call("mark_as_read", own.ref(message_ids=message_ids))
     observed = f"ok, message_ids={ack.get('message_ids')}"
@@ -186,11 +197,22 @@ def test_nobody_touches_another_users_data(beacon, reliability):
 
     # Nothing of Alice's topic reaches Mallory: Alice writes and Bob reads, then Mallory's own
     # action produces an event she does get (events on one connection arrive in order).
+    # Bob has two devices, neither joined to the topic: the alert goes to each member's user
+    # room, so both get it (and Alice's own device too), Mallory does not.
     bob_client = beacon.client(bob, "bob")
-    assert alice_client.call("send_message", topic.ref(message="private"))["ok"]
+    bob_phone = beacon.client(bob, "bob-phone")
+    sent = alice_client.call("send_message", topic.ref(message="private"))
+    assert sent["ok"], sent
+    private_id = sent["message"]["id"]
+    members_alerted = [
+        c.wait_for_event("global_message_alert", lambda p: p["message_id"] == private_id)
+        for c in (bob_client, bob_phone, alice_client)
+    ]
+    assert all(a["preview"] == "private" for a in members_alerted)
     wait_until(lambda: beacon.unread(bob, topic) == 3, message="bob's count is not 3")
     assert bob_client.call("mark_as_read", topic.ref(message_ids=message_ids))["ok"]
-    assert mallory_client.call("send_message", own.ref(message="mine"))["ok"]
+    own_sent = mallory_client.call("send_message", own.ref(message="mine"))
+    assert own_sent["ok"] and own_sent["message"]["sender"]["id"] == mallory.id, own_sent
     mallory_client.wait_for_event("global_message_alert", lambda p: p["topic_id"] == own.topic_id)
     for name in ("new_message", "messages_read", "unread_update"):
         mallory_client.assert_no_event(name, lambda p: p["topic_id"] == t, after=mark)
@@ -200,6 +222,20 @@ def test_nobody_touches_another_users_data(beacon, reliability):
         expected="no new_message / messages_read / unread_update",
         observed="none received",
     )
+    leaked = [
+        p["preview"]
+        for p in mallory_client.events("global_message_alert", after=mark)
+        if p["topic_id"] == t
+    ]
+    reliability.matrix(
+        "(listening)",
+        "`global_message_alert` of Alice's topic (ALERT_AUDIENCE=members)",
+        expected="none to Mallory; every device of each member, joined or not",
+        observed="none to Mallory; Bob's 2 devices (not joined) and Alice's got it"
+        if not leaked
+        else f"Mallory read previews {leaked}",
+    )
+    assert leaked == [], f"a non-member got the alerts of a private topic: {leaked}"
 
     # Alice's data is untouched, apart from what Alice and Bob did themselves just now.
     after = _alice_world(beacon, alice, bob, topic)

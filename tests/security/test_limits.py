@@ -24,6 +24,9 @@ LIMITS = {
     "RATE_LIMIT_SUBSCRIBE": "4/10s",
     "RATE_LIMIT_CONNECT_USER": "4/10s",
     "RATE_LIMIT_CONNECT_IP": "8/10s",
+    "RATE_LIMIT_JOIN_TOPIC": "3/10s",
+    "RATE_LIMIT_LEAVE_TOPIC": "3/10s",
+    "RATE_LIMIT_MARK_AS_READ": "3/10s",
     "PUSH_MAX_SUBSCRIPTIONS": "3",
     "TRUSTED_PROXIES": "1",
 }
@@ -87,6 +90,37 @@ def test_send_message_is_rate_limited_per_user_with_an_honest_hint(beacon, limit
         observed=f"5 ok, 6th rate_limited (retry_after {refused['retry_after']} s), "
         "ok after the hint; bob unaffected",
         count=8,
+    )
+
+
+@pytest.mark.parametrize("event", ["join_topic", "leave_topic", "mark_as_read"])
+def test_topic_events_are_rate_limited_per_user(beacon, limited, reliability, event):
+    reader, bystander = beacon.user("reader"), beacon.user("bystander")
+    topic = beacon.topic(reader, bystander)
+    client, ok, _ = _connect(limited, reader, _address())
+    other, ok2, _ = _connect(limited, bystander, _address())
+    try:
+        assert ok and ok2
+        acks = [client.call(event, topic.ref()) for _ in range(4)]
+        assert all(a["ok"] for a in acks[:3]), acks
+        refused = acks[3]
+        assert refused["ok"] is False and refused["error"] == "rate_limited", refused
+        assert 0 < refused["retry_after"] <= 3.4 and "retry" in refused["message"], refused
+        assert other.call(event, topic.ref())["ok"]  # per user: the bystander is not limited
+        time.sleep(refused["retry_after"])  # honouring the hint is the behaviour under test
+        assert client.call(event, topic.ref())["ok"]
+    finally:
+        client.disconnect()
+        other.disconnect()
+    setting = f"RATE_LIMIT_{event.upper()}"
+    reliability.record(
+        "limits",
+        f"{event}: 4 in a burst with {setting}=3/10s",
+        expected="the 4th refused `rate_limited` with retry_after; accepted after waiting it; "
+        "other users unaffected",
+        observed=f"3 ok, 4th rate_limited (retry_after {refused['retry_after']} s), "
+        "ok after the hint; other user unaffected",
+        count=6,
     )
 
 
@@ -286,6 +320,11 @@ def test_rate_limit_settings_are_parsed(raw, expected):
         {"RATE_LIMIT_SUBSCRIBE": "ten/minute"},
         {"RATE_LIMIT_SUBSCRIBE": "-1/10s"},
         {"RATE_LIMIT_SUBSCRIBE": "5/0s"},
+        {"RATE_LIMIT_MARK_AS_READ": "many/10s"},
+        {"AUTH_TIMEOUT": "-1"},
+        {"MAX_CONNECT_ATTEMPTS": "three"},
+        {"MAX_PENDING_SESSIONS": "-5"},
+        {"MAX_CONNECTIONS_PER_USER": "-1"},
         # A visibility timeout shorter than a retry countdown would run tasks twice.
         {"BROKER_VISIBILITY_TIMEOUT": "30", "PUSH_RETRY_MAX": "60"},
         {"BROKER_VISIBILITY_TIMEOUT": "30", "DB_RETRY_BACKOFF_MAX": "30"},

@@ -7,14 +7,12 @@ for a laptop demo and the browser tests only; with it off (the default) they ans
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 
 from flask import Blueprint, jsonify, request, send_from_directory
 from sqlalchemy import or_, select
 
-from config import Settings
 from webapp.api.body import json_body
 from webapp.auth import issue_token
 from webapp.errors import InvalidInput, NotFound
@@ -43,20 +41,16 @@ bp = Blueprint("demo", __name__)
 _warned = False
 
 
-def _warn_dev_login_once(settings: Settings) -> None:
+def _warn_dev_login_once() -> None:
     """One loud warning per process, when a development endpoint is first used."""
     global _warned
     if _warned:
         return
     _warned = True
-    try:
-        loopback = ipaddress.ip_address(settings.host).is_loopback
-    except ValueError:
-        loopback = settings.host == "localhost"
+    # The settings loader refuses DEV_LOGIN on an address that is not loopback.
     log.warning(
-        "DEV_LOGIN is on: /api/dev/token gives anyone a token for any user%s. "
-        "Never enable it in production.",
-        "" if loopback else f" (and HOST={settings.host} is not a loopback address)",
+        "DEV_LOGIN is on: /api/dev/token gives anyone a token for any user on this machine. "
+        "Never enable it in production."
     )
 
 
@@ -87,7 +81,7 @@ def _require_dev_login() -> None:
     settings = context.settings()
     if not settings.dev_login:
         raise NotFound("not_found", "development login is disabled (set DEV_LOGIN=1 to enable it)")
-    _warn_dev_login_once(settings)
+    _warn_dev_login_once()
 
 
 @bp.get("/api/dev/users")

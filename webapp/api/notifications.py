@@ -7,8 +7,9 @@ from flask import Blueprint, g, jsonify, request
 
 from webapp.api.body import json_body, page_args
 from webapp.auth import require_user
+from webapp.delivery import devices, history, preferences
 from webapp.errors import Unavailable
-from webapp.services import context, preferences, push_history, subscriptions
+from webapp.services import context
 from webapp.services.validation import parse_uuid
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
@@ -26,7 +27,7 @@ def vapid_public_key():
 @bp.post("/subscribe")
 @require_user
 def subscribe():
-    payload, created = subscriptions.subscribe(
+    payload, created = devices.subscribe(
         g.user, json_body(), request.headers.get("User-Agent")
     )
     return jsonify(payload), 201 if created else 200
@@ -35,20 +36,20 @@ def subscribe():
 @bp.get("/subscriptions")
 @require_user
 def list_subscriptions():
-    return jsonify({"subscriptions": subscriptions.list_for(g.user)})
+    return jsonify({"subscriptions": devices.list_for(g.user)})
 
 
 @bp.delete("/unsubscribe/<subscription_id>")
 @require_user
 def unsubscribe(subscription_id: str):
-    subscriptions.unsubscribe(g.user, subscription_id)
+    devices.unsubscribe(g.user, subscription_id)
     return "", 204
 
 
 @bp.delete("/unsubscribe-by-endpoint")
 @require_user
 def unsubscribe_by_endpoint():
-    subscriptions.unsubscribe_by_endpoint(g.user, json_body())
+    devices.unsubscribe_by_endpoint(g.user, json_body())
     return "", 204
 
 
@@ -97,4 +98,4 @@ def clear_room_preference(room_id: str):
 def push_history_page():
     before, limit = page_args()
     outcome = request.args.get("outcome") or None
-    return jsonify(push_history.list_for(g.user, before=before, limit=limit, outcome=outcome))
+    return jsonify(history.list_for(g.user, before=before, limit=limit, outcome=outcome))

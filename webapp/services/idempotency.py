@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import delete, select
 
 from webapp.extensions import db
 from webapp.models import ProcessedEvent, utcnow
 from webapp.services.dialect import insert
+
+_CHUNK = 1000
 
 
 def claim(key: str) -> bool:
@@ -29,3 +33,57 @@ def is_claimed(key: str) -> bool:
         db.session.execute(select(ProcessedEvent.key).where(ProcessedEvent.key == key)).first()
         is not None
     )
+
+
+def claim_many(keys: list[str]) -> set[str]:
+    """``claim`` for many keys in one statement; returns the keys this call inserted.
+
+    One cached statement executed for many rows (SQLAlchemy batches them into multi-row
+    INSERTs): a statement built with the rows as literal VALUES is compiled anew each time,
+    which cost twice as much."""
+    if not keys:
+        return set()
+    now = utcnow()
+    table = ProcessedEvent.__table__
+    stmt = insert(table).on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key)
+    rows = [{"key": key, "created_at": now} for key in dict.fromkeys(keys)]
+    return set(db.session.execute(stmt, rows).scalars())
+
+
+def claimed_among(keys: list[str]) -> set[str]:
+    """The keys among ``keys`` that have a marker (one query per thousand keys: a statement's
+    bound parameters are limited)."""
+    found: set[str] = set()
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        found.update(
+            db.session.execute(
+                select(ProcessedEvent.key).where(ProcessedEvent.key.in_(chunk))
+            ).scalars()
+        )
+    return found
+
+
+PRUNE_BATCH = 5000
+
+
+def prune(older_than: datetime) -> int:
+    """Delete the markers created before ``older_than``, ``PRUNE_BATCH`` per statement and
+    transaction (no long lock on a big table; ``created_at`` is indexed). Returns how many.
+
+    Only for markers whose tasks can no longer run again: see
+    ``Settings.processed_events_minimum``."""
+    total = 0
+    while True:
+        keys = (
+            select(ProcessedEvent.key)
+            .where(ProcessedEvent.created_at < older_than)
+            .limit(PRUNE_BATCH)
+        )
+        deleted = db.session.execute(
+            delete(ProcessedEvent).where(ProcessedEvent.key.in_(keys.scalar_subquery()))
+        ).rowcount
+        db.session.commit()
+        total += deleted
+        if deleted < PRUNE_BATCH:
+            return total

@@ -1,4 +1,10 @@
-"""Posting and reading messages."""
+"""Posting and reading messages.
+
+A new message is announced twice: ``new_message`` (the whole message) to the connections that
+joined the topic, and ``global_message_alert`` (topic, sender, preview) for toasts. The alert
+goes to the members' ``user:<id>`` rooms, so a preview of a topic never reaches anyone who may
+not read it (``ALERT_AUDIENCE=everyone`` broadcasts it, for workspaces with public topics).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,10 @@ from sqlalchemy import select
 from webapp import metrics, realtime
 from webapp.extensions import db
 from webapp.models import Message, Topic, User, isoformat
-from webapp.services import context, dispatch, rate_limit
-from webapp.services.topics import member_topic
+from webapp.platform import queue
+from webapp.platform.text import graphemes
+from webapp.services import context, rate_limit
+from webapp.services.topics import member_ids, member_topic
 from webapp.services.validation import (
     parse_message_body,
     parse_uuid,
@@ -22,11 +30,15 @@ PREVIEW_LENGTH = 100
 
 
 def preview(body: str, limit: int = PREVIEW_LENGTH) -> str:
-    """One line of at most ``limit`` characters, ending in an ellipsis when cut."""
+    """One line of at most ``limit`` user-perceived characters (grapheme clusters: an emoji
+    sequence or a letter with its combining marks is never cut), with an ellipsis when cut."""
     flat = " ".join(body.split())
     if len(flat) <= limit:
+        return flat  # fewer code points than the limit: fewer graphemes too
+    clusters = graphemes(flat)
+    if len(clusters) <= limit:
         return flat
-    return flat[: limit - 1].rstrip() + "\u2026"
+    return "".join(clusters[: limit - 1]).rstrip() + "\u2026"
 
 
 def message_payload(message: Message, topic: Topic, sender: User) -> dict[str, Any]:
@@ -67,6 +79,8 @@ def post_message(user: User, payload: Any) -> dict[str, Any]:
     # the same members. Reading it before the commit also means that while Redis (presence
     # and broker) is down nothing is stored: the client is told ``unavailable`` and retries.
     exclude = context.presence().active_users(str(topic.id)) | {str(user.id)}
+    # Read before the commit too: once the message is stored nothing may fail the ack.
+    alert_to = alert_rooms(topic.id, settings.alert_audience)
 
     message = Message(topic_id=topic.id, sender_id=user.id, body=body)
     db.session.add(message)
@@ -75,11 +89,25 @@ def post_message(user: User, payload: Any) -> dict[str, Any]:
 
     full = message_payload(message, topic, user)
     realtime.emit(settings.redis_url, "new_message", full, to=realtime.topic_room(topic.id))
-    realtime.emit(settings.redis_url, "global_message_alert", alert_payload(message, topic, user))
+    alert = alert_payload(message, topic, user)
+    realtime.emit(settings.redis_url, "global_message_alert", alert, to=alert_to)
     # The message is stored: the ack says so even if the hand-off fails now (beat's
     # reconciliation enqueues the work of messages whose tasks never ran).
-    dispatch.message_posted(message.id, sorted(exclude), push=settings.push_enabled)
+    queue.message_posted(message.id, sorted(exclude), push=settings.push_enabled)
     return full
+
+
+def alert_rooms(topic_id: uuid.UUID, audience: str) -> list[str] | None:
+    """Where ``global_message_alert`` goes: None for everyone connected, else the ``user:<id>``
+    room of each member (every device, joined to the topic or not).
+
+    The member ids come from one query, and the alert is one emit to the list of rooms: one
+    Redis publish whatever the topic's size; each web process then writes one frame to each
+    of its connections in any of the rooms.
+    """
+    if audience == "everyone":
+        return None
+    return [realtime.user_room(uid) for uid in member_ids(topic_id)]
 
 
 def list_messages(

@@ -21,7 +21,14 @@ PREFIX = "beacon:presence"
 ONLINE = f"{PREFIX}:online"
 PROCESSES = f"{PREFIX}:procs"
 
+# KEYS: user conns hash, online set, process conns set; ARGV: user id, sid, process id, the
+# user's connection cap (0: none). -1: refused, the user has that many connections already.
 _CONNECT = """
+local cap = tonumber(ARGV[4] or '0')
+if cap > 0 and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0
+    and redis.call('HLEN', KEYS[1]) >= cap then
+  return -1
+end
 local added = redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1] .. ' ' .. ARGV[2])
 if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then
@@ -48,6 +55,19 @@ end
 return 0
 """
 
+# KEYS: user conns hash, topic hash, sid topics set; ARGV: user id, sid, topic id
+# Only for a connection that is still registered: a join whose handler was still running when
+# its connection closed (after _DISCONNECT removed the sid's topics) must not mark the user
+# active in the topic for good (tests/faults/test_join_disconnect_race.py).
+_JOIN = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
 
 def _conns_key(user_id: str) -> str:
     return f"{PREFIX}:conns:{user_id}"
@@ -70,6 +90,14 @@ TOPIC_PREFIX = f"{PREFIX}:topic:"
 
 def _topic_key(topic_id: str) -> str:
     return f"{TOPIC_PREFIX}{topic_id}"
+
+
+class TooManyConnections(Exception):
+    """The user has ``MAX_CONNECTIONS_PER_USER`` connections already."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"at most {cap} connections per user")
+        self.cap = cap
 
 
 @dataclass
@@ -99,6 +127,11 @@ class LocalConnections:
     def remove(self, sid: str) -> str | None:
         with self._lock:
             conn = self._conns.pop(sid, None)
+        return conn.user_id if conn else None
+
+    def user_of(self, sid: str) -> str | None:
+        with self._lock:
+            conn = self._conns.get(sid)
         return conn.user_id if conn else None
 
     def join(self, sid: str, topic_id: str) -> None:
@@ -145,6 +178,7 @@ class Presence:
     def __post_init__(self) -> None:
         self._connect = self.redis.register_script(_CONNECT)
         self._disconnect = self.redis.register_script(_DISCONNECT)
+        self._join = self.redis.register_script(_JOIN)
 
     # processes -------------------------------------------------------------------------------
     def heartbeat(self, proc_id: str) -> bool:
@@ -178,9 +212,9 @@ class Presence:
                 came_online.append(conn.user_id)
         pipe = self.redis.pipeline(transaction=False)
         for sid, conn in live.items():
-            for topic_id in conn.topics:
-                pipe.hset(_topic_key(topic_id), sid, conn.user_id)
-                pipe.sadd(_sid_topics_key(sid), topic_id)
+            for topic_id in conn.topics:  # not for a connection that ended since the snapshot
+                keys = [_conns_key(conn.user_id), _topic_key(topic_id), _sid_topics_key(sid)]
+                self._join(keys=keys, args=[conn.user_id, sid, topic_id], client=pipe)
         pipe.execute()
         went_offline = [
             user_id
@@ -210,10 +244,17 @@ class Presence:
         return offline
 
     # connections -----------------------------------------------------------------------------
-    def connect(self, user_id: str, sid: str, proc_id: str) -> bool:
-        """Record a live connection; True when it is the user's first (they came online)."""
+    def connect(self, user_id: str, sid: str, proc_id: str, cap: int = 0) -> bool:
+        """Record a live connection; True when it is the user's first (they came online).
+
+        With ``cap``, raise ``TooManyConnections`` (nothing recorded) when the user already
+        has that many connections on all web processes: checked and added in one script.
+        """
         keys = [_conns_key(user_id), ONLINE, _proc_conns_key(proc_id)]
-        return bool(self._connect(keys=keys, args=[user_id, sid, proc_id]))
+        result = int(self._connect(keys=keys, args=[user_id, sid, proc_id, cap]))
+        if result < 0:
+            raise TooManyConnections(cap)
+        return bool(result)
 
     def disconnect(self, user_id: str, sid: str, proc_id: str) -> bool:
         """Forget a connection; True when it was the user's last (they went offline)."""
@@ -224,11 +265,11 @@ class Presence:
         return int(self.redis.hlen(_conns_key(user_id)))
 
     # topics ----------------------------------------------------------------------------------
-    def join_topic(self, user_id: str, sid: str, topic_id: str) -> None:
-        pipe = self.redis.pipeline()
-        pipe.hset(_topic_key(topic_id), sid, user_id)
-        pipe.sadd(_sid_topics_key(sid), topic_id)
-        pipe.execute()
+    def join_topic(self, user_id: str, sid: str, topic_id: str) -> bool:
+        """Mark the connection active in the topic; False (nothing stored) when the
+        connection is no longer registered (it closed meanwhile)."""
+        keys = [_conns_key(user_id), _topic_key(topic_id), _sid_topics_key(sid)]
+        return bool(self._join(keys=keys, args=[user_id, sid, topic_id]))
 
     def leave_topic(self, sid: str, topic_id: str) -> None:
         pipe = self.redis.pipeline()

@@ -40,6 +40,9 @@ ACTIONS = {
     "subscribe": "push subscriptions",
     "connect_user": "connection attempts",
     "connect_ip": "connection attempts from this address",
+    "join_topic": "topic joins",
+    "leave_topic": "topic leaves",
+    "mark_as_read": "read receipts",
 }
 
 

@@ -115,13 +115,13 @@ def claim_redispatch(kind: str, message_id: int) -> bool:
 
 def reconcile() -> list[Missed]:
     """Enqueue again the work of every missed message; returns what was found."""
-    from webapp.services import dispatch
+    from webapp.platform import queue
 
     settings = context.settings()
     if settings.push_enabled and redis_lost_its_data():
         replanned = fanned_out_recently()
         for message_id in replanned:
-            dispatch.replan_pushes(message_id)
+            queue.replan_pushes(message_id)
         if replanned:
             log.warning(
                 "reconcile: Redis lost its data; pushes of %d recent messages planned again "
@@ -139,7 +139,7 @@ def reconcile() -> list[Missed]:
         push = item.fanout and claim_redispatch("fanout", item.message_id)
         if exclude is None and not push:
             continue
-        dispatch.redispatch(item.message_id, exclude, push=push)
+        queue.redispatch(item.message_id, exclude, push=push)
         log.warning(
             "reconcile: message %s had lost work, enqueued again (unread=%s push=%s)",
             item.message_id,

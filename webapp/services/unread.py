@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import case, func, or_, select, update
 
 from webapp import realtime
+from webapp.delivery import coalescing
 from webapp.extensions import db
 from webapp.models import Message, Topic, TopicMember, User
-from webapp.services import context, push_coalescing
+from webapp.services import context
 from webapp.services.idempotency import claim
 from webapp.services.topics import member_topic
 from webapp.services.validation import parse_message_ids, parse_uuid, require_object
@@ -97,7 +98,20 @@ def increment_for_message(message_id: int, exclude_user_ids: list[str]) -> int:
 
 
 def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
-    """Reset the caller's count for a topic and tell the room and the caller's devices."""
+    """Reset the caller's count for a topic and tell the room and the caller's devices.
+
+    The marker and the count move together, and no concurrent increment is lost. First the
+    membership row is locked (``FOR UPDATE``; the increment's UPDATE takes the same row lock),
+    then ONE UPDATE sets ``last_read_message_id`` to the newest message *that statement sees*
+    (forward only) and ``unread_count`` to the messages after it that the caller did not send
+    (0 unless the marker could not move). Under READ COMMITTED the UPDATE's snapshot is taken
+    after the lock is held, so every increment already applied to the row is for a message that
+    committed before it, hence is seen, and is at or before the new marker. An increment still
+    to come waits for the lock, then re-checks ``last_read_message_id < message`` against the new
+    row: it counts its message exactly when it is after the marker, even one that committed out
+    of id order. So once everything settles, the count is the messages after the marker not
+    sent by the member. On SQLite the single UPDATE is atomic under its one writer.
+    """
     data = require_object(payload, allowed={"room_id", "topic_id", "message_ids"})
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
@@ -111,28 +125,36 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
                 select(Message.id).where(Message.topic_id == topic.id, Message.id.in_(requested))
             ).scalars()
         )
-    latest = db.session.execute(
-        select(func.max(Message.id)).where(Message.topic_id == topic.id)
-    ).scalar()
-    values: dict[str, Any] = {"unread_count": 0}
-    if latest is not None:
-        # Never move the read marker backwards when two devices mark at once.
-        values["last_read_message_id"] = case(
-            (
-                or_(
-                    TopicMember.last_read_message_id.is_(None),
-                    TopicMember.last_read_message_id < latest,
-                ),
-                latest,
+    db.session.execute(select(TopicMember.id).where(TopicMember.id == member.id).with_for_update())
+    newest = select(func.max(Message.id)).where(Message.topic_id == topic.id).scalar_subquery()
+    # Never move the read marker backwards when two devices mark at once.
+    marker = case(
+        (
+            or_(
+                TopicMember.last_read_message_id.is_(None),
+                TopicMember.last_read_message_id < newest,
             ),
-            else_=TopicMember.last_read_message_id,
+            newest,
+        ),
+        else_=TopicMember.last_read_message_id,
+    )
+    after_marker = (
+        select(func.count())
+        .select_from(Message)
+        .where(
+            Message.topic_id == topic.id,
+            Message.id > func.coalesce(marker, 0),
+            Message.sender_id != user.id,
         )
-    db.session.execute(
+        .scalar_subquery()
+    )
+    last_read, unread_count = db.session.execute(
         update(TopicMember)
         .where(TopicMember.id == member.id)
-        .values(**values)
+        .values(last_read_message_id=marker, unread_count=after_marker)
+        .returning(TopicMember.last_read_message_id, TopicMember.unread_count)
         .execution_options(synchronize_session=False)
-    )
+    ).one()
     db.session.commit()
 
     redis_url = context.settings().redis_url
@@ -141,8 +163,8 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
         "room_id": str(topic.channel_id),
         "user_id": str(user.id),
         "message_ids": read_ids,
-        "unread_count": 0,
-        "last_read_message_id": latest,
+        "unread_count": unread_count,
+        "last_read_message_id": last_read,
     }
     realtime.emit(
         redis_url,
@@ -150,6 +172,6 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
         result,
         to=[realtime.topic_room(topic.id), realtime.user_room(user.id)],
     )
-    announce_counts(topic.id, topic.channel_id, [(str(user.id), 0)])
-    push_coalescing.reset(user.id, topic.id)
+    announce_counts(topic.id, topic.channel_id, [(str(user.id), unread_count)])
+    coalescing.reset(user.id, topic.id)
     return result

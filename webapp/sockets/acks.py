@@ -17,6 +17,7 @@ from webapp.errors import BeaconError, Unauthorized
 from webapp.extensions import db
 from webapp.models import User
 from webapp.services.validation import check_payload
+from webapp.sockets import tokens
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,16 @@ Handler = Callable[[User, Any], dict[str, Any]]
 
 
 def current_user() -> User:
+    """The connection's user; refused (and the connection closed) once its token expired or
+    the user was deleted, even before the periodic sweep gets to it."""
     user_id = session.get("user_id")
-    user = db.session.get(User, uuid.UUID(user_id)) if user_id else None
-    if user is None:
+    if not user_id:
         raise Unauthorized("unauthorized", "this connection is not signed in")
+    tokens.check_expiry()
+    user = db.session.get(User, uuid.UUID(user_id))
+    if user is None:
+        tokens.revoke_current()
+        raise Unauthorized("unknown_user", "the connection's user no longer exists")
     return user
 
 

@@ -1,4 +1,7 @@
-"""Connect and disconnect: authentication, the private user room, and presence counting."""
+"""Connect and disconnect: authentication, the private user room, and presence counting.
+
+The token is verified here; ``tokens`` then holds the open connection to its ``exp``.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ from flask import current_app, request, session
 from flask_socketio import ConnectionRefusedError, join_room
 
 from webapp import metrics
-from webapp.auth import bearer_token, verify_token
+from webapp.auth import bearer_token, decode_token, token_user
 from webapp.errors import BeaconError
 from webapp.extensions import db, socketio
 from webapp.realtime import user_room
 from webapp.services import context, rate_limit
+from webapp.services.presence import TooManyConnections
 from webapp.services.user_status import apply_transition
-from webapp.sockets import heartbeat
+from webapp.sockets import heartbeat, tokens
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,8 @@ def on_connect(auth: Any = None) -> None:
     try:
         # Counted before the token is checked: guessing tokens costs attempts too.
         rate_limit.check("connect_ip", request.remote_addr, settings.rate_limit_connect_ip)
-        user = verify_token(settings, _token(auth))
+        claims = decode_token(settings, _token(auth))
+        user = token_user(claims)
         rate_limit.check("connect_user", user.id, settings.rate_limit_connect_user)
     except BeaconError as exc:
         raise _refused(exc.code, exc.message, **exc.extra) from None
@@ -53,8 +58,22 @@ def on_connect(auth: Any = None) -> None:
     try:
         heartbeat.ensure_started(current_app._get_current_object())
         heartbeat.CONNECTIONS.add(sid, user_id)
-        if context.presence().connect(user_id, sid, heartbeat.PROCESS_ID):
+        try:
+            cap = settings.max_connections_per_user
+            came_online = context.presence().connect(user_id, sid, heartbeat.PROCESS_ID, cap)
+        except TooManyConnections:
+            heartbeat.CONNECTIONS.remove(sid)
+            # Nothing was recorded, unless a rebuild ran meanwhile: undo it (a no-op otherwise).
+            context.presence().disconnect(user_id, sid, heartbeat.PROCESS_ID)
+            raise _refused(
+                "too_many_connections",
+                f"this user has {cap} connections open already; close one first",
+                max_connections=cap,
+            ) from None
+        if came_online:
             apply_transition(user_id)
+    except ConnectionRefusedError:
+        raise
     except Exception:
         # Refused, so no disconnect event will come: the heartbeat's rebuild removes whatever
         # part of the connection Redis did record, and settles the user's status.
@@ -65,6 +84,9 @@ def on_connect(auth: Any = None) -> None:
         raise _unavailable() from None
     session["user_id"] = user_id
     join_room(user_room(user_id))
+    # From here on the connection is held to its token's exp (notice, refresh, close).
+    tokens.ensure_started(current_app._get_current_object())
+    tokens.track(settings, sid, user_id, claims.expires_at)
     metrics.CONNECTIONS.inc()
 
 
@@ -74,6 +96,7 @@ def on_disconnect(*_reason: Any) -> None:
     if not user_id:
         return
     metrics.CONNECTIONS.dec()
+    tokens.forget(request.sid)
     heartbeat.CONNECTIONS.remove(request.sid)
     try:
         if context.presence().disconnect(user_id, request.sid, heartbeat.PROCESS_ID):

@@ -1,4 +1,9 @@
-"""Client -> server events of the brief; each answers through its ack."""
+"""Client -> server events of the brief; each answers through its ack.
+
+Every event is rate-limited per user (``send_message`` in ``messages``; the topic events here,
+each call counted before its payload is read: a join or a read costs database and Redis round
+trips, and a read a broadcast to the topic, whatever the topic id).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,17 @@ from flask_socketio import emit, join_room, leave_room
 from webapp.extensions import socketio
 from webapp.models import User
 from webapp.realtime import topic_room
-from webapp.services import context, messages, unread
+from webapp.services import context, messages, rate_limit, unread
 from webapp.services.topics import member_topic
 from webapp.services.validation import parse_uuid, require_object
-from webapp.sockets import heartbeat
+from webapp.sockets import heartbeat, tokens
 from webapp.sockets.acks import acked
 
 
 @socketio.on("join_topic")
 @acked
 def join_topic(user: User, payload: Any) -> dict[str, Any]:
+    rate_limit.check("join_topic", user.id, context.settings().rate_limit_join_topic)
     data = require_object(payload, allowed={"topic_id", "room_id"})
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
@@ -33,6 +39,7 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
 @socketio.on("leave_topic")
 @acked
 def leave_topic(user: User, payload: Any) -> dict[str, Any]:
+    rate_limit.check("leave_topic", user.id, context.settings().rate_limit_leave_topic)
     data = require_object(payload, allowed={"topic_id", "room_id"})
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
@@ -52,7 +59,14 @@ def send_message(user: User, payload: Any) -> dict[str, Any]:
 @socketio.on("mark_as_read")
 @acked
 def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
+    rate_limit.check("mark_as_read", user.id, context.settings().rate_limit_mark_as_read)
     return unread.mark_as_read(user, payload)
+
+
+@socketio.on("refresh_token")
+@acked
+def refresh_token(user: User, payload: Any) -> dict[str, Any]:
+    return tokens.refresh(user, payload)
 
 
 @socketio.on("*")

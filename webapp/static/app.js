@@ -252,6 +252,7 @@
     $("#app-view").hidden = true;
     $("#me").hidden = true;
     $("#push-button").hidden = true;
+    $("#token-status").hidden = true;
     $("#login-view").hidden = false;
     setConnection("idle", "Not connected");
     document.title = "Beacon";
@@ -435,7 +436,48 @@
     socket.on("unread_update", onUnreadUpdate);
     socket.on("messages_read", onMessagesRead);
     socket.on("preferences_updated", onPreferences);
+    socket.on("token_expiring", onTokenExpiring);
+    socket.on("token_expired", () => onTokenExpired(socket));
+    socket.on("access_revoked", (payload) => {
+      toast({ kind: "error", title: "Signed out", body: payload.message });
+      clearSession();
+      showLogin();
+    });
     socket.on("error", (payload) => toast({ kind: "error", title: "Server error", body: payload.message || payload.code }));
+  }
+
+  function showTokenStatus(text) {
+    const node = $("#token-status");
+    node.textContent = text;
+    node.hidden = false;
+    console.info(`[beacon] ${text}`);
+  }
+
+  /** The server says the connection's token expires soon: hand it a new one for the same user. */
+  async function onTokenExpiring({ expires_at: expiresAt }) {
+    if (!(await refreshToken())) { // a pasted token: only its owner's backend can renew it
+      showTokenStatus(`Session ends at ${clock(expiresAt)}`);
+      return;
+    }
+    try {
+      const ack = await emit("refresh_token", { token: state.token });
+      showTokenStatus(`Session refreshed at ${clock(new Date().toISOString())}, valid until ${clock(ack.expires_at)}`);
+    } catch (err) {
+      showTokenStatus(`Session refresh refused (${err.code || err.message})`);
+    }
+  }
+
+  /** No refresh in time: the server closes the connection; come back with a fresh token. */
+  async function onTokenExpired(socket) {
+    showTokenStatus("Session expired");
+    if (!(await refreshToken())) {
+      clearSession();
+      showLogin();
+      return;
+    }
+    if (state.socket !== socket) return;
+    if (socket.connected) socket.once("disconnect", () => socket.connect());
+    else socket.connect();
   }
 
   /** Every (re)connection: rooms are per connection, so join the open topic again and catch up. */

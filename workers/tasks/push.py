@@ -1,77 +1,79 @@
-"""Web Push tasks (queue ``push``; run it with ``-P gevent``: the work is waiting on HTTP)."""
+"""Push tasks (queue ``push``; run it with ``-P gevent``: the work is waiting on HTTP).
+
+Thin: each task is one call into ``webapp.delivery``; the retry policy lives here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
-
-from webapp.services import context, push_delivery, push_history
-from webapp.services.push_sender import backoff_delay
+from webapp.delivery import batch, history, planning
+from webapp.services import context
 from workers.celery_app import celery, outage_retry
+from workers.retry import backoff_delay
 
 DB_RETRY = outage_retry()
 
 
 @celery.task(name="beacon.push.fan_out", **DB_RETRY)
 def fan_out(message_id: int, replan: bool = False) -> int:
-    """Plan one send per subscription of each offline member; each is its own task."""
-    plan = push_delivery.plan_fanout(message_id, replan=replan)
-    _enqueue(plan.jobs)
-    for user_id, topic_id, delay in plan.flushes:
-        flush_held.apply_async(args=[user_id, topic_id], countdown=delay)
-    push_delivery.mark_fanned_out(message_id)
-    return len(plan.jobs)
+    """Plan a message's pushes: a send task per batch of devices, a flush task per group of
+    coalescing windows."""
+    plan = planning.plan_fanout(message_id, replan=replan)
+    _enqueue(plan.batches)
+    for topic_id, delay, user_ids in plan.flushes:
+        flush_held.apply_async(args=[topic_id, user_ids], countdown=delay)
+    planning.mark_fanned_out(message_id)
+    return plan.deliveries
 
 
 @celery.task(name="beacon.push.flush_held", **DB_RETRY)
-def flush_held(user_id: str, topic_id: str) -> int:
-    """A coalescing window ended: one push for the messages it held."""
-    jobs = push_delivery.plan_flush(user_id, topic_id)
-    _enqueue(jobs)
-    return len(jobs)
+def flush_held(topic_id: str, user_ids: list[str]) -> int:
+    """Coalescing windows ended: one push per user for the messages each held."""
+    batches = planning.plan_flush(topic_id, user_ids)
+    _enqueue(batches)
+    return sum(len(b.deliveries) for b in batches)
 
 
-def _enqueue(jobs: list[push_delivery.PushJob]) -> None:
-    for job in jobs:
-        send_push.apply_async(
-            args=[job.subscription_id, job.message_id, job.payload, job.urgency, job.topic],
-            kwargs={"summary": True} if job.summary else {},
-        )
+def _enqueue(batches: list[planning.Batch]) -> None:
+    for b in batches:
+        send_batch.apply_async(args=[b.channel, b.message_id, [d.wire() for d in b.deliveries]])
 
 
-@celery.task(bind=True, name="beacon.push.send", **DB_RETRY)
-def send_push(
-    self: Task,
-    subscription_id: str,
-    message_id: int,
-    payload: dict[str, Any],
-    urgency: str,
-    topic: str,
-    summary: bool = False,
-) -> str | None:
-    job = push_delivery.PushJob(subscription_id, message_id, payload, urgency, topic, summary)
-    result = push_delivery.deliver(job)
-    if result is None or result.outcome != "retry":
-        return result.outcome if result else None
+@celery.task(name="beacon.push.send_batch", **DB_RETRY)
+def send_batch(channel: str, message_id: int, deliveries: list[list[Any]], attempt: int = 0) -> int:
+    """Send a batch. The deliveries to retry go on as a batch of their own, after a backoff
+    that honours the longest Retry-After among them; those another attempt holds are looked
+    at again when its lease ends. Returns how many were left for later."""
     settings = context.settings()
-    attempt = self.request.retries
-    if attempt >= settings.push_max_retries:
-        push_delivery.record_failure(
-            job, f"gave up after {attempt + 1} attempts: {result.reason}", result.status
+    items = [batch.Delivery.from_wire(message_id, raw) for raw in deliveries]
+    final = attempt >= settings.push_max_retries
+    later = batch.run(channel, message_id, items, final=final, attempts=attempt + 1)
+    if later.retry:
+        delay = backoff_delay(
+            attempt, settings.push_retry_base, settings.push_retry_max, later.retry_after
         )
-        return "failed"
-    delay = backoff_delay(
-        attempt, settings.push_retry_base, settings.push_retry_max, result.retry_after
+        _send_later(channel, message_id, later.retry, attempt + 1, delay)
+    if later.busy:
+        _send_later(channel, message_id, later.busy, attempt, later.busy_for)
+    return len(later.retry) + len(later.busy)
+
+
+def _send_later(
+    channel: str, message_id: int, deliveries: list[batch.Delivery], attempt: int, delay: float
+) -> None:
+    send_batch.apply_async(
+        args=[channel, message_id, [d.wire() for d in deliveries]],
+        kwargs={"attempt": attempt},
+        countdown=delay,
     )
-    raise self.retry(countdown=delay, max_retries=None)
 
 
 @celery.task(name="beacon.push.prune_failing", **DB_RETRY)
 def prune_failing() -> int:
-    return push_delivery.prune_failing()
+    return batch.prune_failing()
 
 
 @celery.task(name="beacon.push.prune_history", **DB_RETRY)
 def prune_history() -> int:
-    return push_history.prune()
+    return history.prune()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from webapp.services import reconcile, unread
+from datetime import timedelta
+
+from webapp.models import utcnow
+from webapp.services import context, idempotency, reconcile, unread
 from workers.celery_app import celery, outage_retry
 
 
@@ -18,3 +21,12 @@ def reconcile_lost_work() -> int:
 
     No retry on an outage: the next scheduled run does the same work."""
     return len(reconcile.reconcile())
+
+
+@celery.task(name="beacon.unread.prune_markers", ignore_result=True)
+def prune_markers() -> int:
+    """Beat (hourly): delete the processed-event markers older than their retention
+    (``PROCESSED_EVENTS_DAYS``, never below what a redelivery, a retry or reconciliation can
+    still need). No retry on an outage: the next run deletes the same rows."""
+    retention = context.settings().processed_events_retention
+    return idempotency.prune(utcnow() - timedelta(seconds=retention))

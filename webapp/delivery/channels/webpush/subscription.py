@@ -1,4 +1,4 @@
-"""Validation of a browser ``PushSubscription`` before it is stored, and before each send.
+"""A browser's ``PushSubscription``: its keys, their validation, and the endpoint address guard.
 
 A push endpoint is a URL a user handed us; the push worker will POST to it. Without checks the
 worker becomes an SSRF proxy into our own network (Redis, the metadata service, admin ports), so
@@ -24,15 +24,17 @@ import ipaddress
 import math
 import re
 import socket
+from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from webapp.services.push_sender import SubscriptionKeys
+from webapp.delivery.channels.webpush import dns
 
 __all__ = [
     "MAX_ENDPOINT_LENGTH",
     "SubscriptionError",
+    "SubscriptionKeys",
     "check_endpoint_target",
     "host_is_allowlisted",
     "is_public_address",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 MAX_ENDPOINT_LENGTH = 2048
+LOOKUP_TIMEOUT = 10.0  # seconds a send-time lookup of an endpoint's host may take
 _B64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}\Z")
 _NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+\Z")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
@@ -54,6 +57,19 @@ _INTERNAL_SUFFIXES = (
     "intranet",
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+@dataclass(frozen=True)
+class SubscriptionKeys:
+    """What the browser's ``PushSubscription`` gives us (keys as base64url strings)."""
+
+    endpoint: str
+    p256dh: str
+    auth: str
+
+    def __repr__(self) -> str:
+        # The endpoint and the auth secret together are a credential: keep them out of logs.
+        return "SubscriptionKeys(endpoint=<redacted>, p256dh=<redacted>, auth=<redacted>)"
 
 
 class SubscriptionError(ValueError):
@@ -180,7 +196,9 @@ def _check_endpoint(endpoint: object, allowed_hosts: tuple[str, ...]) -> tuple[s
     return host, port, False
 
 
-def check_endpoint_target(url: str, allowed_hosts: tuple[str, ...]) -> None:
+def check_endpoint_target(
+    url: str, allowed_hosts: tuple[str, ...], *, timeout: float = LOOKUP_TIMEOUT
+) -> None:
     """Call right before sending: resolve the host and refuse any non-public address.
 
     Raises ``SubscriptionError`` with code ``forbidden_host`` (do not send; drop or flag the
@@ -192,7 +210,7 @@ def check_endpoint_target(url: str, allowed_hosts: tuple[str, ...]) -> None:
     if allowlisted or _ip_literal(host) is not None:
         return  # IP literals were fully checked above
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = dns.getaddrinfo(host, port, timeout=timeout)
     except (socket.gaierror, UnicodeError, OSError) as exc:
         raise SubscriptionError("dns_error", f"endpoint host does not resolve ({exc})") from None
     if not infos:

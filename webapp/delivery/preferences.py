@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from sqlalchemy import delete, exists, select
 
 from webapp import realtime
+from webapp.delivery.rules import Rules
 from webapp.errors import InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import (
@@ -30,7 +31,6 @@ from webapp.models import (
 )
 from webapp.services import context
 from webapp.services.dialect import insert
-from webapp.services.notification_rules import Rules
 from webapp.services.topics import member_topic
 from webapp.services.validation import require_object
 

@@ -1,4 +1,7 @@
-"""Emitting Socket.IO events from any process.
+"""Emitting Socket.IO events from any process; this package is also the one place that
+touches python-socketio / python-engineio internals (``fanout``, ``audience``,
+``session_gate``), pinned in requirements.txt and checked by ``tests/test_engineio_contract.py``
+and ``tests/test_session_gate_contract.py``, which fail loudly when an upgrade changes them.
 
 In the web tier the app's ``socketio`` server emits (and, through the Redis message queue,
 reaches clients of every other web process). Workers and beat have no server: they publish
@@ -38,11 +41,32 @@ def _writer(redis_url: str) -> SocketIO:
 
 
 def emit(redis_url: str, event: str, data: Any, *, to: str | list[str] | None = None) -> None:
-    """Emit ``event`` to a room (or rooms, or everyone when ``to`` is None)."""
+    """Emit ``event`` to a room (or rooms, or everyone when ``to`` is None).
+
+    An empty room list reaches nobody (python-socketio would take it for "everyone").
+    """
+    if to is not None and not to:
+        return
     if getattr(socketio, "server", None) is not None:
         socketio.emit(event, data, to=to)
     else:
         _writer(redis_url).emit(event, data, to=to)
+
+
+def queue_message(manager: Any, event: str, data: Any, room: str) -> dict[str, Any]:
+    """What ``PubSubManager.emit`` publishes for ``event`` with JSON ``data`` to ``room`` (a
+    library internal: ``tests/test_engineio_contract.py`` compares the two)."""
+    return {
+        "method": "emit",
+        "event": event,
+        "data": [data],
+        "binary": False,
+        "namespace": "/",
+        "room": room,
+        "skip_sid": None,
+        "callback": None,
+        "host_id": manager.host_id,
+    }
 
 
 def emit_each(redis_url: str, event: str, items: list[tuple[Any, str]]) -> None:
@@ -65,18 +89,9 @@ def emit_each(redis_url: str, event: str, items: list[tuple[Any, str]]) -> None:
             manager._redis_connect()
         pipe = manager.redis.pipeline(transaction=False)
         for data, room in items:
-            message = {
-                "method": "emit",
-                "event": event,
-                "data": [data],
-                "binary": False,
-                "namespace": "/",
-                "room": room,
-                "skip_sid": None,
-                "callback": None,
-                "host_id": manager.host_id,
-            }
-            pipe.publish(manager.channel, manager.json.dumps(message))
+            pipe.publish(
+                manager.channel, manager.json.dumps(queue_message(manager, event, data, room))
+            )
         pipe.execute()
     except Exception:  # the library's own path reconnects and retries
         manager.connected = False

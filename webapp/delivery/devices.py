@@ -8,12 +8,12 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import delete, func, select
 
+from webapp.delivery.channels.webpush.subscription import SubscriptionError, validate_subscription
 from webapp.errors import BeaconError, InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import PushSubscription, User, isoformat, utcnow
 from webapp.services import context, rate_limit
 from webapp.services.dialect import insert
-from webapp.services.push_validation import SubscriptionError, validate_subscription
 from webapp.services.validation import require_object
 
 MAX_LABEL = 256

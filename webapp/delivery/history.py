@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
+from sqlalchemy import insert as sa_insert
 
 from webapp.errors import InvalidInput
 from webapp.extensions import db
@@ -24,7 +25,7 @@ def push_service(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"[:255]
 
 
-def record(
+def row(
     *,
     user_id: uuid.UUID,
     subscription_id: uuid.UUID,
@@ -33,24 +34,29 @@ def record(
     outcome: str,
     status: int | None = None,
     reason: str | None = None,
-) -> None:
-    """Add the row to the current transaction (committed with the send's own effect)."""
+) -> dict[str, Any]:
+    """One history row (for ``insert``)."""
     topic_id = payload.get("topic_id")
-    db.session.add(
-        PushRecord(
-            user_id=user_id,
-            subscription_id=subscription_id,
-            push_service=push_service(endpoint),
-            topic_id=uuid.UUID(topic_id) if topic_id else None,
-            message_id=payload.get("message_id"),
-            kind=str(payload.get("type") or "message")[:16],
-            message_count=int(payload.get("count") or 1),
-            outcome=outcome,
-            status_code=status,
-            reason=(reason or None) and reason[:300],
-            created_at=utcnow(),
-        )
-    )
+    return {
+        "user_id": user_id,
+        "subscription_id": subscription_id,
+        "push_service": push_service(endpoint),
+        "topic_id": uuid.UUID(topic_id) if topic_id else None,
+        "message_id": payload.get("message_id"),
+        "kind": str(payload.get("type") or "message")[:16],
+        "message_count": int(payload.get("count") or 1),
+        "outcome": outcome,
+        "status_code": status,
+        "reason": (reason or None) and reason[:300],
+        "created_at": utcnow(),
+    }
+
+
+def insert(rows: list[dict[str, Any]]) -> None:
+    """Add the rows to the current transaction in one INSERT (committed with the sends'
+    own effects)."""
+    if rows:
+        db.session.execute(sa_insert(PushRecord.__table__), rows)
 
 
 def list_for(user: User, *, before: int | None, limit: int, outcome: str | None) -> dict[str, Any]:

@@ -1,13 +1,21 @@
-"""Hand-off from the web tier to the workers: the only place that enqueues Celery tasks."""
+"""The hand-off from the web tier to the workers: the one Celery app, and tasks sent by name.
+
+The web tier never imports ``workers`` (workers import ``webapp``): it enqueues by task name,
+and the task classes are resolved only in worker processes (``task_cls`` is given by name).
+"""
 
 from __future__ import annotations
 
 import logging
 
 import redis
+from celery import Celery
 from kombu.exceptions import OperationalError
 
 log = logging.getLogger(__name__)
+
+celery = Celery("beacon", task_cls="workers.celery_app:AppContextTask")
+celery.config_from_object("celeryconfig")
 
 
 def message_posted(message_id: int, exclude_user_ids: list[str], *, push: bool) -> bool:
@@ -31,17 +39,12 @@ def message_posted(message_id: int, exclude_user_ids: list[str], *, push: bool) 
 def redispatch(message_id: int, exclude_user_ids: list[str] | None, *, push: bool) -> None:
     """Enqueue a message's work; also what reconciliation found missing (each task is
     idempotent). ``exclude_user_ids`` None: the increment is not wanted."""
-    from workers.tasks.push import fan_out
-    from workers.tasks.unread import increment_unread
-
     if exclude_user_ids is not None:
-        increment_unread.apply_async(args=[message_id, exclude_user_ids])
+        celery.send_task("beacon.unread.increment", args=[message_id, exclude_user_ids])
     if push:
-        fan_out.apply_async(args=[message_id])
+        celery.send_task("beacon.push.fan_out", args=[message_id])
 
 
 def replan_pushes(message_id: int) -> None:
     """Plan a message's pushes again, skipping the sends that already ended."""
-    from workers.tasks.push import fan_out
-
-    fan_out.apply_async(args=[message_id], kwargs={"replan": True})
+    celery.send_task("beacon.push.fan_out", args=[message_id], kwargs={"replan": True})

@@ -1,0 +1,704 @@
+"""End-to-end Web Push pipeline: one message to N offline members, web to push service.
+
+Why: ``push_throughput.py`` measures the sender alone and ``push_fanout.py`` the planning alone;
+neither says how fast a message posted by a user actually reaches every device. Here the real
+processes run on loopback: the web process (the message is sent over Socket.IO by a connected
+member, as a browser does), Redis, the ``unread`` worker and the ``push`` worker(s) (``celery -A
+workers worker -Q push -P gevent -c 100`` by default), and a push service in its own process
+over TLS (a throwaway CA made at start) that only counts pushes and answers 201, after a
+configurable delay that stands for a real push service's distance. Members, topic and
+subscriptions are inserted directly in the database; one subscription per run goes through the
+REST API to prove the web tier accepts that endpoint form.
+
+Per configuration (members x devices x latency): send -> first and last push arrival, pushes/s
+end to end, CPU of the push worker process group per push, and the ratio to the sender-only
+ceiling measured in the same run against the same push service (``PushSender.send_many`` in
+this process, with the worker's per-batch concurrency). Also the sender against naive
+``pywebpush.webpush()`` (``push_throughput.py``'s loop). Targets are printed with pass/fail.
+
+    .venv/bin/python bench/push_pipeline.py --members 1000,5000 --devices 1,3 --latency 0,50
+    .venv/bin/python bench/push_pipeline.py --members 200 --devices 1 --latency 0   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import http.client
+import json
+import os
+import shlex
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+HOST = "127.0.0.1"
+SUBJECT = "mailto:bench@example.com"
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+
+from tests.harness.certs import make_certs  # noqa: E402
+
+
+# -- the counting push service (runs in its own process: ``--serve-push-service``) ------------
+class _Counter:
+    """What arrived since the last reset; the answer delay (seconds)."""
+
+    def __init__(self) -> None:
+        self.latency = 0.0
+        self.connections = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.refused = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.paths: set[str] = set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "distinct": len(self.paths),
+            "refused": self.refused,
+            "first": self.first,
+            "last": self.last,
+            "latency": self.latency,
+            "connections": self.connections,
+            # the shape push_throughput.measure() reads (one pseudo-subscription)
+            "subscriptions": {"all": {"delivered": self.count}},
+        }
+
+
+_CREATED = b"HTTP/1.1 201 Created\r\nLocation: /m/1\r\nContent-Length: 0\r\n\r\n"
+
+
+def _reply(status: str, body: bytes = b"", ctype: str = "application/json") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def _connection(
+    counter: _Counter, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """HTTP/1.1 keep-alive, one request after another (no pipelining: senders do not)."""
+    counter.connections += 1
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _version = (lines[0].split(" ") + ["", ""])[:3]
+            headers = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length") or 0)
+            if length:
+                await reader.readexactly(length)
+            if method == "POST" and path.startswith("/push/"):
+                now = time.monotonic()
+                well_formed = (
+                    headers.get("authorization", "").lower().startswith("vapid ")
+                    and headers.get("content-encoding", "").lower() == "aes128gcm"
+                    and headers.get("ttl", "").isdigit()
+                    and length > 21 + 65 + 16
+                )
+                if not well_formed:
+                    counter.refused += 1
+                    answer = _reply("400 Bad Request")
+                else:
+                    counter.count += 1
+                    counter.paths.add(path)
+                    counter.first = now if counter.first is None else counter.first
+                    counter.last = now
+                    answer = _CREATED
+                if counter.latency > 0:
+                    await asyncio.sleep(counter.latency)  # this connection only
+            elif path == "/_admin/stats":
+                answer = _reply("200 OK", json.dumps(counter.stats()).encode())
+            elif method == "POST" and path.startswith("/_admin/reset"):
+                _, _, query = path.partition("?")
+                params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+                counter.reset()
+                counter.latency = float(params.get("latency_ms", counter.latency * 1000)) / 1000
+                answer = _reply("200 OK", json.dumps(counter.stats()).encode())
+            else:
+                answer = _reply("404 Not Found")
+            writer.write(answer)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def _serve(cert: str, key: str, latency_ms: float) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    counter = _Counter()
+    counter.latency = latency_ms / 1000
+    server = await asyncio.start_server(
+        lambda r, w: _connection(counter, r, w), HOST, 0, ssl=context, backlog=1024
+    )
+    print(server.sockets[0].getsockname()[1], flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with server:
+        await stop.wait()
+
+
+class CountingPushService:
+    """The counting push service's child process and its admin calls (TLS, the bench's CA)."""
+
+    def __init__(self, certs: dict[str, Path], startup_timeout: float = 20.0) -> None:
+        self._conn: http.client.HTTPSConnection | None = None
+        self._errors = tempfile.TemporaryFile()
+        argv = [sys.executable, __file__, "--serve-push-service"]
+        argv += ["--cert", str(certs["cert"]), "--key", str(certs["key"])]
+        self.proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._errors, text=True
+        )
+        self.pid = self.proc.pid
+        port = _read_line(self.proc, startup_timeout)
+        if not port.isdigit():
+            self.close()
+            self._errors.seek(0)
+            raise RuntimeError(
+                "push service did not start: " + self._errors.read().decode()[-2000:]
+            )
+        self.port = int(port)
+        self.origin = f"https://{HOST}:{self.port}"
+        self._context = ssl.create_default_context(cafile=str(certs["ca"]))
+
+    def _call(self, method: str, path: str) -> dict[str, Any]:
+        """One admin call on a kept-alive connection (polling must not cost a TLS handshake
+        each time); reconnects once if the connection was dropped."""
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(
+                    HOST, self.port, timeout=10, context=self._context
+                )
+            try:
+                self._conn.request(method, path)
+                response = self._conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+                continue
+            if response.status != 200:
+                raise RuntimeError(f"push service {method} {path}: {response.status}")
+            return json.loads(body)
+        raise AssertionError("unreachable")
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/_admin/stats")
+
+    def reset(self, latency_ms: float) -> None:
+        self._call("POST", f"/_admin/reset?latency_ms={latency_ms:g}")
+
+    def endpoint(self) -> str:
+        return f"{self.origin}/push/{uuid.uuid4().hex}{uuid.uuid4().hex}"
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._errors.close()
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    import selectors
+
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        ready = selector.select(timeout)
+    return proc.stdout.readline().strip() if ready else ""
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def browser_keys(count: int) -> list[tuple[str, str]]:
+    """``count`` distinct (p256dh, auth) pairs, as browsers make them (keys are real: the
+    sender encrypts for each)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = []
+    for _ in range(count):
+        point = (
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        )
+        keys.append((_b64url(point), _b64url(os.urandom(16))))
+    return keys
+
+
+def seed(app: Any, service: CountingPushService, members: int, devices: int) -> tuple[Any, Any]:
+    """A topic of ``members`` offline members with ``devices`` subscriptions each, plus the
+    sender (no subscription); returns (topic, sender)."""
+    from sqlalchemy import insert
+
+    from bench.stack import create_topics, create_users
+    from webapp.extensions import db
+    from webapp.models import PushSubscription, utcnow
+
+    users = create_users(app, members + 1, prefix=f"pipe{members}x{devices}")
+    (topic,) = create_topics(app, [list(range(members + 1))], users)
+    keys = browser_keys(members * devices)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "user_id": uuid.UUID(u.id),
+            "endpoint": service.endpoint(),
+            "p256dh": keys[i * devices + d][0],
+            "auth": keys[i * devices + d][1],
+            "created_at": utcnow(),
+            "failure_count": 0,
+        }
+        for i, u in enumerate(users[1:])
+        for d in range(devices)
+    ]
+    with app.app_context():
+        for start in range(0, len(rows), 5000):
+            db.session.execute(insert(PushSubscription), rows[start : start + 5000])
+        db.session.commit()
+    return topic, users[0]
+
+
+def check_endpoint_accepted(bench: Any, service: CountingPushService) -> None:
+    """One subscription through the REST API: the web tier must accept the endpoint form."""
+    import requests
+
+    from bench.stack import create_users
+
+    (user,) = create_users(bench.app, 1, prefix="pipe-api")
+    p256dh, auth = browser_keys(1)[0]
+    body = {
+        "endpoint": service.endpoint(),
+        "expirationTime": None,
+        "keys": {"p256dh": p256dh, "auth": auth},
+    }
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.post(
+            f"{bench.url}/api/notifications/subscribe",
+            json=body,
+            headers={"Authorization": f"Bearer {user.token}"},
+            timeout=30,
+        )
+    if response.status_code != 201:
+        raise SystemExit(
+            f"the web tier refused the endpoint: {response.status_code} {response.text}"
+        )
+
+
+# -- measuring ---------------------------------------------------------------------------------
+@dataclass
+class Result:
+    members: int
+    devices: int
+    latency_ms: float
+    expected: int
+    delivered: int
+    duplicates: int
+    refused: int
+    ack: float  # send -> ack, seconds
+    first: float | None  # send -> first arrival
+    last: float | None  # send -> last arrival
+    worker_cpu: float  # push worker group CPU seconds, whole message
+    other_cpu: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.last if self.last else 0.0
+
+
+def _cpu(procs: list[Any]) -> float:
+    from bench.stack import group_cpu_seconds
+
+    return sum(group_cpu_seconds(p.pid) for p in procs)
+
+
+def wait_quiet(procs: list[Any], *, still: float = 0.5, limit: float = 30.0) -> None:
+    """Until the processes' CPU time stops growing (their work is done), at most ``limit``."""
+    deadline = time.monotonic() + limit
+    before = _cpu(procs)
+    while time.monotonic() < deadline:
+        time.sleep(still)
+        now = _cpu(procs)
+        if now - before < 0.02 * still:
+            return
+        before = now
+
+
+def send_and_watch(
+    bench: Any,
+    service: CountingPushService,
+    push_workers: list[Any],
+    others: dict[str, list[Any]],
+    topic: Any,
+    sender: Any,
+    expected: int,
+    timeout: float,
+) -> tuple[float, dict[str, Any], float, dict[str, float]]:
+    """Post one message as ``sender`` over Socket.IO; poll the push service until ``expected``
+    pushes arrived (or ``timeout``); returns (ack, stats, worker CPU, other CPU)."""
+    from bench.stack import cpu_seconds
+    from tests.harness.sio_client import RecordingClient
+
+    client = RecordingClient(name="sender")
+    client.connect(bench.url, sender.token)
+    try:
+        wait_quiet(push_workers + [p for ps in others.values() for p in ps], limit=10)
+        cpu_before = _cpu(push_workers)
+        other_before = {name: _cpu(ps) for name, ps in others.items()}
+        service_before = cpu_seconds(service.pid)
+        text = "release is out, please check your devices " + uuid.uuid4().hex
+        sent = time.monotonic()
+        ack = client.call("send_message", {**topic_ref(topic), "message": text}, timeout=60)
+        acked = time.monotonic() - sent
+        if not ack.get("ok"):
+            raise SystemExit(f"send_message was refused: {ack}")
+        deadline = sent + timeout
+        stats = service.stats()
+        while stats["count"] < expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+            stats = service.stats()
+    finally:
+        client.disconnect()
+    wait_quiet(push_workers)  # the worker books its answers after the last push
+    worker_cpu = _cpu(push_workers) - cpu_before
+    other = {name: _cpu(ps) - other_before[name] for name, ps in others.items()}
+    other["push service"] = cpu_seconds(service.pid) - service_before
+    for key in ("first", "last"):
+        if stats[key] is not None:
+            stats[key] -= sent
+    return acked, stats, worker_cpu, other
+
+
+def topic_ref(topic: Any) -> dict[str, str]:
+    return {"room_id": topic.room_id, "topic_id": topic.topic_id}
+
+
+def sender_ceiling(
+    service: CountingPushService,
+    private_key: str,
+    *,
+    concurrency: int,
+    batch: int,
+    n: int,
+    timeout: float,
+) -> Any:
+    """A ``PushSender.send_many`` loop in this process, one batch after another, as one send
+    task does: ``PUSH_BATCH_SIZE`` pushes per call, ``PUSH_SEND_CONCURRENCY`` in flight."""
+    from bench.push_throughput import TTL, measure, payload
+    from webapp.delivery.channels.webpush.sender import PushSender
+    from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
+
+    keys = browser_keys(min(n, 500))
+    subs = [SubscriptionKeys(service.endpoint(), *keys[i]) for i in range(len(keys))]
+    messages = [(subs[i % len(subs)], payload(i)) for i in range(n)]
+    allowed = (f"{HOST}:{service.port}",)
+    with PushSender(
+        private_key, SUBJECT, timeout=timeout, concurrency=concurrency, allowed_hosts=allowed
+    ) as sender:
+        sender.send_many(messages[: min(n, 200)], ttl=TTL)  # connections, key and JWT caches
+        chunks = [messages[i : i + batch] for i in range(0, n, batch)]
+        return measure(
+            "send_many", service, n, 1, lambda: [sender.send_many(c, ttl=TTL) for c in chunks]
+        )
+
+
+def naive_rate(service: CountingPushService, private_key: str, n: int) -> Any:
+    from bench.push_throughput import measure, naive_loop, payload
+
+    keys = browser_keys(min(n, 50))
+    subs = [{"endpoint": service.endpoint(), "keys": {"p256dh": p, "auth": a}} for p, a in keys]
+    payloads = [payload(i) for i in range(n)]
+    return measure("naive", service, n, 1, lambda: naive_loop(private_key, subs, payloads))
+
+
+# -- the run -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def pipeline(
+    args: argparse.Namespace,
+    certs: dict[str, Path],
+    service: CountingPushService,
+    vapid: tuple[str, str],
+) -> Iterator[tuple[Any, list[Any], dict[str, list[Any]]]]:
+    """The stack (web, Redis, database), the unread worker and the push worker(s)."""
+    from bench.stack import beacon_stack
+    from tests.conftest import start_worker
+
+    env = {
+        "VAPID_PRIVATE_KEY": vapid[0],
+        "VAPID_PUBLIC_KEY": vapid[1],
+        "VAPID_SUBJECT": SUBJECT,
+        "PUSH_ALLOWED_HOSTS": f"{HOST}:{service.port}",
+        "PUSH_COALESCE_WINDOW": str(args.coalesce_window),
+        **{name: str(certs["ca"]) for name in CA_VARIABLES},
+    }
+    for item in args.env:
+        name, _, value = item.partition("=")
+        env[name] = value
+    with beacon_stack(args.backend, worker=False, extra_env=env, keep_logs=args.keep_logs) as bench:
+        assert bench.log_dir is not None
+        with contextlib.ExitStack() as procs:
+            unread = start_worker(
+                "unread", bench.env, bench.log_dir, "unread", *shlex.split(args.unread_args)
+            )
+            procs.callback(unread.stop)
+            push = []
+            for i in range(args.push_workers):
+                w = start_worker(
+                    f"push{i}", bench.env, bench.log_dir, "push", *shlex.split(args.worker_args)
+                )
+                procs.callback(w.stop)
+                push.append(w)
+            others = {"web": [bench.web], "unread": [unread]}
+            yield bench, push, others
+        if args.keep_logs:
+            print(f"logs: {bench.log_dir}")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.stack import raise_fd_limit
+    from config import load_settings
+    from webapp.delivery.channels.webpush.vapid import generate_vapid_keypair
+
+    raise_fd_limit()
+    members = [int(m) for m in args.members.split(",")]
+    devices = [int(d) for d in args.devices.split(",")]
+    latencies = [float(x) for x in args.latency.split(",")]
+    vapid = generate_vapid_keypair()
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="beacon-pipe-")))
+        certs = make_certs(folder)
+        for name in CA_VARIABLES:  # this process's sender and pywebpush (requests) trust it too
+            os.environ[name] = str(certs["ca"])
+        service = CountingPushService(certs)
+        stack.callback(service.close)
+        bench, push_workers, others = stack.enter_context(pipeline(args, certs, service, vapid))
+        settings = load_settings({**os.environ, **bench.env})
+        concurrency, batch = settings.push_send_concurrency, settings.push_batch_size
+        timeout = settings.push_request_timeout
+        print(
+            f"push pipeline: web + unread ({args.unread_args}) + {args.push_workers} push "
+            f"worker(s) ({args.worker_args}), {args.backend}; PUSH_BATCH_SIZE={batch}, "
+            f"PUSH_SEND_CONCURRENCY={concurrency}, PUSH_COALESCE_WINDOW={args.coalesce_window:g}; "
+            f"push service {service.origin} (TLS, counts and answers 201, own process); "
+            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        check_endpoint_accepted(bench, service)
+        # Warm up: worker imports, database, TLS connections and JWT cache of the push worker.
+        service.reset(0)
+        topic, sender = seed(bench.app, service, args.warmup, 1)
+        send_and_watch(bench, service, push_workers, others, topic, sender, args.warmup, 60)
+
+        results: list[Result] = []
+        ceilings: dict[float, Any] = {}
+        naive = None
+        for latency in latencies:
+            service.reset(latency)
+            n = args.ceiling_n
+            ceilings[latency] = sender_ceiling(
+                service, vapid[0], concurrency=concurrency, batch=batch, n=n, timeout=timeout
+            )
+            if latency == 0 and not args.skip_naive:
+                naive = naive_rate(service, vapid[0], args.naive_n)
+            for m in members:
+                for d in devices:
+                    topic, sender = seed(bench.app, service, m, d)
+                    service.reset(latency)
+                    ack, stats, cpu, other = send_and_watch(
+                        bench, service, push_workers, others, topic, sender, m * d, args.timeout
+                    )
+                    result = Result(
+                        m,
+                        d,
+                        latency,
+                        m * d,
+                        stats["count"],
+                        stats["count"] - stats["distinct"],
+                        stats["refused"],
+                        ack,
+                        stats["first"],
+                        stats["last"],
+                        cpu,
+                        other,
+                    )
+                    results.append(result)
+                    report_row(result, ceilings[latency])
+        report(results, ceilings, naive, os.getloadavg())
+    return 0
+
+
+def report_row(r: Result, ceiling: Any) -> None:
+    per_push = r.worker_cpu / r.delivered * 1e6 if r.delivered else float("nan")
+    others = ", ".join(f"{k} {v:.2f}s" for k, v in r.other_cpu.items())
+    print(
+        f"{r.members:>6} x {r.devices} @ {r.latency_ms:>3g} ms: {r.delivered}/{r.expected} "
+        f"delivered (dup {r.duplicates}, refused {r.refused}); ack {_ms(r.ack)} ms, "
+        f"first {_ms(r.first)} ms, last {_ms(r.last)} ms, {r.rate:,.0f} pushes/s "
+        f"({r.rate * ceiling.wall:.0%} of sender-only), push worker CPU {per_push:,.0f} µs/push "
+        f"({others} CPU)",
+        flush=True,
+    )
+
+
+def report(results: list[Result], ceilings: dict[float, Any], naive: Any, load: Any) -> None:
+    print()
+    print(
+        f"{'members':>7} {'dev':>3} {'lat ms':>6} {'pushes':>7} {'first ms':>9} {'last ms':>9} "
+        f"{'pushes/s':>9} {'ceiling/s':>9} {'ratio':>6} {'worker µs/push':>15} "
+        f"{'service µs/push':>16}"
+    )
+    for r in results:
+        ceiling = 1 / ceilings[r.latency_ms].wall
+        n = max(1, r.delivered)
+        print(
+            f"{r.members:>7} {r.devices:>3} {r.latency_ms:>6g} {r.delivered:>7} {_ms(r.first):>9} "
+            f"{_ms(r.last):>9} {r.rate:>9,.0f} {ceiling:>9,.0f} {r.rate / ceiling:>6.0%} "
+            f"{r.worker_cpu / n * 1e6:>15,.0f} {r.other_cpu['push service'] / n * 1e6:>16,.0f}"
+        )
+    print("(worker / service µs/push: CPU of the push worker process group / push service)")
+    print(
+        "(ceiling: one send task's loop, batch after batch; the worker runs up to its pool size"
+        " of such tasks at once, so with latency the pipeline can exceed it)"
+    )
+    for latency, c in ceilings.items():
+        service = "" if c.service_cpu is None else f", push service {c.service_cpu * 1e6:.0f}"
+        print(
+            f"sender-only ceiling @ {latency:g} ms: {1 / c.wall:,.0f} pushes/s "
+            f"(CPU µs/push: sender {c.cpu * 1e6:.0f}{service})"
+        )
+    c0 = ceilings.get(0.0)
+    if naive is not None:
+        print(
+            f"naive pywebpush.webpush() @ 0 ms: {1 / naive.wall:,.0f} pushes/s "
+            f"(CPU µs/push: {naive.cpu * 1e6:.0f})"
+        )
+    print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print("\ntargets:")
+    complete = all(r.delivered == r.expected and r.duplicates == 0 for r in results)
+    print(f"  every push delivered exactly once: {_verdict(complete)}")
+    for r in results:
+        if r.latency_ms == 0:
+            print(
+                f"  >= 1,000 pushes/s end to end at 0 ms ({r.members}x{r.devices}): "
+                f"{r.rate:,.0f}/s {_verdict(r.rate >= 1000)}"
+            )
+        if r.latency_ms == 50:
+            print(
+                f"  >= 800 pushes/s end to end at 50 ms over TLS ({r.members}x{r.devices}): "
+                f"{r.rate:,.0f}/s {_verdict(r.rate >= 800)}"
+            )
+        if r.members == 5000 and r.devices == 1:
+            done = r.last is not None and r.delivered == r.expected
+            print(
+                f"  5,000 members x 1 device in <= 6 s (@ {r.latency_ms:g} ms): "
+                f"{_ms(r.last)} ms {_verdict(done and r.last <= 6)}"
+            )
+    for r in results:
+        ratio = r.rate * ceilings[r.latency_ms].wall
+        print(
+            f"  pipeline >= 50% of sender-only ({r.members}x{r.devices} @ {r.latency_ms:g} ms): "
+            f"{ratio:.0%} {_verdict(ratio >= 0.5)}"
+        )
+    if naive is not None and c0 is not None:
+        ratio = naive.wall / c0.wall
+        print(f"  sender >= 5x naive pywebpush (@ 0 ms, wall): {ratio:.1f}x {_verdict(ratio >= 5)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="end-to-end Web Push pipeline")
+    parser.add_argument("--members", default="1000,5000", help="offline members per message")
+    parser.add_argument("--devices", default="1,3", help="subscriptions per member")
+    parser.add_argument("--latency", default="0,50", help="push service answer delay, ms")
+    parser.add_argument("--push-workers", type=int, default=1, help="push worker processes")
+    parser.add_argument("--worker-args", default="-P gevent -c 100", help="push worker pool")
+    parser.add_argument("--unread-args", default="-c 4", help="unread worker pool")
+    parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
+    parser.add_argument(
+        "--coalesce-window",
+        type=float,
+        default=0.0,
+        help="PUSH_COALESCE_WINDOW (the first message is sent at once anyway)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="more settings for every Beacon process (PUSH_BATCH_SIZE=...)",
+    )
+    parser.add_argument("--warmup", type=int, default=300, help="members of the warm-up message")
+    parser.add_argument("--ceiling-n", type=int, default=3000, help="pushes, sender-only run")
+    parser.add_argument("--naive-n", type=int, default=300, help="pushes, naive pywebpush run")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for one message's pushes"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    parser.add_argument("--serve-push-service", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cert", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_push_service:
+        asyncio.run(_serve(args.cert, args.key, 0.0))
+        return 0
+
+    def _terminate(_signum: int, _frame: object) -> None:
+        raise SystemExit(143)  # unwinds the context managers: every process is stopped
+
+    signal.signal(signal.SIGTERM, _terminate)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

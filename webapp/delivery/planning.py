@@ -1,0 +1,271 @@
+"""Who is notified of a new message, and how the deliveries are grouped into send batches.
+
+The fan-out picks the members who are not the sender and have no live connection, whose
+preferences and do-not-disturb allow it (``rules``); coalescing (``coalescing``) then sends at
+once or holds for one push at the window's end; ``@username`` makes a member's push a
+``mention``. Deliveries go out in batches of ``PUSH_BATCH_SIZE``, each to one push service
+(``batch`` sends and books them), so a big topic costs a task per hundred devices, not per
+device, and one slow push service never holds another's batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+
+from webapp import metrics
+from webapp.delivery import coalescing, rules
+from webapp.delivery.batch import Delivery, send_marker
+from webapp.extensions import db
+from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
+from webapp.redis_client import get_redis
+from webapp.services import context
+from webapp.services.idempotency import claim, claimed_among, is_claimed
+
+log = logging.getLogger(__name__)
+
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.\-]{1,64})")
+CHANNEL = "webpush"
+
+
+def mentioned_usernames(body: str) -> set[str]:
+    return {m.lower().rstrip(".") for m in MENTION.findall(body)}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Deliveries of one message through one channel to one push service."""
+
+    channel: str
+    message_id: int
+    deliveries: list[Delivery]
+
+
+@dataclass(frozen=True)
+class FanoutPlan:
+    """The batches to send now, and the coalescing flushes to enqueue: (topic, delay in
+    seconds, users whose window ends then)."""
+
+    batches: list[Batch] = field(default_factory=list)
+    flushes: list[tuple[str, float, list[str]]] = field(default_factory=list)
+
+    @property
+    def deliveries(self) -> int:
+        return sum(len(b.deliveries) for b in self.batches)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def batches(message_id: int, deliveries: Iterable[tuple[str, Delivery]]) -> list[Batch]:
+    """Group ``(endpoint, delivery)`` pairs by push-service origin, ``PUSH_BATCH_SIZE`` each."""
+    size = context.settings().push_batch_size
+    by_origin: dict[str, list[Delivery]] = {}
+    for endpoint, delivery in deliveries:
+        parts = urlsplit(endpoint)
+        by_origin.setdefault(f"{parts.scheme}://{parts.netloc}", []).append(delivery)
+    return [
+        Batch(CHANNEL, message_id, group[start : start + size])
+        for group in by_origin.values()
+        for start in range(0, len(group), size)
+    ]
+
+
+def _flush_groups(
+    topic_id: str, flushes: list[tuple[str, float]]
+) -> list[tuple[str, float, list[str]]]:
+    """Flushes whose windows end in the same second go out as one task (a busy topic's
+    second message opens a flush for each of its offline members at once)."""
+    size = context.settings().push_batch_size
+    by_second: dict[int, list[str]] = {}
+    for user_id, delay in flushes:
+        by_second.setdefault(int(delay) + 1, []).append(user_id)
+    return [
+        (topic_id, float(second), users[start : start + size])
+        for second, users in sorted(by_second.items())
+        for start in range(0, len(users), size)
+    ]
+
+
+def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
+    """Who gets a push for this message, now or in a later coalesced one.
+
+    ``replan`` (reconciliation after Redis lost its queues) plans a message again although
+    its fan-out already ran, leaving out the sends that already ended (delivered or failed for
+    good) and the subscriptions made after the message.
+    """
+    message = db.session.get(Message, message_id)
+    if message is None:
+        return FanoutPlan()
+    if not replan and is_claimed(f"fanout:{message_id}"):
+        log.info("push fan-out of message %s skipped: already done", message_id)
+        return FanoutPlan()
+    rows = db.session.execute(
+        select(User.id, User.username)
+        .join(TopicMember, TopicMember.user_id == User.id)
+        .where(TopicMember.topic_id == message.topic_id, User.id != message.sender_id)
+    ).all()
+    members = {str(uid): username for uid, username in rows}
+    online = context.presence().online_among(list(members))
+    offline = [uuid.UUID(uid) for uid in members if uid not in online]
+    subs_of: dict[uuid.UUID, list[tuple[str, str]]] = {}  # user -> [(device id, endpoint)]
+    if offline:
+        query = select(
+            PushSubscription.id, PushSubscription.user_id, PushSubscription.endpoint
+        ).where(PushSubscription.user_id.in_(offline))
+        if replan:
+            query = query.where(PushSubscription.created_at <= message.created_at)
+        found = db.session.execute(query).all()
+        ended = _ended(message.id, [str(r.id) for r in found]) if replan else set()
+        for sub_id, user_id, endpoint in found:
+            if str(sub_id) not in ended:
+                subs_of.setdefault(user_id, []).append((str(sub_id), endpoint))
+
+    mentioned = mentioned_usernames(message.body)
+    is_mention = {uid: members[str(uid)].lower() in mentioned for uid in subs_of}
+    member_rules = rules.rules_for(list(subs_of), message.topic)
+    now = utcnow()
+    wanted = [
+        (uid, is_mention[uid])
+        for uid in subs_of
+        if member_rules.get(uid, rules.DEFAULT).allows(mentioned=is_mention[uid], now=now)
+    ]
+    offers = coalescing.offer(message.id, message.topic_id, wanted, _now_ms())
+
+    planned: list[tuple[str, Delivery]] = []
+    flushes: list[tuple[str, float]] = []
+    for uid, offer in offers.items():
+        if offer.flush_in is not None:
+            flushes.append((str(uid), offer.flush_in))
+        if not offer.send:
+            continue
+        kind = "mention" if is_mention[uid] else "message"
+        planned.extend(
+            (endpoint, Delivery(sub_id, str(uid), message.id, kind, offer.count))
+            for sub_id, endpoint in subs_of[uid]
+        )
+    plan = FanoutPlan(batches(message.id, planned), _flush_groups(str(message.topic_id), flushes))
+    silenced = len(subs_of) - len(wanted)
+    held = sum(1 for o in offers.values() if not o.send)
+    metrics.record_push_decisions(
+        get_redis(context.settings().redis_url),
+        {"sent": len(offers) - held, "silenced": silenced, "held": held},
+    )
+    log.info(
+        "push fan-out message=%s offline_members=%d silenced=%d held=%d batches=%d "
+        "subscriptions=%d",
+        message_id,
+        len(offline),
+        silenced,
+        held,
+        len(plan.batches),
+        plan.deliveries,
+    )
+    return plan
+
+
+def _ended(message_id: int, device_ids: list[str]) -> set[str]:
+    """The devices whose send of this message already ended (delivered or failed for good)."""
+    keys = {
+        send_marker(kind, message_id, device_id): device_id
+        for device_id in device_ids
+        for kind in ("push", "pushfailed")
+    }
+    return {keys[k] for k in claimed_among(list(keys))}
+
+
+def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
+    """The one push per user for what their coalescing window held, unless the user caught
+    up meanwhile (came online, read the topic) or their rules now say no."""
+    now_ms = _now_ms()
+    held_of = {}
+    for user_id in user_ids:
+        held = coalescing.take(user_id, topic_id, now_ms)
+        if held is None:
+            log.info("push flush user=%s topic=%s: nothing held", user_id, topic_id)
+        else:
+            held_of[user_id] = held
+    if not held_of:
+        return []
+    uids = [uuid.UUID(u) for u in held_of]
+    read_up_to = dict(
+        db.session.execute(
+            select(TopicMember.user_id, TopicMember.last_read_message_id).where(
+                TopicMember.topic_id == uuid.UUID(topic_id), TopicMember.user_id.in_(uids)
+            )
+        ).all()
+    )
+    messages = {
+        m.id: m
+        for m in db.session.execute(
+            select(Message).where(Message.id.in_({h.last_message_id for h in held_of.values()}))
+        ).scalars()
+    }
+    online = context.presence().online_among(list(held_of))
+    topic = next(iter(messages.values())).topic if messages else None
+    member_rules = rules.rules_for(uids, topic) if topic is not None else {}
+    now = utcnow()
+    redis_client = get_redis(context.settings().redis_url)
+    planned: dict[int, list[tuple[str, Delivery]]] = {}
+    flushed: list[uuid.UUID] = []
+    skipped = 0
+    subs = _subscriptions_of(uids)
+    for uid in uids:
+        user_id = str(uid)
+        held = held_of[user_id]
+        message = messages.get(held.last_message_id)
+        skip = None
+        if message is None or uid not in read_up_to:
+            skip = "the message or the membership is gone"
+        elif user_id in online:
+            skip = "the user is online"
+        elif (read_up_to[uid] or 0) >= message.id:
+            skip = "the user read the topic"
+        elif not member_rules.get(uid, rules.DEFAULT).allows(mentioned=held.mentioned, now=now):
+            skip = "the user's preferences or do-not-disturb"
+        if skip is not None:
+            coalescing.reset(user_id, topic_id)
+            skipped += 1
+            log.info("push flush user=%s topic=%s skipped: %s", user_id, topic_id, skip)
+            continue
+        flushed.append(uid)
+        kind = "mention" if held.mentioned else "message"
+        devices = subs.get(uid, [])
+        planned.setdefault(message.id, []).extend(
+            (endpoint, Delivery(sub_id, user_id, message.id, kind, held.count, summary=True))
+            for sub_id, endpoint in devices
+        )
+        log.info(
+            "push flush user=%s topic=%s messages=%d subscriptions=%d",
+            user_id,
+            topic_id,
+            held.count,
+            len(devices),
+        )
+    metrics.record_push_decisions(redis_client, {"flushed": len(flushed), "flush_skipped": skipped})
+    return [b for message_id, pairs in planned.items() for b in batches(message_id, pairs)]
+
+
+def _subscriptions_of(uids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
+    found: dict[uuid.UUID, list[tuple[str, str]]] = {}
+    for sub_id, user_id, endpoint in db.session.execute(
+        select(PushSubscription.id, PushSubscription.user_id, PushSubscription.endpoint).where(
+            PushSubscription.user_id.in_(uids)
+        )
+    ).all():
+        found.setdefault(user_id, []).append((str(sub_id), endpoint))
+    return found
+
+
+def mark_fanned_out(message_id: int) -> None:
+    """Record that a message's pushes are planned and enqueued (reconciliation looks for it)."""
+    claim(f"fanout:{message_id}")
+    db.session.commit()

@@ -1,0 +1,1 @@
+"""What every domain uses and no domain owns: the hand-off to the workers (``queue``)."""
