@@ -7,16 +7,16 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, select
 from sqlalchemy import insert as sa_insert
+from sqlalchemy import select
 
 from webapp.errors import InvalidInput
 from webapp.extensions import db
 from webapp.models import PushRecord, User, isoformat, utcnow
+from webapp.platform.pruning import delete_older_than
 from webapp.services import context
 
 OUTCOMES = ("delivered", "expired", "failed")
-PRUNE_BATCH = 5000
 
 
 def push_service(endpoint: str) -> str:
@@ -94,16 +94,7 @@ def _view(row: PushRecord) -> dict[str, Any]:
 
 
 def prune() -> int:
-    """Delete what is older than ``PUSH_HISTORY_DAYS``, in batches (no long lock on a big
-    table)."""
+    """Delete what is older than ``PUSH_HISTORY_DAYS`` (in batches; ``created_at`` is
+    indexed)."""
     cutoff = utcnow() - timedelta(days=context.settings().push_history_days)
-    total = 0
-    while True:
-        ids = select(PushRecord.id).where(PushRecord.created_at < cutoff).limit(PRUNE_BATCH)
-        deleted = db.session.execute(
-            delete(PushRecord).where(PushRecord.id.in_(ids.scalar_subquery()))
-        ).rowcount
-        db.session.commit()
-        total += deleted
-        if deleted < PRUNE_BATCH:
-            return total
+    return delete_older_than(PushRecord.id, PushRecord.created_at, cutoff)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.models import ProcessedEvent, utcnow
+from webapp.platform.pruning import delete_older_than
 from webapp.services.dialect import insert
 
 _CHUNK = 1000
@@ -64,26 +65,10 @@ def claimed_among(keys: list[str]) -> set[str]:
     return found
 
 
-PRUNE_BATCH = 5000
-
-
 def prune(older_than: datetime) -> int:
-    """Delete the markers created before ``older_than``, ``PRUNE_BATCH`` per statement and
-    transaction (no long lock on a big table; ``created_at`` is indexed). Returns how many.
+    """Delete the markers created before ``older_than`` (in batches; ``created_at`` is
+    indexed). Returns how many.
 
     Only for markers whose tasks can no longer run again: see
     ``Settings.processed_events_minimum``."""
-    total = 0
-    while True:
-        keys = (
-            select(ProcessedEvent.key)
-            .where(ProcessedEvent.created_at < older_than)
-            .limit(PRUNE_BATCH)
-        )
-        deleted = db.session.execute(
-            delete(ProcessedEvent).where(ProcessedEvent.key.in_(keys.scalar_subquery()))
-        ).rowcount
-        db.session.commit()
-        total += deleted
-        if deleted < PRUNE_BATCH:
-            return total
+    return delete_older_than(ProcessedEvent.key, ProcessedEvent.created_at, older_than)
