@@ -87,6 +87,10 @@ def parse_rate_limit(name: str, raw: str | None, default: RateLimit | None) -> R
     return RateLimit(limit, seconds)
 
 
+def _rate(env: dict[str, str], name: str, default: RateLimit | None) -> RateLimit | None:
+    return parse_rate_limit(name, env.get(name), default)
+
+
 def _default_database_url() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'instance' / 'beacon.db'}"
 
@@ -306,38 +310,20 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         presence_sweep_interval=_float(
             env, "PRESENCE_SWEEP_INTERVAL", defaults.presence_sweep_interval
         ),
-        rate_limit_send_message=parse_rate_limit(
-            "RATE_LIMIT_SEND_MESSAGE",
-            env.get("RATE_LIMIT_SEND_MESSAGE"),
-            defaults.rate_limit_send_message,
+        rate_limit_send_message=_rate(
+            env, "RATE_LIMIT_SEND_MESSAGE", defaults.rate_limit_send_message
         ),
-        rate_limit_subscribe=parse_rate_limit(
-            "RATE_LIMIT_SUBSCRIBE", env.get("RATE_LIMIT_SUBSCRIBE"), defaults.rate_limit_subscribe
+        rate_limit_subscribe=_rate(env, "RATE_LIMIT_SUBSCRIBE", defaults.rate_limit_subscribe),
+        rate_limit_connect_user=_rate(
+            env, "RATE_LIMIT_CONNECT_USER", defaults.rate_limit_connect_user
         ),
-        rate_limit_connect_user=parse_rate_limit(
-            "RATE_LIMIT_CONNECT_USER",
-            env.get("RATE_LIMIT_CONNECT_USER"),
-            defaults.rate_limit_connect_user,
+        rate_limit_connect_ip=_rate(env, "RATE_LIMIT_CONNECT_IP", defaults.rate_limit_connect_ip),
+        rate_limit_join_topic=_rate(env, "RATE_LIMIT_JOIN_TOPIC", defaults.rate_limit_join_topic),
+        rate_limit_leave_topic=_rate(
+            env, "RATE_LIMIT_LEAVE_TOPIC", defaults.rate_limit_leave_topic
         ),
-        rate_limit_connect_ip=parse_rate_limit(
-            "RATE_LIMIT_CONNECT_IP",
-            env.get("RATE_LIMIT_CONNECT_IP"),
-            defaults.rate_limit_connect_ip,
-        ),
-        rate_limit_join_topic=parse_rate_limit(
-            "RATE_LIMIT_JOIN_TOPIC",
-            env.get("RATE_LIMIT_JOIN_TOPIC"),
-            defaults.rate_limit_join_topic,
-        ),
-        rate_limit_leave_topic=parse_rate_limit(
-            "RATE_LIMIT_LEAVE_TOPIC",
-            env.get("RATE_LIMIT_LEAVE_TOPIC"),
-            defaults.rate_limit_leave_topic,
-        ),
-        rate_limit_mark_as_read=parse_rate_limit(
-            "RATE_LIMIT_MARK_AS_READ",
-            env.get("RATE_LIMIT_MARK_AS_READ"),
-            defaults.rate_limit_mark_as_read,
+        rate_limit_mark_as_read=_rate(
+            env, "RATE_LIMIT_MARK_AS_READ", defaults.rate_limit_mark_as_read
         ),
         max_connections_per_user=_int(
             env, "MAX_CONNECTIONS_PER_USER", defaults.max_connections_per_user
