@@ -11,6 +11,7 @@ through a write-only ``SocketIO(message_queue=...)`` on the same queue.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from flask_socketio import SocketIO
@@ -27,6 +28,41 @@ def user_room(user_id: object) -> str:
 
 def topic_room(topic_id: object) -> str:
     return f"topic:{topic_id}"
+
+
+def abandoned(sids: Iterable[str]) -> list[str]:
+    """The sids among ``sids`` (connections of this web process) whose Engine.IO socket is gone
+    or closed, though no disconnect handler ran or runs for them.
+
+    python-socketio ignores an Engine.IO close that arrives while the connect handler runs (the
+    socket is still pending then), and marks the socket connected when the handler returns: a
+    long-polling client that posts the connect packet and, on another request, a close leaves
+    such a connection behind (tests/faults/test_connect_close_race.py). A socket whose connect
+    or disconnect handler is still running is left to it. No yield in here.
+    """
+    server = getattr(socketio, "server", None)
+    if server is None:
+        return []
+    manager, namespace = server.manager, "/"
+    busy = {
+        *manager.pending_connect.get(namespace, ()),
+        *manager.pending_disconnect.get(namespace, ()),
+    }
+    registered = manager.rooms.get(namespace, {}).get(None, {})
+    found = []
+    for sid in sids:
+        if sid in busy:
+            continue
+        eio_sid = registered.get(sid)
+        sock = server.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if sock is None or sock.closed:
+            found.append(sid)
+    return found
+
+
+def forget(sid: str) -> None:
+    """Take an abandoned connection out of this process's rooms (no disconnect event)."""
+    socketio.server.manager.disconnect(sid, "/", ignore_queue=True)
 
 
 def _writer(redis_url: str) -> SocketIO:

@@ -93,17 +93,5 @@ def on_connect(auth: Any = None) -> None:
 @socketio.on("disconnect")
 def on_disconnect(*_reason: Any) -> None:
     user_id = session.get("user_id")
-    if not user_id:
-        return
-    metrics.CONNECTIONS.dec()
-    tokens.forget(request.sid)
-    heartbeat.CONNECTIONS.remove(request.sid)
-    try:
-        if context.presence().disconnect(user_id, request.sid, heartbeat.PROCESS_ID):
-            apply_transition(user_id)
-    except Exception:
-        # Redis or the database is away: the heartbeat's rebuild finishes this when they
-        # answer again (the user goes offline then, unless connected elsewhere).
-        db.session.rollback()
-        heartbeat.CONNECTIONS.bookkeeping_failed(user_id)
-        log.warning("disconnect bookkeeping failed for user %s", user_id, exc_info=True)
+    if user_id:
+        heartbeat.end_connection(request.sid, user_id)

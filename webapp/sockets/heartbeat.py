@@ -14,7 +14,7 @@ import uuid
 
 from flask import Flask
 
-from webapp import metrics
+from webapp import metrics, realtime
 from webapp.extensions import db, socketio
 from webapp.services import context
 from webapp.services.presence import LocalConnections
@@ -76,50 +76,34 @@ def _loop(app: Flask) -> None:
                 log.warning("presence heartbeat failed; retrying in %.1fs", interval, exc_info=True)
 
 
-def _closed_connections() -> list[tuple[str, str]]:
-    """``(sid, user)`` of the connections counted here whose socket is gone, though no
-    disconnect event came for them.
-
-    python-socketio ignores an Engine.IO close that arrives while the connect handler runs (the
-    socket is still pending then), and marks the socket connected when the handler returns: a
-    long-polling client that posts the connect packet and, on another request, a close leaves
-    such a connection, online for good (tests/faults/test_connect_close_race.py). A socket whose
-    connect or disconnect handler is still running is left to it. No yield in here.
-    """
-    server = getattr(socketio, "server", None)
-    if server is None:
-        return []
-    manager, namespace = server.manager, "/"
-    busy = {
-        *manager.pending_connect.get(namespace, ()),
-        *manager.pending_disconnect.get(namespace, ()),
-    }
-    registered = manager.rooms.get(namespace, {}).get(None, {})
-    closed = []
-    for sid, conn in CONNECTIONS.snapshot().items():
-        if sid in busy:
-            continue
-        eio_sid = registered.get(sid)
-        sock = server.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        if sock is None or sock.closed:
-            closed.append((sid, conn.user_id))
-    return closed
+def end_connection(sid: str, user_id: str) -> bool:
+    """What ending a connection does to this process's books and to presence: the disconnect
+    handler's work, and the heartbeat's for connections that never got one. False when the
+    connection was ended already."""
+    if CONNECTIONS.remove(sid) is None:
+        return False
+    tokens.forget(sid)
+    metrics.CONNECTIONS.dec()
+    try:
+        if context.presence().disconnect(user_id, sid, PROCESS_ID):
+            apply_transition(user_id)
+    except Exception:
+        # Redis or the database is away: the heartbeat's rebuild finishes this when they
+        # answer again (the user goes offline then, unless connected elsewhere).
+        db.session.rollback()
+        CONNECTIONS.bookkeeping_failed(user_id)
+        log.warning("disconnect bookkeeping failed for user %s", user_id, exc_info=True)
+    return True
 
 
 def end_closed_connections() -> None:
-    """Do for each connection ``_closed_connections`` finds what its disconnect handler would
-    have done (the heartbeat runs this every beat, in an app context)."""
-    for sid, user_id in _closed_connections():
-        if CONNECTIONS.remove(sid) is None:
-            continue
-        tokens.forget(sid)
-        metrics.CONNECTIONS.dec()
-        socketio.server.manager.disconnect(sid, "/", ignore_queue=True)
+    """End the connections whose socket closed without a disconnect event
+    (``realtime.abandoned``); the heartbeat runs this every beat, in an app context."""
+    connections = CONNECTIONS.snapshot()
+    for sid in realtime.abandoned(connections):
+        user_id = connections[sid].user_id
+        if CONNECTIONS.user_of(sid) is None:
+            continue  # its disconnect handler ran meanwhile
+        realtime.forget(sid)
+        end_connection(sid, user_id)
         log.info("connection %s of user %s closed while connecting: ended", sid, user_id)
-        try:
-            if context.presence().disconnect(user_id, sid, PROCESS_ID):
-                apply_transition(user_id)
-        except Exception:
-            db.session.rollback()
-            CONNECTIONS.bookkeeping_failed(user_id)
-            log.warning("disconnect bookkeeping failed for user %s", user_id, exc_info=True)
