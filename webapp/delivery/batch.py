@@ -232,7 +232,7 @@ def _run_leased(
             note = notes[d.kind, d.count, d.summary] = notification(
                 message, d.kind, d.count, d.summary
             )
-        items.append(Item(address=_address(channel_name, device), notification=note))
+        items.append(Item(address=_address(device), notification=note))
     db.session.rollback()  # no transaction held open across the requests
     outcomes = channels.get(channel_name).send(items)
     return _book(message_id, sendable, items, outcomes, final=final, attempts=attempts)
@@ -251,7 +251,7 @@ def _devices(device_ids: list[str]) -> dict[str, _Device]:
     return {str(r.id): _Device(r.user_id, r.endpoint, r.p256dh, r.auth) for r in rows}
 
 
-def _address(channel_name: str, device: _Device) -> SubscriptionKeys:
+def _address(device: _Device) -> SubscriptionKeys:
     """What the channel needs to reach the device (Web Push, the only channel yet: its keys)."""
     return SubscriptionKeys(device.endpoint, device.p256dh, device.auth)
 
