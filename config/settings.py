@@ -166,6 +166,15 @@ class Settings:
     auth_timeout: float = 10.0
     max_connect_attempts: int = 3
     max_pending_sessions: int = 1000
+    # Integration API (/api/admin): requests per service key.
+    rate_limit_admin: RateLimit | None = RateLimit(3000, 60.0)
+    # Outgoing webhooks: hosts allowed although private (like PUSH_ALLOWED_HOSTS), one
+    # deadline per delivery request, and the deliveries that may fail in a row (each after
+    # the push retries: PUSH_MAX_RETRIES, PUSH_RETRY_BASE, PUSH_RETRY_MAX) before the hook
+    # is disabled.
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_timeout: float = 10.0
+    webhook_disable_after: int = 10
     # Off by default: behind a load balancer every client has the balancer's address unless
     # TRUSTED_PROXIES says how many proxies to look through.
     rate_limit_connect_ip: RateLimit | None = None
@@ -325,6 +334,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         rate_limit_mark_as_read=_rate(
             env, "RATE_LIMIT_MARK_AS_READ", defaults.rate_limit_mark_as_read
         ),
+        rate_limit_admin=_rate(env, "RATE_LIMIT_ADMIN", defaults.rate_limit_admin),
+        webhook_allowed_hosts=_list(env.get("WEBHOOK_ALLOWED_HOSTS")),
+        webhook_timeout=_float(env, "WEBHOOK_TIMEOUT", defaults.webhook_timeout),
+        webhook_disable_after=_int(env, "WEBHOOK_DISABLE_AFTER", defaults.webhook_disable_after),
         max_connections_per_user=_int(
             env, "MAX_CONNECTIONS_PER_USER", defaults.max_connections_per_user
         ),

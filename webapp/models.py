@@ -43,10 +43,18 @@ def isoformat(value: datetime | None) -> str | None:
 
 class User(db.Model):
     __tablename__ = "users"
+    # Unique indexes rather than constraints: SQLite adds them without rebuilding the table.
+    __table_args__ = (Index("uq_users_external_id", "external_id", unique=True),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     username: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     display_name: Mapped[str | None] = mapped_column(String(128))
+    # The integrating product's own id for the user (the integration API's key).
+    external_id: Mapped[str | None] = mapped_column(String(128))
+    email: Mapped[str | None] = mapped_column(String(254))
+    # Set when the integration API deletes the user: the row stays (with its personal data
+    # erased) so that the user's messages keep their sender, shown as a deleted user.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     is_online: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
@@ -57,14 +65,23 @@ class User(db.Model):
 
     @property
     def name(self) -> str:
+        if self.deleted_at is not None:
+            return DELETED_USER_NAME
         return self.display_name or self.username
+
+
+DELETED_USER_NAME = "Deleted user"
 
 
 class Channel(db.Model):
     __tablename__ = "channels"
+    __table_args__ = (Index("uq_channels_external_id", "external_id", unique=True),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    # Not unique: two rooms of an integrating product may share a name; the CLI finds its
+    # own rooms (no external id) by name.
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    external_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
@@ -74,13 +91,17 @@ class Channel(db.Model):
 
 class Topic(db.Model):
     __tablename__ = "topics"
-    __table_args__ = (UniqueConstraint("channel_id", "name", name="uq_topics_channel_id_name"),)
+    __table_args__ = (
+        UniqueConstraint("channel_id", "name", name="uq_topics_channel_id_name"),
+        Index("uq_topics_external_id", "external_id", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     channel_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("channels.id", ondelete="CASCADE"), nullable=False, index=True
     )
     name: Mapped[str] = mapped_column(String(128), nullable=False)
+    external_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
@@ -257,6 +278,71 @@ class PushRecord(db.Model):
     outcome: Mapped[str] = mapped_column(String(16), nullable=False)
     status_code: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+
+API_KEY_SCOPES = ("admin", "publish")
+
+
+class ApiKey(db.Model):
+    """A service key of the integration API: only its SHA-256 is stored (the key itself has
+    256 random bits, so a fast hash is enough); shown once, when it is created."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint("scope IN ('admin', 'publish')", name="scope"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    # The key's first characters, so that an operator can tell keys apart in a list.
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Webhook(db.Model):
+    """An outgoing webhook: events POSTed to ``url``, signed with ``secret``."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    # Space-separated event names.
+    events: Mapped[str] = mapped_column(String(512), nullable=False)
+    # The HMAC key: stored as is, since every delivery is signed with it.
+    secret: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    # Deliveries that failed in a row (each after all its retries); reset by a success.
+    consecutive_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    # Set once it failed WEBHOOK_DISABLE_AFTER deliveries in a row: nothing more is sent.
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PublishedMessage(db.Model):
+    """An ``idempotency_key`` of ``POST /api/admin/messages`` and the message it created,
+    inserted in the same transaction as the message (a retry finds it and gets the first
+    result); ``request_hash`` tells a retry from a different request reusing the key."""
+
+    __tablename__ = "published_messages"
+    __table_args__ = (Index("ix_published_messages_created_at", "created_at"),)
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
