@@ -13,11 +13,18 @@ import jwt
 from flask import current_app, g, request
 
 from config import Settings
-from webapp.errors import Unauthorized
+from webapp.errors import Forbidden, Unauthorized
 from webapp.extensions import db
 from webapp.models import User
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Service keys of the integration API start with this (webapp/admin/keys.py); no JWT does.
+SERVICE_KEY_PREFIX = "bk_"
+
+
+def is_service_key(token: str | None) -> bool:
+    return token is not None and token.startswith(SERVICE_KEY_PREFIX)
 
 
 def issue_token(settings: Settings, user_id: uuid.UUID, ttl: int | None = None) -> str:
@@ -84,7 +91,7 @@ def decode_token(settings: Settings, token: object) -> TokenClaims:
 def token_user(claims: TokenClaims) -> User:
     """The user a verified token names, or ``Unauthorized("unknown_user")``."""
     user = db.session.get(User, claims.user_id)
-    if user is None:
+    if user is None or user.deleted_at is not None:
         raise Unauthorized("unknown_user", "the token's user does not exist")
     return user
 
@@ -108,7 +115,10 @@ def require_user(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         settings: Settings = current_app.extensions["beacon_settings"]
-        g.user = verify_token(settings, bearer_token(request.headers))
+        token = bearer_token(request.headers)
+        if is_service_key(token):
+            raise Forbidden("user_token_required", "this route takes a user's token, not a key")
+        g.user = verify_token(settings, token)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

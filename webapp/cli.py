@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from webapp.admin import keys
 from webapp.auth import issue_token
 from webapp.errors import BeaconError
 from webapp.extensions import db
@@ -60,10 +61,48 @@ def create_topic_cmd(channel: str, topic: str, members: tuple[str, ...]) -> None
 @click.option("--ttl", type=click.IntRange(min=1), default=None, help="Lifetime in seconds.")
 def token(username: str, ttl: int | None) -> None:
     """Print a signed JWT for the user."""
-    user = db.session.execute(select(User).where(User.username == username)).scalar_one_or_none()
+    user = db.session.execute(
+        select(User).where(User.username == username, User.deleted_at.is_(None))
+    ).scalar_one_or_none()
     if user is None:
         _fail(f"no user named {username!r}")
     click.echo(issue_token(current_app.extensions["beacon_settings"], user.id, ttl))
+
+
+@beacon.command("create-api-key")
+@click.argument("name")
+@click.option(
+    "--scope",
+    type=click.Choice(["admin", "publish"]),
+    default="admin",
+    show_default=True,
+    help="admin: every /api/admin route; publish: only POST /api/admin/messages.",
+)
+def create_api_key(name: str, scope: str) -> None:
+    """Create a service key for the integration API and print it (shown only this once)."""
+    try:
+        click.echo(keys.create(name, scope))
+    except BeaconError as exc:
+        _fail(exc.message)
+
+
+@beacon.command("revoke-api-key")
+@click.argument("name")
+def revoke_api_key(name: str) -> None:
+    """Delete a service key: requests with it are refused from now on."""
+    if not keys.revoke(name):
+        _fail(f"no key named {name!r}")
+    click.echo(f"revoked {name}")
+
+
+@beacon.command("list-api-keys")
+def list_api_keys() -> None:
+    """One line per key: name, scope, prefix, created, last used (never the key)."""
+    for key in keys.list_keys():
+        click.echo(
+            f"{key['name']}\t{key['scope']}\t{key['prefix']}\t{key['created_at']}"
+            f"\t{key['last_used_at'] or '-'}"
+        )
 
 
 def register(app: Flask) -> None:

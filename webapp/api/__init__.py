@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from webapp.api import body, demo, errors, health, metrics, notifications, topics, users
+from webapp.api import admin, body, demo, errors, health, metrics, notifications, topics, users
 
 
 def register(app: Flask) -> None:
@@ -14,3 +14,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(notifications.bp)
     app.register_blueprint(demo.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(admin.bp)

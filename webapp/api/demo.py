@@ -92,7 +92,7 @@ def dev_users():
     display name, and ``truncated`` says whether more users matched.
     """
     _require_dev_login()
-    query = select(User)
+    query = select(User).where(User.deleted_at.is_(None))
     q = (request.args.get("q") or "").strip()[:64]
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -122,7 +122,9 @@ def dev_token():
     username = data.get("username")
     if not isinstance(username, str) or not 1 <= len(username) <= 64:
         raise InvalidInput("invalid_username", "username must be a string of 1-64 characters")
-    user = db.session.execute(select(User).where(User.username == username)).scalar_one_or_none()
+    user = db.session.execute(
+        select(User).where(User.username == username, User.deleted_at.is_(None))
+    ).scalar_one_or_none()
     if user is None:
         raise NotFound("user_not_found", f"no user named {username!r}")
     token = issue_token(context.settings(), user.id, DEV_TOKEN_TTL)

@@ -27,9 +27,7 @@ def vapid_public_key():
 @bp.post("/subscribe")
 @require_user
 def subscribe():
-    payload, created = devices.subscribe(
-        g.user, json_body(), request.headers.get("User-Agent")
-    )
+    payload, created = devices.subscribe(g.user, json_body(), request.headers.get("User-Agent"))
     return jsonify(payload), 201 if created else 200
 
 

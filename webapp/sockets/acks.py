@@ -32,7 +32,7 @@ def current_user() -> User:
         raise Unauthorized("unauthorized", "this connection is not signed in")
     tokens.check_expiry()
     user = db.session.get(User, uuid.UUID(user_id))
-    if user is None:
+    if user is None or user.deleted_at is not None:
         tokens.revoke_current()
         raise Unauthorized("unknown_user", "the connection's user no longer exists")
     return user

@@ -204,7 +204,9 @@ def _close_deleted_users() -> None:
             found = {
                 str(user_id)
                 for user_id in db.session.execute(
-                    select(User.id).where(User.id.in_([uuid.UUID(i) for i in chunk]))
+                    select(User.id).where(
+                        User.id.in_([uuid.UUID(i) for i in chunk]), User.deleted_at.is_(None)
+                    )
                 ).scalars()
             }
         finally:

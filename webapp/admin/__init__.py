@@ -1,0 +1,1 @@
+"""The integration API's domain: service keys, provisioning, publishing, webhooks."""
