@@ -89,6 +89,34 @@ def emit(redis_url: str, event: str, data: Any, *, to: str | list[str] | None = 
         _writer(redis_url).emit(event, data, to=to)
 
 
+def _server(redis_url: str) -> Any:
+    """The web process's python-socketio server, or a worker's write-only one."""
+    if getattr(socketio, "server", None) is not None:
+        return socketio.server
+    return _writer(redis_url).server
+
+
+def leave_room(redis_url: str, sid: str, room: str) -> None:
+    """Take a connection out of a room, on whichever web process holds it (python-socketio
+    publishes the change on the message queue, ordered with the events)."""
+    _server(redis_url).leave_room(sid, room, namespace="/")
+
+
+def close_room(redis_url: str, room: str) -> None:
+    """Take every connection out of a room, on every web process."""
+    _server(redis_url).close_room(room, namespace="/")
+
+
+def disconnect(redis_url: str, sid: str) -> None:
+    """Close a connection on whichever web process holds it (its disconnect handler runs)."""
+    _server(redis_url).disconnect(sid, namespace="/")
+
+
+def rooms_of(sid: str) -> list[str]:
+    """The rooms a connection of this web process is in."""
+    return list(socketio.server.rooms(sid, namespace="/"))
+
+
 def queue_message(manager: Any, event: str, data: Any, room: str) -> dict[str, Any]:
     """What ``PubSubManager.emit`` publishes for ``event`` with JSON ``data`` to ``room`` (a
     library internal: ``tests/test_engineio_contract.py`` compares the two)."""

@@ -9,6 +9,7 @@ not read it (``ALERT_AUDIENCE=everyone`` broadcasts it, for workspaces with publ
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -18,13 +19,8 @@ from webapp.extensions import db
 from webapp.models import Message, Topic, User, isoformat
 from webapp.platform import queue
 from webapp.platform.text import graphemes
-from webapp.services import context, rate_limit
+from webapp.services import context
 from webapp.services.topics import member_ids, member_topic
-from webapp.services.validation import (
-    parse_message_body,
-    parse_uuid,
-    require_object,
-)
 
 PREVIEW_LENGTH = 100
 
@@ -41,6 +37,13 @@ def preview(body: str, limit: int = PREVIEW_LENGTH) -> str:
     return "".join(clusters[: limit - 1]).rstrip() + "\u2026"
 
 
+def sender_payload(sender: User) -> dict[str, Any]:
+    """Who sent a message; a deleted user keeps their id, and is shown as deleted."""
+    if sender.deleted_at is not None:
+        return {"id": str(sender.id), "username": None, "name": sender.name, "deleted": True}
+    return {"id": str(sender.id), "username": sender.username, "name": sender.name}
+
+
 def message_payload(message: Message, topic: Topic, sender: User) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -48,7 +51,7 @@ def message_payload(message: Message, topic: Topic, sender: User) -> dict[str, A
         "topic_id": str(topic.id),
         "room_id": str(topic.channel_id),
         "topic_name": topic.name,
-        "sender": {"id": str(sender.id), "username": sender.username, "name": sender.name},
+        "sender": sender_payload(sender),
         "body": message.body,
         "created_at": isoformat(message.created_at),
     }
@@ -66,30 +69,31 @@ def alert_payload(message: Message, topic: Topic, sender: User) -> dict[str, Any
     }
 
 
-def post_message(user: User, payload: Any) -> dict[str, Any]:
-    """Validate, persist, announce, and hand the unread/push work to the workers."""
+def post(
+    sender: User, topic: Topic, body: str, *, also: Callable[[Message], None] | None = None
+) -> dict[str, Any]:
+    """Persist, announce, and hand the unread/push work to the workers; the ``new_message``
+    payload. The sender is a member (checked by the caller). ``also(message)`` adds rows to
+    the message's transaction (the integration API's idempotency key)."""
     settings = context.settings()
-    data = require_object(payload, allowed={"room_id", "topic_id", "message"})
-    topic_id = parse_uuid(data.get("topic_id"), "topic_id")
-    room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
-    body = parse_message_body(data.get("message"), settings.max_message_length)
-    topic, _member = member_topic(user.id, topic_id, room_id)
-    rate_limit.check("send_message", user.id, settings.rate_limit_send_message)
     # Who is looking at the topic is decided at send time, so a retried task counts exactly
     # the same members. Reading it before the commit also means that while Redis (presence
     # and broker) is down nothing is stored: the client is told ``unavailable`` and retries.
-    exclude = context.presence().active_users(str(topic.id)) | {str(user.id)}
+    exclude = context.presence().active_users(str(topic.id)) | {str(sender.id)}
     # Read before the commit too: once the message is stored nothing may fail the ack.
     alert_to = alert_rooms(topic.id, settings.alert_audience)
 
-    message = Message(topic_id=topic.id, sender_id=user.id, body=body)
+    message = Message(topic_id=topic.id, sender_id=sender.id, body=body)
     db.session.add(message)
+    if also is not None:
+        db.session.flush()
+        also(message)
     db.session.commit()
     metrics.MESSAGES.inc()
 
-    full = message_payload(message, topic, user)
+    full = message_payload(message, topic, sender)
     realtime.emit(settings.redis_url, "new_message", full, to=realtime.topic_room(topic.id))
-    alert = alert_payload(message, topic, user)
+    alert = alert_payload(message, topic, sender)
     realtime.emit(settings.redis_url, "global_message_alert", alert, to=alert_to)
     # The message is stored: the ack says so even if the hand-off fails now (beat's
     # reconciliation enqueues the work of messages whose tasks never ran).

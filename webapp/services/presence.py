@@ -264,6 +264,10 @@ class Presence:
     def connection_count(self, user_id: str) -> int:
         return int(self.redis.hlen(_conns_key(user_id)))
 
+    def sids_of(self, user_id: str) -> list[str]:
+        """The user's live connections, on every web process."""
+        return list(self.redis.hkeys(_conns_key(user_id)))
+
     # topics ----------------------------------------------------------------------------------
     def join_topic(self, user_id: str, sid: str, topic_id: str) -> bool:
         """Mark the connection active in the topic; False (nothing stored) when the
@@ -275,6 +279,16 @@ class Presence:
         pipe = self.redis.pipeline()
         pipe.hdel(_topic_key(topic_id), sid)
         pipe.srem(_sid_topics_key(sid), topic_id)
+        pipe.execute()
+
+    def forget_topic(self, topic_id: str) -> None:
+        """A deleted topic: no connection is active in it any more."""
+        key = _topic_key(topic_id)
+        sids = self.redis.hkeys(key)
+        pipe = self.redis.pipeline()
+        for sid in sids:
+            pipe.srem(_sid_topics_key(sid), topic_id)
+        pipe.delete(key)
         pipe.execute()
 
     def active_users(self, topic_id: str) -> set[str]:

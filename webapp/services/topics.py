@@ -40,26 +40,39 @@ def member_ids(topic_id: uuid.UUID) -> list[uuid.UUID]:
     )
 
 
-def topics_of(user_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The caller's topics with their unread counts, busiest first."""
-    rows = db.session.execute(
+def _topic_rows(user_id: uuid.UUID, topic_id: uuid.UUID | None = None) -> Any:
+    query = (
         select(Topic, Channel, TopicMember)
         .join(Channel, Channel.id == Topic.channel_id)
         .join(TopicMember, TopicMember.topic_id == Topic.id)
         .where(TopicMember.user_id == user_id)
-        .order_by(TopicMember.unread_count.desc(), Channel.name, Topic.name)
-    ).all()
-    return [
-        {
-            "topic_id": str(topic.id),
-            "topic_name": topic.name,
-            "room_id": str(channel.id),
-            "room_name": channel.name,
-            "unread_count": member.unread_count,
-            "last_read_message_id": member.last_read_message_id,
-        }
-        for topic, channel, member in rows
-    ]
+    )
+    if topic_id is not None:
+        query = query.where(Topic.id == topic_id)
+    return query
+
+
+def topics_of(user_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The caller's topics with their unread counts, busiest first."""
+    query = _topic_rows(user_id).order_by(TopicMember.unread_count.desc(), Channel.name, Topic.name)
+    return [_row(*row) for row in db.session.execute(query).all()]
+
+
+def topic_row(user_id: uuid.UUID, topic_id: uuid.UUID) -> dict[str, Any] | None:
+    """One topic as ``topics_of`` lists it, or None when the user is not a member."""
+    row = db.session.execute(_topic_rows(user_id, topic_id)).first()
+    return None if row is None else _row(*row)
+
+
+def _row(topic: Topic, channel: Channel, member: TopicMember) -> dict[str, Any]:
+    return {
+        "topic_id": str(topic.id),
+        "topic_name": topic.name,
+        "room_id": str(channel.id),
+        "room_name": channel.name,
+        "unread_count": member.unread_count,
+        "last_read_message_id": member.last_read_message_id,
+    }
 
 
 def create_topic(channel_name: str, topic_name: str, usernames: list[str]) -> tuple[Channel, Topic]:
@@ -72,8 +85,12 @@ def create_topic(channel_name: str, topic_name: str, usernames: list[str]) -> tu
         if user is None:
             raise NotFound("user_not_found", f"no user named {username!r}")
         users.append(user)
+    # Rooms of the integration API (with an external id) are the product's, not the CLI's.
     channel = db.session.execute(
-        select(Channel).where(Channel.name == channel_name)
+        select(Channel)
+        .where(Channel.name == channel_name, Channel.external_id.is_(None))
+        .order_by(Channel.created_at)
+        .limit(1)
     ).scalar_one_or_none()
     if channel is None:
         channel = Channel(name=channel_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -146,4 +147,64 @@ def parse_query_int(raw: str | None, field: str, default: int, lo: int, hi: int)
         raise InvalidInput(f"invalid_{field}", f"{field} must be an integer") from None
     if not lo <= value <= hi:
         raise InvalidInput(f"invalid_{field}", f"{field} must be between {lo} and {hi}")
+    return value
+
+
+# An integrating product's own id for a user, room or topic: URL-safe, at most 128 characters
+# (its UUIDs, numbers, slugs, "team:42", e-mail-like ids).
+_EXTERNAL_ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}\Z")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s.]+\Z")
+
+
+def parse_external_id(value: Any, field: str) -> str:
+    if value is None:
+        raise InvalidInput("missing_field", f"{field} is required")
+    if not isinstance(value, str) or not _EXTERNAL_ID.match(value):
+        raise InvalidInput(
+            f"invalid_{field}",
+            f"{field} must be 1-128 characters among letters, digits and . _ : @ + -",
+        )
+    return value
+
+
+def parse_name(value: Any, field: str, max_length: int, *, required: bool = True) -> str | None:
+    """A display text of one line: stripped, 1..``max_length`` characters."""
+    if value is None:
+        if required:
+            raise InvalidInput("missing_field", f"{field} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"invalid_{field}", f"{field} must be a string")
+    text = value.strip()
+    if not 1 <= len(text) <= max_length or not text.isprintable():
+        raise InvalidInput(
+            f"invalid_{field}", f"{field} must be 1-{max_length} printable characters"
+        )
+    return text
+
+
+def parse_username(value: Any) -> str:
+    if value is None:
+        raise InvalidInput("missing_field", "username is required")
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 64
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
+    ):
+        raise InvalidInput("invalid_username", "username must be 1-64 characters without spaces")
+    return value
+
+
+def parse_email(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 254 or not _EMAIL.match(value):
+        raise InvalidInput("invalid_email", "email must be an address like name@example.com")
+    return value
+
+
+def parse_bounded_int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidInput(f"invalid_{field}", f"{field} must be an integer from {lo} to {hi}")
     return value

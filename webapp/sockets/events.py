@@ -17,7 +17,7 @@ from webapp.models import User
 from webapp.realtime import topic_room
 from webapp.services import context, messages, rate_limit, unread
 from webapp.services.topics import member_topic
-from webapp.services.validation import parse_uuid, require_object
+from webapp.services.validation import parse_message_body, parse_uuid, require_object
 from webapp.sockets import heartbeat, tokens
 from webapp.sockets.acks import acked
 
@@ -53,7 +53,14 @@ def leave_topic(user: User, payload: Any) -> dict[str, Any]:
 @socketio.on("send_message")
 @acked
 def send_message(user: User, payload: Any) -> dict[str, Any]:
-    return {"message": messages.post_message(user, payload)}
+    settings = context.settings()
+    data = require_object(payload, allowed={"room_id", "topic_id", "message"})
+    topic_id = parse_uuid(data.get("topic_id"), "topic_id")
+    room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
+    body = parse_message_body(data.get("message"), settings.max_message_length)
+    topic, _member = member_topic(user.id, topic_id, room_id)
+    rate_limit.check("send_message", user.id, settings.rate_limit_send_message)
+    return {"message": messages.post(user, topic, body)}
 
 
 @socketio.on("mark_as_read")

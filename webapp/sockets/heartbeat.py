@@ -60,6 +60,7 @@ def _loop(app: Flask) -> None:
                 end_closed_connections()
                 remembered = context.presence().heartbeat(PROCESS_ID)
                 if not remembered or CONNECTIONS.needs_rebuild:
+                    _drop_left_topics()
                     came, went = rebuild_presence(PROCESS_ID, CONNECTIONS)
                     log.info(
                         "presence rebuilt (%s): %d connections, %d users back online, %d offline",
@@ -74,6 +75,17 @@ def _loop(app: Flask) -> None:
                 # Redis or the database is away: rebuild once they answer again.
                 CONNECTIONS.bookkeeping_failed()
                 log.warning("presence heartbeat failed; retrying in %.1fs", interval, exc_info=True)
+
+
+def _drop_left_topics() -> None:
+    """Forget the topics a connection no longer is in the room of: the integration API
+    removes members through python-socketio's queue, which this process's own books miss
+    (a rebuild must not mark them active there again)."""
+    for sid, conn in CONNECTIONS.snapshot().items():
+        rooms = set(realtime.rooms_of(sid))
+        for topic_id in conn.topics:
+            if realtime.topic_room(topic_id) not in rooms:
+                CONNECTIONS.leave(sid, topic_id)
 
 
 def end_connection(sid: str, user_id: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from webapp.admin import publishing
 from webapp.models import utcnow
 from webapp.services import context, idempotency, reconcile, unread
 from workers.celery_app import celery, outage_retry
@@ -27,6 +28,9 @@ def reconcile_lost_work() -> int:
 def prune_markers() -> int:
     """Beat (hourly): delete the processed-event markers older than their retention
     (``PROCESSED_EVENTS_DAYS``, never below what a redelivery, a retry or reconciliation can
-    still need). No retry on an outage: the next run deletes the same rows."""
+    still need), and the integration API's idempotency keys older than a day. No retry on an
+    outage: the next run deletes the same rows."""
     retention = context.settings().processed_events_retention
-    return idempotency.prune(utcnow() - timedelta(seconds=retention))
+    now = utcnow()
+    pruned = idempotency.prune(now - timedelta(seconds=retention))
+    return pruned + publishing.prune_keys(now - publishing.KEY_RETENTION)

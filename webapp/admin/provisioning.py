@@ -1,0 +1,326 @@
+"""Provisioning by the product's backend: its users, rooms, topics and memberships, each
+addressed by the product's own id (``external_id``), with live effects on every web process.
+
+Membership changes reach connected clients at once: an added member gets ``topic_added``; a
+removed one leaves the topic's Socket.IO room on whichever web process holds each of their
+connections (python-socketio sends room changes through the same Redis queue as the events,
+so every later event of the topic already misses them), no longer counts as active in the
+topic, and gets ``topic_removed``. Deleting a user closes their connections the same way and
+erases what Beacon holds about them, except their messages, which stay with a deleted sender.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from webapp import realtime
+from webapp.auth import issue_token
+from webapp.errors import InvalidInput, NotFound
+from webapp.extensions import db
+from webapp.models import (
+    Channel,
+    Message,
+    NotificationOverride,
+    NotificationSettings,
+    PushRecord,
+    PushSubscription,
+    Topic,
+    TopicMember,
+    User,
+    isoformat,
+    utcnow,
+)
+from webapp.services import context
+from webapp.services.topics import member_ids, topic_row
+
+# The longest a token minted for a product's user may live.
+MAX_TOKEN_TTL = 30 * 86400
+
+
+class Conflict(InvalidInput):
+    status = 409
+
+
+# -- users ---------------------------------------------------------------------------------
+
+
+def user_payload(user: User) -> dict[str, Any]:
+    return {
+        "id": str(user.id),
+        "external_id": user.external_id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "email": user.email,
+        "is_online": user.is_online,
+        "last_seen_at": isoformat(user.last_seen_at),
+        "created_at": isoformat(user.created_at),
+    }
+
+
+def find_user(external_id: str) -> User:
+    user = db.session.execute(
+        select(User).where(User.external_id == external_id)
+    ).scalar_one_or_none()
+    if user is None:
+        raise NotFound("user_not_found", "no user with that external id")
+    return user
+
+
+def put_user(
+    external_id: str, username: str, display_name: str | None, email: str | None
+) -> tuple[User, bool]:
+    """Create the user mapped to ``external_id``, or replace its fields; True if created."""
+    user = db.session.execute(
+        select(User).where(User.external_id == external_id)
+    ).scalar_one_or_none()
+    created = user is None
+    if user is None:
+        user = User(external_id=external_id)
+        db.session.add(user)
+    user.username = username
+    user.display_name = display_name
+    user.email = email
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        taken = db.session.execute(
+            select(User.id).where(
+                User.username == username,
+                or_(User.external_id.is_(None), User.external_id != external_id),
+            )
+        ).first()
+        if taken is not None or not created:
+            raise Conflict("username_taken", f"the username {username!r} is taken") from None
+        # Created by a concurrent request with the same external id: update that one.
+        return put_user(external_id, username, display_name, email)[0], False
+    return user, created
+
+
+def delete_user(external_id: str) -> None:
+    """Erase the user: connections closed, memberships, devices, preferences, push history and
+    unread state deleted, personal data cleared. The row stays (their messages keep a
+    sender, shown as a deleted user); the external id is free for a new user."""
+    user = find_user(external_id)
+    uid = user.id
+    for model in (TopicMember, PushSubscription, NotificationSettings, NotificationOverride):
+        db.session.execute(delete(model).where(model.user_id == uid))
+    db.session.execute(delete(PushRecord).where(PushRecord.user_id == uid))
+    user.username = f"deleted-{uid.hex}"
+    user.display_name = None
+    user.email = None
+    user.external_id = None
+    user.deleted_at = utcnow()
+    db.session.commit()
+    # After the commit: a connection that authenticates from now on is refused, and each
+    # event of one still open is (webapp/sockets/acks.py); these close the open ones.
+    settings = context.settings()
+    notice = {"error": "unknown_user", "message": "the connection's user no longer exists"}
+    for sid in context.presence().sids_of(str(uid)):
+        realtime.emit(settings.redis_url, "access_revoked", notice, to=sid)
+        realtime.disconnect(settings.redis_url, sid)
+
+
+def user_token(external_id: str, ttl: int | None) -> dict[str, Any]:
+    user = find_user(external_id)
+    settings = context.settings()
+    ttl = settings.jwt_default_ttl if ttl is None else ttl
+    token = issue_token(settings, user.id, ttl)
+    expires = datetime.fromtimestamp(int(datetime.now(UTC).timestamp()) + ttl, UTC)
+    return {"token": token, "expires_at": isoformat(expires)}
+
+
+# -- rooms and topics ----------------------------------------------------------------------
+
+
+def room_payload(room: Channel) -> dict[str, Any]:
+    return {
+        "id": str(room.id),
+        "external_id": room.external_id,
+        "name": room.name,
+        "created_at": isoformat(room.created_at),
+    }
+
+
+def topic_payload(topic: Topic, room: Channel) -> dict[str, Any]:
+    return {
+        "id": str(topic.id),
+        "external_id": topic.external_id,
+        "room_id": str(room.id),
+        "room_external_id": room.external_id,
+        "name": topic.name,
+        "created_at": isoformat(topic.created_at),
+    }
+
+
+def find_room(external_id: str) -> Channel:
+    room = db.session.execute(
+        select(Channel).where(Channel.external_id == external_id)
+    ).scalar_one_or_none()
+    if room is None:
+        raise NotFound("room_not_found", "no room with that external id")
+    return room
+
+
+def find_topic(external_id: str) -> Topic:
+    topic = db.session.execute(
+        select(Topic).where(Topic.external_id == external_id)
+    ).scalar_one_or_none()
+    if topic is None:
+        raise NotFound("topic_not_found", "no topic with that external id")
+    return topic
+
+
+def _room_topic(room_external_id: str, external_id: str) -> tuple[Channel, Topic]:
+    room = find_room(room_external_id)
+    topic = find_topic(external_id)
+    if topic.channel_id != room.id:
+        raise NotFound("topic_not_found", "no topic with that external id in this room")
+    return room, topic
+
+
+def put_room(external_id: str, name: str) -> tuple[Channel, bool]:
+    room = db.session.execute(
+        select(Channel).where(Channel.external_id == external_id)
+    ).scalar_one_or_none()
+    created = room is None
+    if room is None:
+        room = Channel(external_id=external_id, name=name)
+        db.session.add(room)
+    room.name = name
+    try:
+        db.session.commit()
+    except IntegrityError:  # created concurrently with the same external id
+        db.session.rollback()
+        return put_room(external_id, name)[0], False
+    return room, created
+
+
+def put_topic(room_external_id: str, external_id: str, name: str) -> tuple[Topic, Channel, bool]:
+    room = find_room(room_external_id)
+    topic = db.session.execute(
+        select(Topic).where(Topic.external_id == external_id)
+    ).scalar_one_or_none()
+    if topic is not None and topic.channel_id != room.id:
+        raise Conflict("topic_in_other_room", "a topic with that external id is in another room")
+    created = topic is None
+    if topic is None:
+        topic = Topic(external_id=external_id, channel_id=room.id, name=name)
+        db.session.add(topic)
+    topic.name = name
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raced = db.session.execute(select(Topic.id).where(Topic.external_id == external_id))
+        if created and raced.first() is not None:  # created concurrently: update that one
+            return put_topic(room_external_id, external_id, name)[0], room, False
+        raise Conflict("name_taken", f"the room has another topic named {name!r}") from None
+    return topic, room, created
+
+
+def delete_room(external_id: str) -> None:
+    """Delete the room with its topics, their messages and memberships."""
+    room = find_room(external_id)
+    topics = list(db.session.execute(select(Topic).where(Topic.channel_id == room.id)).scalars())
+    audiences = {topic.id: member_ids(topic.id) for topic in topics}
+    db.session.delete(room)
+    db.session.commit()
+    for topic in topics:
+        _topic_gone(topic, audiences[topic.id])
+
+
+def delete_topic(room_external_id: str, external_id: str) -> None:
+    """Delete the topic with its messages and memberships."""
+    _room, topic = _room_topic(room_external_id, external_id)
+    members = member_ids(topic.id)
+    db.session.delete(topic)
+    db.session.commit()
+    _topic_gone(topic, members)
+
+
+def _topic_gone(topic: Topic, members: list[uuid.UUID]) -> None:
+    """Every connection leaves the deleted topic's room; its members hear ``topic_removed``."""
+    settings = context.settings()
+    realtime.close_room(settings.redis_url, realtime.topic_room(topic.id))
+    context.presence().forget_topic(str(topic.id))
+    realtime.emit(
+        settings.redis_url,
+        "topic_removed",
+        {"topic_id": str(topic.id), "room_id": str(topic.channel_id), "reason": "deleted"},
+        to=[realtime.user_room(uid) for uid in members],
+    )
+
+
+# -- memberships ---------------------------------------------------------------------------
+
+
+def membership_payload(member: TopicMember, topic: Topic, user: User) -> dict[str, Any]:
+    return {
+        "topic_id": str(topic.id),
+        "topic_external_id": topic.external_id,
+        "user_id": str(user.id),
+        "user_external_id": user.external_id,
+        "joined_at": isoformat(member.joined_at),
+    }
+
+
+def add_member(topic_external_id: str, user_external_id: str) -> tuple[dict[str, Any], bool]:
+    """Make the user a member (idempotent); a new member's devices get ``topic_added``.
+
+    A new member starts with nothing unread: the topic's history is there to read, but it
+    is not news to them."""
+    topic = find_topic(topic_external_id)
+    user = find_user(user_external_id)
+    member = db.session.execute(
+        select(TopicMember).where(TopicMember.topic_id == topic.id, TopicMember.user_id == user.id)
+    ).scalar_one_or_none()
+    if member is not None:
+        return membership_payload(member, topic, user), False
+    newest = db.session.execute(
+        select(func.max(Message.id)).where(Message.topic_id == topic.id)
+    ).scalar_one()
+    member = TopicMember(topic_id=topic.id, user_id=user.id, last_read_message_id=newest)
+    db.session.add(member)
+    try:
+        db.session.commit()
+    except IntegrityError:  # added concurrently
+        db.session.rollback()
+        return add_member(topic_external_id, user_external_id)[0], False
+    payload = membership_payload(member, topic, user)
+    row = topic_row(user.id, topic.id)
+    if row is not None:
+        realtime.emit(
+            context.settings().redis_url, "topic_added", row, to=realtime.user_room(user.id)
+        )
+    return payload, True
+
+
+def remove_member(topic_external_id: str, user_external_id: str) -> None:
+    """End the membership, at once on every web process (see the module docstring);
+    nothing to do when the user is not a member (a repeated DELETE succeeds)."""
+    topic = find_topic(topic_external_id)
+    user = find_user(user_external_id)
+    removed = db.session.execute(
+        delete(TopicMember).where(TopicMember.topic_id == topic.id, TopicMember.user_id == user.id)
+    ).rowcount
+    db.session.commit()
+    if not removed:
+        return
+    settings = context.settings()
+    presence = context.presence()
+    room = realtime.topic_room(topic.id)
+    for sid in presence.sids_of(str(user.id)):
+        realtime.leave_room(settings.redis_url, sid, room)
+        presence.leave_topic(sid, str(topic.id))
+    realtime.emit(
+        settings.redis_url,
+        "topic_removed",
+        {"topic_id": str(topic.id), "room_id": str(topic.channel_id), "reason": "removed"},
+        to=realtime.user_room(user.id),
+    )
