@@ -11,10 +11,12 @@ erases what Beacon holds about them, except their messages, which stay with a de
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -37,6 +39,8 @@ from webapp.models import (
 )
 from webapp.services import context
 from webapp.services.topics import member_ids, topic_row
+
+log = logging.getLogger(__name__)
 
 # The longest a token minted for a product's user may live.
 MAX_TOKEN_TTL = 30 * 86400
@@ -108,6 +112,8 @@ def delete_user(external_id: str) -> None:
     sender, shown as a deleted user); the external id is free for a new user."""
     user = find_user(external_id)
     uid = user.id
+    # Read before the commit, so that with Redis away nothing changes (503, and a retry).
+    sids = context.presence().sids_of(str(uid))
     for model in (TopicMember, PushSubscription, NotificationSettings, NotificationOverride):
         db.session.execute(delete(model).where(model.user_id == uid))
     db.session.execute(delete(PushRecord).where(PushRecord.user_id == uid))
@@ -117,13 +123,17 @@ def delete_user(external_id: str) -> None:
     user.external_id = None
     user.deleted_at = utcnow()
     db.session.commit()
-    # After the commit: a connection that authenticates from now on is refused, and each
-    # event of one still open is (webapp/sockets/acks.py); these close the open ones.
+    # From the commit on, a connection of the user is refused and so is each event of one
+    # still open (webapp/sockets/acks.py); this closes the open ones now. Should Redis fail
+    # here, each web process's token sweep closes them (TOKEN_SWEEP_INTERVAL).
     settings = context.settings()
     notice = {"error": "unknown_user", "message": "the connection's user no longer exists"}
-    for sid in context.presence().sids_of(str(uid)):
-        realtime.emit(settings.redis_url, "access_revoked", notice, to=sid)
-        realtime.disconnect(settings.redis_url, sid)
+    try:
+        for sid in sids:
+            realtime.emit(settings.redis_url, "access_revoked", notice, to=sid)
+            realtime.disconnect(settings.redis_url, sid)
+    except redis.RedisError:
+        log.warning("could not close the connections of deleted user %s now", uid, exc_info=True)
 
 
 def user_token(external_id: str, ttl: int | None) -> dict[str, Any]:
@@ -245,16 +255,22 @@ def delete_topic(room_external_id: str, external_id: str) -> None:
 
 
 def _topic_gone(topic: Topic, members: list[uuid.UUID]) -> None:
-    """Every connection leaves the deleted topic's room; its members hear ``topic_removed``."""
+    """Every connection leaves the deleted topic's room; its members hear ``topic_removed``.
+
+    The topic is gone whatever happens here: should Redis fail, nothing more can be said in
+    it anyway, and its presence entries only name a topic that no longer exists."""
     settings = context.settings()
-    realtime.close_room(settings.redis_url, realtime.topic_room(topic.id))
-    context.presence().forget_topic(str(topic.id))
-    realtime.emit(
-        settings.redis_url,
-        "topic_removed",
-        {"topic_id": str(topic.id), "room_id": str(topic.channel_id), "reason": "deleted"},
-        to=[realtime.user_room(uid) for uid in members],
-    )
+    try:
+        realtime.close_room(settings.redis_url, realtime.topic_room(topic.id))
+        context.presence().forget_topic(str(topic.id))
+        realtime.emit(
+            settings.redis_url,
+            "topic_removed",
+            {"topic_id": str(topic.id), "room_id": str(topic.channel_id), "reason": "deleted"},
+            to=[realtime.user_room(uid) for uid in members],
+        )
+    except redis.RedisError:
+        log.warning("could not announce that topic %s was deleted", topic.id, exc_info=True)
 
 
 # -- memberships ---------------------------------------------------------------------------
@@ -302,25 +318,27 @@ def add_member(topic_external_id: str, user_external_id: str) -> tuple[dict[str,
 
 
 def remove_member(topic_external_id: str, user_external_id: str) -> None:
-    """End the membership, at once on every web process (see the module docstring);
-    nothing to do when the user is not a member (a repeated DELETE succeeds)."""
+    """End the membership, at once on every web process (see the module docstring).
+
+    Idempotent: a repeated DELETE takes the user's connections out of the topic again (so a
+    retry after a 503 finishes the job), and says ``topic_removed`` only the first time."""
     topic = find_topic(topic_external_id)
     user = find_user(user_external_id)
+    presence = context.presence()
+    sids = presence.sids_of(str(user.id))  # before the commit: with Redis away, nothing changes
     removed = db.session.execute(
         delete(TopicMember).where(TopicMember.topic_id == topic.id, TopicMember.user_id == user.id)
     ).rowcount
     db.session.commit()
-    if not removed:
-        return
     settings = context.settings()
-    presence = context.presence()
     room = realtime.topic_room(topic.id)
-    for sid in presence.sids_of(str(user.id)):
+    for sid in sids:
         realtime.leave_room(settings.redis_url, sid, room)
         presence.leave_topic(sid, str(topic.id))
-    realtime.emit(
-        settings.redis_url,
-        "topic_removed",
-        {"topic_id": str(topic.id), "room_id": str(topic.channel_id), "reason": "removed"},
-        to=realtime.user_room(user.id),
-    )
+    if removed:
+        realtime.emit(
+            settings.redis_url,
+            "topic_removed",
+            {"topic_id": str(topic.id), "room_id": str(topic.channel_id), "reason": "removed"},
+            to=realtime.user_room(user.id),
+        )

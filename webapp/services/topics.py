@@ -32,6 +32,17 @@ def member_topic(
     return topic, member
 
 
+def is_member(user_id: uuid.UUID, topic_id: uuid.UUID) -> bool:
+    return (
+        db.session.execute(
+            select(TopicMember.id).where(
+                TopicMember.topic_id == topic_id, TopicMember.user_id == user_id
+            )
+        ).first()
+        is not None
+    )
+
+
 def member_ids(topic_id: uuid.UUID) -> list[uuid.UUID]:
     return list(
         db.session.execute(

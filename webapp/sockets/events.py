@@ -7,16 +7,18 @@ trips, and a read a broadcast to the topic, whatever the topic id).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask import request
 from flask_socketio import emit, join_room, leave_room
 
-from webapp.extensions import socketio
+from webapp.errors import Forbidden
+from webapp.extensions import db, socketio
 from webapp.models import User
 from webapp.realtime import topic_room
 from webapp.services import context, messages, rate_limit, unread
-from webapp.services.topics import member_topic
+from webapp.services.topics import is_member, member_topic
 from webapp.services.validation import parse_message_body, parse_uuid, require_object
 from webapp.sockets import heartbeat, tokens
 from webapp.sockets.acks import acked
@@ -30,10 +32,24 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     topic, member = member_topic(user.id, topic_id, room_id)
-    context.presence().join_topic(str(user.id), request.sid, str(topic.id))
-    heartbeat.CONNECTIONS.join(request.sid, str(topic.id))
-    join_room(topic_room(topic.id))
-    return {"topic_id": str(topic.id), "unread_count": member.unread_count}
+    unread_count = member.unread_count
+    context.presence().join_topic(str(user.id), request.sid, str(topic_id))
+    heartbeat.CONNECTIONS.join(request.sid, str(topic_id))
+    join_room(topic_room(topic_id))
+    # Removed by the integration API since the check above? Its leave_room may have run
+    # before this join: undo it. (A new transaction, so that SQLite reads afresh.)
+    user_id = user.id
+    db.session.commit()
+    if not is_member(user_id, topic_id):
+        _leave(request.sid, topic_id)
+        raise Forbidden("not_a_member", "you are not a member of this topic")
+    return {"topic_id": str(topic_id), "unread_count": unread_count}
+
+
+def _leave(sid: str, topic_id: uuid.UUID) -> None:
+    context.presence().leave_topic(sid, str(topic_id))
+    heartbeat.CONNECTIONS.leave(sid, str(topic_id))
+    leave_room(topic_room(topic_id))
 
 
 @socketio.on("leave_topic")
@@ -44,9 +60,7 @@ def leave_topic(user: User, payload: Any) -> dict[str, Any]:
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     topic, _member = member_topic(user.id, topic_id, room_id)
-    context.presence().leave_topic(request.sid, str(topic.id))
-    heartbeat.CONNECTIONS.leave(request.sid, str(topic.id))
-    leave_room(topic_room(topic.id))
+    _leave(request.sid, topic.id)
     return {"topic_id": str(topic.id)}
 
 
