@@ -90,6 +90,8 @@ def test_keys_and_tokens_are_kept_apart(stack, product):
         stack.url + "/api/topics", headers={"Authorization": f"Bearer {product.key}"}, timeout=10
     )
     assert refused.status_code == 403 and refused.json()["error"] == "user_token_required"
+    ok, error = stack.new_client("key").try_connect(stack.url, product.key)
+    assert not ok and error["error"] == "user_token_required"
     # A publish key may publish, not provision.
     publisher = Product(stack, _key(stack, "publish"))
     scoped = publisher.call("PUT", "/users/someone", json={"username": "someone"})

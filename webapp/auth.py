@@ -61,6 +61,8 @@ def decode_token(settings: Settings, token: object) -> TokenClaims:
     """
     if not isinstance(token, str) or not token or len(token) > 8192:
         raise Unauthorized("missing_token", "a bearer token is required")
+    if is_service_key(token):
+        raise Forbidden("user_token_required", "this takes a user's token, not a service key")
     key = settings.jwt_verify_key
     if not key:
         raise Unauthorized("auth_unconfigured", "the server has no JWT key configured")
@@ -115,10 +117,7 @@ def require_user(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         settings: Settings = current_app.extensions["beacon_settings"]
-        token = bearer_token(request.headers)
-        if is_service_key(token):
-            raise Forbidden("user_token_required", "this route takes a user's token, not a key")
-        g.user = verify_token(settings, token)
+        g.user = verify_token(settings, bearer_token(request.headers))
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
