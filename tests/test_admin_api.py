@@ -91,7 +91,7 @@ def test_keys_and_tokens_are_kept_apart(stack, product):
     )
     assert refused.status_code == 403 and refused.json()["error"] == "user_token_required"
     ok, error = stack.new_client("key").try_connect(stack.url, product.key)
-    assert not ok and error["error"] == "user_token_required"
+    assert not ok and "user_token_required" in str(error), error
     # A publish key may publish, not provision.
     publisher = Product(stack, _key(stack, "publish"))
     scoped = publisher.call("PUT", "/users/someone", json={"username": "someone"})
