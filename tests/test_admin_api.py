@@ -156,6 +156,7 @@ def test_users_are_created_updated_and_validated(stack, product):
         ("GET", "/users/nobody-here", None, 404, "user_not_found"),
         ("POST", f"/users/{ext}/token", {"ttl": 0}, 400, "invalid_ttl"),
         ("POST", f"/users/{ext}/token", {"ttl": "60"}, 400, "invalid_ttl"),
+        ("POST", f"/users/{ext}/token", [], 400, "invalid_payload"),
     ]
     for method, path, payload, status, code in cases:
         r = product.call(method, path, json=payload)
@@ -299,9 +300,11 @@ def test_publish_posts_through_the_pipeline(stack, product):
         ({"topic": topic_ext, "sender": bob_ext}, 400, "missing_field"),
         ({**body, "message": ""}, 400, "empty_message"),
         ({**body, "extra": 1}, 400, "unknown_field"),
+        ({**body, "idempotency_key": ""}, 400, "invalid_idempotency_key"),
     ]
     for payload, status, code in cases:
-        payload.pop("idempotency_key", None)
+        if payload.get("idempotency_key"):
+            del payload["idempotency_key"]
         r = publisher.call("POST", "/messages", json=payload)
         assert (r.status_code, r.json()["error"]) == (status, code), (payload, r.text)
     outsider_ext, _ = product.user("out")

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp import realtime
 from webapp.auth import issue_token
-from webapp.errors import InvalidInput, NotFound
+from webapp.errors import InvalidInput, NotFound, Unavailable
 from webapp.extensions import db
 from webapp.models import (
     Channel,
@@ -139,6 +139,10 @@ def delete_user(external_id: str) -> None:
 def user_token(external_id: str, ttl: int | None) -> dict[str, Any]:
     user = find_user(external_id)
     settings = context.settings()
+    if not settings.jwt_signing_key:
+        raise Unavailable(
+            "auth_unconfigured", "the server has no JWT signing key (JWT_SECRET or JWT_PRIVATE_KEY)"
+        )
     ttl = settings.jwt_default_ttl if ttl is None else ttl
     token = issue_token(settings, user.id, ttl)
     expires = datetime.fromtimestamp(int(datetime.now(UTC).timestamp()) + ttl, UTC)

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from webapp.admin.provisioning import Conflict, find_topic, find_user
+from webapp.errors import Forbidden
 from webapp.extensions import db
-from webapp.models import Message, PublishedMessage, Topic, User
+from webapp.models import Message, PublishedMessage, Topic, User, utcnow
 from webapp.platform.pruning import delete_older_than
 from webapp.services import messages
-from webapp.services.topics import member_topic
+from webapp.services.topics import is_member
 
 KEY_RETENTION = timedelta(hours=24)
 
@@ -42,6 +43,14 @@ def _replay(key: str, request_hash: str) -> dict[str, Any] | None:
     if row is None:
         return None
     published, message, topic, sender = row
+    created = published.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    if utcnow() - created > KEY_RETENTION:
+        # Expired (beat prunes hourly): the key is new again.
+        db.session.delete(published)
+        db.session.commit()
+        return None
     if published.request_hash != request_hash:
         raise Conflict(
             "idempotency_key_reused", "this idempotency_key was used for a different request"
@@ -61,7 +70,8 @@ def publish(
             return first, False
     topic = find_topic(topic_external_id)
     sender = find_user(sender_external_id)
-    member_topic(sender.id, topic.id)  # the sender must be a member
+    if not is_member(sender.id, topic.id):
+        raise Forbidden("not_a_member", "the sender is not a member of this topic")
 
     def remember(message: Message) -> None:
         db.session.add(

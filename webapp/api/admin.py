@@ -19,6 +19,7 @@ from webapp.services.validation import (
     parse_bounded_int,
     parse_email,
     parse_external_id,
+    parse_idempotency_key,
     parse_message_body,
     parse_name,
     parse_username,
@@ -69,7 +70,8 @@ def delete_user(external_id: str):
 @bp.post("/users/<external_id>/token")
 @require_key("admin")
 def user_token(external_id: str):
-    data = require_object(json_body() or {}, allowed={"ttl"})
+    body = json_body()
+    data = {} if body is None else require_object(body, allowed={"ttl"})
     ttl = data.get("ttl")
     return jsonify(
         provisioning.user_token(
@@ -156,7 +158,7 @@ def publish_message():
         parse_external_id(data.get("topic"), "topic"),
         parse_external_id(data.get("sender"), "sender"),
         parse_message_body(data.get("message"), context.settings().max_message_length),
-        None if key is None else parse_name(key, "idempotency_key", 255),
+        None if key is None else parse_idempotency_key(key),
     )
     response = jsonify(message)
     if not first:

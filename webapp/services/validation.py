@@ -208,3 +208,12 @@ def parse_bounded_int(value: Any, field: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise InvalidInput(f"invalid_{field}", f"{field} must be an integer from {lo} to {hi}")
     return value
+
+
+def parse_idempotency_key(value: Any) -> str:
+    """Taken as sent (no trimming): 1-255 printable characters."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 255 or not value.isprintable():
+        raise InvalidInput(
+            "invalid_idempotency_key", "idempotency_key must be 1-255 printable characters"
+        )
+    return value
