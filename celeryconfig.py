@@ -37,12 +37,19 @@ task_send_sent_event = True
 worker_soft_shutdown_timeout = 10.0
 worker_enable_soft_shutdown_on_idle = True
 
-imports = ("workers.tasks.unread", "workers.tasks.presence", "workers.tasks.push")
+imports = (
+    "workers.tasks.unread",
+    "workers.tasks.presence",
+    "workers.tasks.push",
+    "workers.tasks.webhooks",
+)
 task_default_queue = "unread"
 task_routes = {
     "beacon.unread.*": {"queue": "unread"},
     "beacon.presence.*": {"queue": "unread"},
     "beacon.push.*": {"queue": "push"},
+    # A webhook receiver that hangs holds a slot of this queue's workers only.
+    "beacon.webhooks.*": {"queue": "webhooks"},
 }
 
 beat_schedule = {

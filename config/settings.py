@@ -411,8 +411,12 @@ def _check_task_timing(s: Settings) -> None:
         raise ValueError("PUSH_REQUEST_TIMEOUT must be between 0 and 600 seconds")
     if not (1 <= s.push_batch_size <= 1000) or not (1 <= s.push_send_concurrency <= 1000):
         raise ValueError("PUSH_BATCH_SIZE and PUSH_SEND_CONCURRENCY must be between 1 and 1000")
+    if not (0 < s.webhook_timeout <= 600) or s.webhook_disable_after < 1:
+        raise ValueError(
+            "WEBHOOK_TIMEOUT must be between 0 and 600 seconds and WEBHOOK_DISABLE_AFTER >= 1"
+        )
     longest_hold = max(
-        s.push_retry_max + s.push_request_timeout,
+        s.push_retry_max + max(s.push_request_timeout, s.webhook_timeout),
         s.db_retry_backoff_max,
         s.push_coalesce_window,
     )
@@ -420,7 +424,8 @@ def _check_task_timing(s: Settings) -> None:
         raise ValueError(
             f"BROKER_VISIBILITY_TIMEOUT ({s.broker_visibility_timeout}s) must exceed the longest "
             f"retry delay plus one attempt ({longest_hold:g}s: PUSH_RETRY_MAX + "
-            "PUSH_REQUEST_TIMEOUT, DB_RETRY_BACKOFF_MAX, PUSH_COALESCE_WINDOW), or workers "
+            "PUSH_REQUEST_TIMEOUT or WEBHOOK_TIMEOUT, DB_RETRY_BACKOFF_MAX, "
+            "PUSH_COALESCE_WINDOW), or workers "
             "redeliver held tasks early"
         )
     if s.push_coalesce_window < 0 or s.push_history_days <= 0:

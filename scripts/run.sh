@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's "run the whole service" command, for a laptop or a single box:
 #   Redis (private, unless one already answers on REDIS_URL), database migrations, then
-#   web (Flask-SocketIO on gevent), the `unread` worker, the `push` worker (gevent pool) and
-#   exactly one beat — each line of output prefixed with the process name.
+#   web (Flask-SocketIO on gevent), the `unread` worker, the `push` and `webhooks` workers
+#   (gevent pools) and exactly one beat — each line of output prefixed with the process name.
 # Ctrl-C (SIGINT) or SIGTERM stops everything cleanly; if any process dies, the others are
 # stopped and the script exits non-zero. Runtime files (logs, Redis dir, beat schedule) go
 # under run/ (gitignored). Settings come from the environment and .env via config/ (the one
@@ -260,6 +260,8 @@ start_service unread .venv/bin/celery -A workers worker -Q unread -c 2 -n "unrea
     --loglevel INFO
 start_service push .venv/bin/celery -A workers worker -Q push -P gevent -c 100 -n "push@%h" \
     --loglevel INFO
+start_service webhooks .venv/bin/celery -A workers worker -Q webhooks -P gevent -c 50 \
+    -n "webhooks@%h" --loglevel INFO
 start_service beat .venv/bin/celery -A workers beat --loglevel INFO \
     --schedule "$RUN_DIR/celerybeat-schedule"
 if [ -n "${FLOWER_BASIC_AUTH:-}" ] || grep -q '^FLOWER_BASIC_AUTH=.' .env 2>/dev/null; then

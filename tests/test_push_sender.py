@@ -487,7 +487,7 @@ def test_the_guard_refuses_loopback_unless_allowlisted(
 def test_the_guard_stops_dns_rebinding_after_the_check(
     vapid: tuple[str, str], push: PushServiceClient, sub: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from webapp.delivery.channels.webpush.subscription import check_endpoint_target
+    from webapp.platform.outbound.addresses import check_target
 
     port = int(push.base_url.rsplit(":", 1)[1])
     answers = iter(["93.184.216.34"] + ["127.0.0.1"] * 10)  # public for the check, then not
@@ -500,7 +500,7 @@ def test_the_guard_stops_dns_rebinding_after_the_check(
     endpoint = f"http://push.rebind.example:{port}/push/{sub['id']}"
     # The worker's pre-flight check sees a public address (http is refused before DNS, so
     # check the https twin of the URL)...
-    check_endpoint_target(endpoint.replace("http:", "https:", 1), ())
+    check_target(endpoint.replace("http:", "https:", 1), ())
     rebound = SubscriptionKeys(endpoint, sub["keys"]["p256dh"], sub["keys"]["auth"])
     # ...then the name re-points to loopback before the HTTP client connects.
     with PushSender(vapid[0], SUBJECT, timeout=5, allowed_hosts=()) as guarded:

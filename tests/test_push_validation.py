@@ -12,12 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from webapp.delivery.channels.webpush.subscription import (
-    MAX_ENDPOINT_LENGTH,
     SubscriptionError,
     SubscriptionKeys,
-    check_endpoint_target,
     validate_subscription,
 )
+from webapp.platform.outbound.addresses import MAX_URL_LENGTH, TargetError, check_target
 
 ENDPOINT = "https://fcm.googleapis.com/fcm/send/dGVzdC10b2tlbi0xMjM0NTY3ODkw:APA91bH"
 
@@ -127,7 +126,7 @@ def test_malformed_endpoints(endpoint: object) -> None:
 
 def test_endpoint_length_limit() -> None:
     base = "https://fcm.googleapis.com/fcm/send/"
-    ok = base + "a" * (MAX_ENDPOINT_LENGTH - len(base))
+    ok = base + "a" * (MAX_URL_LENGTH - len(base))
     validate_subscription(subscription(ok), ())
     error = refused(subscription(ok + "a"), "invalid_endpoint")
     assert "2048" in error.message
@@ -291,8 +290,8 @@ def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) ->
 
 
 def test_localhost_is_refused_at_send_time() -> None:
-    with pytest.raises(SubscriptionError) as info:
-        check_endpoint_target("https://localhost/push/abc", ())
+    with pytest.raises(TargetError) as info:
+        check_target("https://localhost/push/abc", ())
     assert info.value.code == "forbidden_host"
 
 
@@ -300,8 +299,8 @@ def test_a_name_that_now_resolves_to_loopback_is_refused(monkeypatch: pytest.Mon
     # It passed validate_subscription (a public-looking name), then was re-pointed: rebinding.
     _fake_dns(monkeypatch, {"push.attacker.example": ["127.0.0.1"]})
     validate_subscription(subscription("https://push.attacker.example/x"), ())
-    with pytest.raises(SubscriptionError) as info:
-        check_endpoint_target("https://push.attacker.example/x", ())
+    with pytest.raises(TargetError) as info:
+        check_target("https://push.attacker.example/x", ())
     assert info.value.code == "forbidden_host"
     assert "127.0.0.1" in info.value.message
 
@@ -314,16 +313,16 @@ def test_any_non_public_address_refuses(
     monkeypatch: pytest.MonkeyPatch, addresses: list[str]
 ) -> None:
     _fake_dns(monkeypatch, {"push.example.com": addresses})
-    with pytest.raises(SubscriptionError) as info:
-        check_endpoint_target("https://push.example.com/x", ())
+    with pytest.raises(TargetError) as info:
+        check_target("https://push.example.com/x", ())
     assert info.value.code == "forbidden_host"
 
 
 def test_public_names_pass_and_failures_are_dns_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     asked = _fake_dns(monkeypatch, {"push.example.com": ["93.184.216.34", "2606:2800:220:1::1"]})
-    check_endpoint_target("https://push.example.com/x", ())
-    with pytest.raises(SubscriptionError) as info:
-        check_endpoint_target("https://gone.example.com/x", ())
+    check_target("https://push.example.com/x", ())
+    with pytest.raises(TargetError) as info:
+        check_target("https://gone.example.com/x", ())
     assert info.value.code == "dns_error"
     assert asked == ["push.example.com", "gone.example.com"]
 
@@ -332,10 +331,10 @@ def test_allowlisted_and_ip_literal_targets_are_not_resolved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     asked = _fake_dns(monkeypatch, {})
-    check_endpoint_target("http://localhost:8089/push/x", ("localhost:8089",))
-    check_endpoint_target("https://8.8.8.8/push/x", ())
-    with pytest.raises(SubscriptionError):
-        check_endpoint_target("https://169.254.169.254/latest/meta-data", ())
-    with pytest.raises(SubscriptionError):
-        check_endpoint_target("http://push.example.com/x", ())  # static checks apply too
+    check_target("http://localhost:8089/push/x", ("localhost:8089",))
+    check_target("https://8.8.8.8/push/x", ())
+    with pytest.raises(TargetError):
+        check_target("https://169.254.169.254/latest/meta-data", ())
+    with pytest.raises(TargetError):
+        check_target("http://push.example.com/x", ())  # static checks apply too
     assert asked == []

@@ -1,9 +1,10 @@
 """Prometheus metrics.
 
 Two kinds: what one web process knows (its live connections, messages it accepted) lives in
-prometheus-client objects; what the cluster knows (online users, queue depth, task outcomes
-and push responses recorded by every worker) is kept as Redis counters and read by a custom
-collector at scrape time, so any web process's ``/metrics`` shows the whole cluster's figures.
+prometheus-client objects; what the cluster knows (online users, queue depth, task outcomes,
+push responses and webhook deliveries recorded by every worker) is kept as Redis counters and
+read by a custom collector at scrape time, so any web process's ``/metrics`` shows the whole
+cluster's figures. The disabled webhooks are counted in the database at scrape time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from webapp.extensions import db
+from webapp.models import Webhook
 from webapp.services.presence import ONLINE
 
 log = logging.getLogger(__name__)
@@ -24,7 +29,8 @@ log = logging.getLogger(__name__)
 TASKS_KEY = "beacon:metrics:tasks"  # field "<queue>|<task>|<outcome>"
 PUSH_KEY = "beacon:metrics:push"  # field "<status class>"
 DECISIONS_KEY = "beacon:metrics:push_decisions"  # field "<decision>"
-QUEUES = ("unread", "push")
+WEBHOOKS_KEY = "beacon:metrics:webhooks"  # field "<outcome>"
+QUEUES = ("unread", "push", "webhooks")
 
 registry = CollectorRegistry(auto_describe=True)
 CONNECTIONS = Gauge(
@@ -75,6 +81,28 @@ def record_push_decisions(client: redis.Redis, counts: dict[str, int]) -> None:
         log.debug("could not record push decisions", exc_info=True)
 
 
+def record_webhook(client: redis.Redis, outcome: str) -> None:
+    """Count a webhook delivery attempt's outcome (delivered, retry, failed, skipped);
+    never raises."""
+    try:
+        client.hincrby(WEBHOOKS_KEY, outcome, 1)
+    except redis.RedisError:
+        log.debug("could not record webhook metric", exc_info=True)
+
+
+def _disabled_webhooks() -> int | None:
+    """Webhooks disabled now (None when the database does not answer), on a connection of
+    its own (the scraping request's session is left alone)."""
+    try:
+        with db.engine.connect() as conn:
+            return conn.execute(
+                select(func.count()).select_from(Webhook).where(Webhook.disabled_at.is_not(None))
+            ).scalar_one()
+    except SQLAlchemyError:
+        log.warning("metrics: database unavailable, disabled webhooks omitted")
+        return None
+
+
 class ClusterCollector(Collector):
     """Reads the cluster-wide figures from Redis at scrape time."""
 
@@ -82,6 +110,14 @@ class ClusterCollector(Collector):
         self.client = client
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        disabled = _disabled_webhooks()
+        if disabled is not None:
+            yield GaugeMetricFamily(
+                "beacon_webhooks_disabled",
+                "Webhooks disabled after WEBHOOK_DISABLE_AFTER failed deliveries in a row (or "
+                "by the API)",
+                disabled,
+            )
         try:
             pipe = self.client.pipeline()
             pipe.scard(ONLINE)
@@ -90,11 +126,12 @@ class ClusterCollector(Collector):
             pipe.hgetall(TASKS_KEY)
             pipe.hgetall(PUSH_KEY)
             pipe.hgetall(DECISIONS_KEY)
+            pipe.hgetall(WEBHOOKS_KEY)
             online, *rest = pipe.execute()
         except redis.RedisError:
             log.warning("metrics: Redis unavailable, cluster figures omitted")
             return
-        depths, (tasks, pushes, decisions) = rest[: len(QUEUES)], rest[len(QUEUES) :]
+        depths, (tasks, pushes, decisions, hooks) = rest[: len(QUEUES)], rest[len(QUEUES) :]
 
         yield GaugeMetricFamily("beacon_online_users", "Users with a live connection", online)
         depth = GaugeMetricFamily("beacon_queue_depth", "Tasks waiting", labels=["queue"])
@@ -123,6 +160,15 @@ class ClusterCollector(Collector):
         for field, value in sorted(decisions.items()):
             decided.add_metric([field], float(value))
         yield decided
+        deliveries = CounterMetricFamily(
+            "beacon_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), retry (429, 5xx, network; "
+            "tried again later), failed (for good), skipped (hook deleted or disabled)",
+            labels=["outcome"],
+        )
+        for field, value in sorted(hooks.items()):
+            deliveries.add_metric([field], float(value))
+        yield deliveries
 
 
 _collector: ClusterCollector | None = None

@@ -2,7 +2,7 @@
 suspicion 4).
 
 The push worker runs under gevent (``-P gevent``) and checks each endpoint's host with
-``socket.getaddrinfo`` right before sending (``check_endpoint_target``). gevent's default
+``socket.getaddrinfo`` right before sending (``addresses.check_target``). gevent's default
 resolver (``GEVENT_RESOLVER`` unset: ``thread``) runs every ``getaddrinfo`` of the process in
 the hub's threadpool, 10 threads (``Hub.threadpool_size``), IP literals included
 (``socket.create_connection("127.0.0.1", ...)`` resolves too: Redis, the broker, the push
@@ -16,7 +16,7 @@ check of another user's endpoint (a name that answers at once) and a TCP connect
 127.0.0.1 are timed while 4 (fewer than the hub pool's threads) and then 12 such lookups are in
 flight. No system file is touched: a real slow name server would need /etc/resolv.conf.
 
-Before endpoint lookups had threads of their own (``webapp/delivery/channels/webpush/dns.py``),
+Before endpoint lookups had threads of their own (``webapp/platform/outbound/dns.py``),
 12 slow ones delayed both by the full 3 s.
 """
 
@@ -46,11 +46,8 @@ EXPERIMENT = textwrap.dedent(
     import gevent
     import gevent.resolver.thread as thread_resolver
 
-    from webapp.delivery.channels.webpush import dns
-    from webapp.delivery.channels.webpush.subscription import (
-        SubscriptionError,
-        check_endpoint_target,
-    )
+    from webapp.platform.outbound import dns
+    from webapp.platform.outbound.addresses import TargetError, check_target
 
     slow, in_flight = float(sys.argv[1]), int(sys.argv[2])
     real_sleep = monkey.get_original("time", "sleep")
@@ -79,8 +76,8 @@ EXPERIMENT = textwrap.dedent(
 
     def slow_check(i):
         try:
-            check_endpoint_target(f"https://h{i}.slow.test/push/{i}", ())
-        except SubscriptionError as exc:
+            check_target(f"https://h{i}.slow.test/push/{i}", ())
+        except TargetError as exc:
             return exc.code
         return "sent"
 
@@ -102,7 +99,7 @@ EXPERIMENT = textwrap.dedent(
     fast_check, local_connect = (
         g.get()
         for g in [  # at the same moment
-            gevent.spawn(timed, lambda: check_endpoint_target("https://push.fast.test/p", ())),
+            gevent.spawn(timed, lambda: check_target("https://push.fast.test/p", ())),
             gevent.spawn(
                 timed, lambda: socket.create_connection(("127.0.0.1", port), timeout=30).close()
             ),

@@ -2,7 +2,19 @@
 
 from flask import Flask
 
-from webapp.api import admin, body, demo, errors, health, metrics, notifications, topics, users
+from webapp.api import (
+    admin,
+    admin_webhooks,
+    body,
+    demo,
+    errors,
+    health,
+    metrics,
+    notifications,
+    openapi,
+    topics,
+    users,
+)
 
 
 def register(app: Flask) -> None:
@@ -15,3 +27,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(demo.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(admin_webhooks.bp)
+    app.register_blueprint(openapi.bp)

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from webapp import metrics
 from webapp.delivery import channels, history
@@ -31,7 +32,8 @@ from webapp.delivery.channels.base import Item, Notification, Outcome
 from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
 from webapp.delivery.payload import notification
 from webapp.extensions import db
-from webapp.models import Message, PushSubscription, utcnow
+from webapp.models import Message, PushSubscription, User, utcnow
+from webapp.platform import events
 from webapp.redis_client import get_redis
 from webapp.services import context
 from webapp.services.idempotency import claim_many, claimed_among
@@ -271,6 +273,8 @@ def _book(
     expired: list[int] = []
     failed: list[tuple[int, str]] = []  # index, reason
     retry: list[int] = []
+    removed: list[int] = []  # expired devices this batch deleted
+    newly_failed: list[tuple[int, str]] = []  # failures this batch recorded
     for i, outcome in enumerate(outcomes):
         _log_outcome(sent[i][0], outcome)
         if outcome.kind == "delivered":
@@ -335,6 +339,7 @@ def _book(
         for i in expired:
             if uuid.UUID(sent[i][0].device_id) in gone:
                 remember(i, "expired")
+                removed.append(i)
     if failed:
         fresh = claim_many([sent[i][0].failed_marker for i, _ in failed])
         newly_failed = [(i, r) for i, r in failed if sent[i][0].failed_marker in fresh]
@@ -359,8 +364,66 @@ def _book(
     history.insert(rows)
     db.session.commit()
     metrics.record_pushes(get_redis(context.settings().redis_url), (o.status for o in outcomes))
+    _publish_ended(message_id, sent, outcomes, newly_failed, removed)
     floors = [outcomes[i].retry_after for i in retry if outcomes[i].retry_after is not None]
     return [sent[i][0] for i in retry], max(floors, default=None)
+
+
+def _publish_ended(
+    message_id: int,
+    sent: list[tuple[Delivery, _Device]],
+    outcomes: list[Outcome],
+    failed: list[tuple[int, str]],
+    removed: list[int],
+) -> None:
+    """``push.failed`` and ``device.removed`` for the integration's webhooks, one task per
+    event type and batch; nothing is read unless an enabled hook subscribes. Each event's id
+    derives from what it reports, so a repeat (a redelivered batch) has the same id."""
+    ended = (("push.failed", failed), ("device.removed", removed))
+    wanted = {event for event, todo in ended if todo and events.subscribed(event)}
+    if not wanted:
+        return
+    user_ids = {sent[i][1].user_id for i in [*removed, *(i for i, _ in failed)]}
+    try:
+        topic_id = db.session.scalar(select(Message.topic_id).where(Message.id == message_id))
+        external = dict(
+            db.session.execute(select(User.id, User.external_id).where(User.id.in_(user_ids))).all()
+        )
+    except SQLAlchemyError as exc:  # the batch is booked: it must not fail now
+        log.warning("push events of message %s not published (%s)", message_id, exc)
+        return
+    finally:
+        db.session.rollback()
+
+    def data(i: int, reason: str) -> dict[str, Any]:
+        d, device = sent[i]
+        return {
+            "user_id": d.user_id,
+            "user_external_id": external.get(device.user_id),
+            "device_id": d.device_id,
+            "message_id": message_id,
+            "topic_id": None if topic_id is None else str(topic_id),
+            "status": outcomes[i].status,
+            "reason": reason,
+        }
+
+    if "push.failed" in wanted:
+        events.publish_many(
+            "push.failed",
+            [(data(i, reason), _event_id(sent[i][0].failed_marker)) for i, reason in failed],
+        )
+    if "device.removed" in wanted:
+        events.publish_many(
+            "device.removed",
+            [
+                (data(i, outcomes[i].reason), _event_id(f"removed:{sent[i][0].device_id}"))
+                for i in removed
+            ],
+        )
+
+
+def _event_id(key: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"beacon:{key}"))
 
 
 def _log_skipped(deliveries: list[Delivery]) -> None:
@@ -387,12 +450,45 @@ def _log_outcome(d: Delivery, result: Outcome) -> None:
 
 
 def prune_failing() -> int:
-    """Delete devices that failed too often in a row (beat)."""
+    """Delete devices that failed too often in a row (beat); each is a ``device.removed``
+    event (reason ``failing``) for the integration's webhooks."""
     limit = context.settings().push_failure_limit
-    deleted = db.session.execute(
-        delete(PushSubscription).where(PushSubscription.failure_count >= limit)
-    ).rowcount
+    rows = db.session.execute(
+        select(PushSubscription.id, PushSubscription.user_id, User.external_id)
+        .join(User, User.id == PushSubscription.user_id)
+        .where(PushSubscription.failure_count >= limit)
+    ).all()
+    # By id and count: a device that succeeded meanwhile (count reset) stays.
+    deleted = set(
+        db.session.execute(
+            delete(PushSubscription)
+            .where(
+                PushSubscription.id.in_([row[0] for row in rows]),
+                PushSubscription.failure_count >= limit,
+            )
+            .returning(PushSubscription.id)
+        ).scalars()
+    )
     db.session.commit()
-    if deleted:
-        log.info("pruned %d push subscriptions that kept failing", deleted)
-    return deleted
+    rows = [row for row in rows if row[0] in deleted]
+    if rows:
+        log.info("pruned %d push subscriptions that kept failing", len(rows))
+        events.publish_many(
+            "device.removed",
+            [
+                (
+                    {
+                        "user_id": str(user_id),
+                        "user_external_id": external_id,
+                        "device_id": str(device_id),
+                        "message_id": None,
+                        "topic_id": None,
+                        "status": None,
+                        "reason": "failing",
+                    },
+                    _event_id(f"removed:{device_id}"),
+                )
+                for device_id, user_id, external_id in rows
+            ],
+        )
+    return len(rows)

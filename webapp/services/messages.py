@@ -17,7 +17,7 @@ from sqlalchemy import select
 from webapp import metrics, realtime
 from webapp.extensions import db
 from webapp.models import Message, Topic, User, isoformat
-from webapp.platform import queue
+from webapp.platform import events, queue
 from webapp.platform.text import graphemes
 from webapp.services import context
 from webapp.services.topics import member_ids, member_topic
@@ -98,6 +98,15 @@ def post(
     # The message is stored: the ack says so even if the hand-off fails now (beat's
     # reconciliation enqueues the work of messages whose tasks never ran).
     queue.message_posted(message.id, sorted(exclude), push=settings.push_enabled)
+    events.publish(
+        "message.created",
+        {
+            "message": full,
+            "topic_external_id": topic.external_id,
+            "sender_external_id": sender.external_id,
+        },
+        event_id=f"message.created:{message.id}",
+    )
     return full
 
 

@@ -11,6 +11,7 @@ from webapp import realtime
 from webapp.delivery import coalescing
 from webapp.extensions import db
 from webapp.models import Message, Topic, TopicMember, User
+from webapp.platform import events
 from webapp.services import context
 from webapp.services.idempotency import claim
 from webapp.services.topics import member_topic
@@ -174,4 +175,15 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
     )
     announce_counts(topic.id, topic.channel_id, [(str(user.id), unread_count)])
     coalescing.reset(user.id, topic.id)
+    events.publish(
+        "message.read",
+        {
+            "user_id": result["user_id"],
+            "user_external_id": user.external_id,
+            "topic_id": result["topic_id"],
+            "topic_external_id": topic.external_id,
+            "room_id": result["room_id"],
+            "last_read_message_id": last_read,
+        },
+    )
     return result

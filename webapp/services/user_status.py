@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from webapp import realtime
 from webapp.extensions import db
 from webapp.models import TopicMember, User, isoformat
+from webapp.platform import events
 from webapp.services import context
 from webapp.services.presence import LocalConnections
 
@@ -95,7 +96,7 @@ def apply_transition(user_id: str) -> None:
             update(User)
             .where(User.id == uid, User.is_online.is_not(online_now))
             .values(**values)
-            .returning(User.username, User.display_name, User.last_seen_at)
+            .returning(User.username, User.display_name, User.last_seen_at, User.external_id)
             .execution_options(synchronize_session=False)
         ).first()
         db.session.commit()
@@ -110,6 +111,14 @@ def apply_transition(user_id: str) -> None:
         }
         settings = context.settings()
         realtime.emit(settings.redis_url, "user_status_change", payload, to=_audience(uid))
+        events.publish(
+            "user.online" if online_now else "user.offline",
+            {
+                "user_id": user_id,
+                "external_id": row.external_id,
+                "last_seen_at": payload["last_seen_at"],
+            },
+        )
 
 
 def _audience(user_id: uuid.UUID) -> list[str] | None:

@@ -1,8 +1,8 @@
 """The Web Push channel (RFC 8030/8291/8292): browsers' push subscriptions.
 
-Split by job: ``subscription`` (the browser's keys, their validation, the endpoint address
-guard), ``vapid`` (the deployment's identity), ``ece`` (aes128gcm), ``http`` (pooled
-connections, deadline, connect-time guard), ``sender`` (the three together).
+Split by job: ``subscription`` (the browser's keys and their validation), ``vapid`` (the
+deployment's identity), ``ece`` (aes128gcm), ``sender`` (the three together, posting through
+``webapp.platform.outbound``: pooled connections, deadline, the address guard).
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ from webapp.delivery.channels import encoding
 from webapp.delivery.channels.base import Item, Outcome
 from webapp.delivery.channels.webpush.ece import MAX_PAYLOAD_BYTES
 from webapp.delivery.channels.webpush.sender import Push, PushSender
-from webapp.delivery.channels.webpush.subscription import (
-    LOOKUP_TIMEOUT,
-    SubscriptionError,
-    check_endpoint_target,
-)
+from webapp.platform.outbound.addresses import LOOKUP_TIMEOUT, TargetError, check_target
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +97,8 @@ class WebPushChannel:
         """Why the endpoint's host may not be sent to now. The user sees a generic reason in
         their history; what DNS answered (addresses, resolver errors) only goes to the log."""
         try:
-            check_endpoint_target(endpoint, self._allowed_hosts, timeout=self._lookup_timeout)
-        except SubscriptionError as exc:
+            check_target(endpoint, self._allowed_hosts, timeout=self._lookup_timeout)
+        except TargetError as exc:
             log.warning(
                 "push endpoint host %s refused (%s): %s",
                 urlsplit(endpoint).hostname,

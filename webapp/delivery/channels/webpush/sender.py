@@ -1,4 +1,5 @@
-"""The Web Push sender: encrypts (``ece``), signs (``vapid``) and posts (``http``) pushes.
+"""The Web Push sender: encrypts (``ece``), signs (``vapid``) and posts pushes
+(``webapp.platform.outbound.http``).
 
 Why not ``pywebpush.webpush()`` per message: it parses the VAPID key, signs a fresh JWT (which
 the push service must verify again), decodes the subscription key and opens a new connection
@@ -11,7 +12,6 @@ Where the time goes: bench/README.md.
 from __future__ import annotations
 
 import binascii
-import email.utils
 import logging
 import math
 import re
@@ -20,23 +20,23 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from webapp.delivery.channels.base import Outcome
 from webapp.delivery.channels.webpush import ece
-from webapp.delivery.channels.webpush.http import (
+from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
+from webapp.delivery.channels.webpush.vapid import Vapid, b64url_decode
+from webapp.platform.outbound.http import (
     BODY_READ_LIMIT,
     ForbiddenAddressError,
     Pools,
     RequestError,
     Target,
+    parse_retry_after,
     parse_target,
 )
-from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
-from webapp.delivery.channels.webpush.vapid import Vapid, b64url_decode
 
 URGENCIES = frozenset({"very-low", "low", "normal", "high"})
 REASON_MAX_CHARS = 200
@@ -56,26 +56,6 @@ class Push(NamedTuple):
     payload: bytes
     urgency: str = "normal"
     topic: str | None = None
-
-
-def _parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP-date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 def _check_options(ttl: int, urgency: str) -> None:
@@ -313,7 +293,7 @@ class PushSender:
         if status in (404, 410):
             return Outcome(status, "expired", None, text)
         if status == 429 or 500 <= status < 600:
-            return Outcome(status, "retry", _parse_retry_after(retry_after, self._clock()), text)
+            return Outcome(status, "retry", parse_retry_after(retry_after, self._clock()), text)
         if 300 <= status < 400:
             return Outcome(status, "rejected", None, f"{status} unexpected redirect (not followed)")
         return Outcome(status, "rejected", None, text)

@@ -1,8 +1,9 @@
-"""HTTP/1.1 to push services: keep-alive pools per origin, the connect-time address guard.
+"""HTTP/1.1 to hosts users chose (push services, webhook receivers): keep-alive pools per
+origin, one deadline per request, the connect-time address guard.
 
-Requests never follow redirects (that would let an endpoint bounce the worker into the internal
+Requests never follow redirects (that would let a URL bounce the worker into the internal
 network) and are bounded by one deadline from connect to the answer's last byte (a socket
-timeout alone bounds each read, so a service that trickles a byte at a time held a worker for
+timeout alone bounds each read, so a server that trickles a byte at a time held a worker for
 hours): every socket call gets the time left as its timeout. TLS runs over memory buffers
 (``SSLObject``) so that it, too, only waits in those calls: gevent's ``SSLSocket`` restarts its
 timeout for every chunk of a record. https is verified against
@@ -12,10 +13,12 @@ with one ``sendall``, head and body.
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import http.client
 import io
 import ipaddress
+import math
 import os
 import re
 import select
@@ -24,29 +27,30 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from webapp.delivery.channels.webpush import dns
-from webapp.delivery.channels.webpush.subscription import host_is_allowlisted, is_public_address
+from webapp.platform.outbound import dns
+from webapp.platform.outbound.addresses import host_is_allowlisted, is_public_address
 
 _SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
-BODY_READ_LIMIT = 4096  # never buffer more than this of a push service's answer
-MAX_ORIGINS = 16  # push-service origins with a connection pool (oldest dropped first)
+BODY_READ_LIMIT = 4096  # never buffer more than this of an answer
+MAX_ORIGINS = 16  # origins with a connection pool (oldest dropped first)
 
 
 class Target(NamedTuple):
-    """Where a push endpoint's request goes."""
+    """Where a request to a URL goes."""
 
     scheme: str  # "https" or "http"
     host: str  # hostname or IP, lowercased, no brackets
     port: int
-    origin: str  # scheme://host[:port]: the VAPID aud and the JWT cache key
+    origin: str  # scheme://host[:port]: the pool's key (and Web Push's VAPID aud)
     path: str  # the request target: path and query
 
 
 def parse_target(endpoint: str) -> Target:
-    """Split an endpoint URL; ``ValueError`` if it is not an http(s) URL we can post to."""
+    """Split a URL; ``ValueError`` if it is not an http(s) URL we can post to."""
     parts = urlsplit(endpoint)
     scheme = parts.scheme.lower()
     host = parts.hostname
@@ -77,12 +81,32 @@ def network_error(exc: BaseException, connected: bool) -> str:
     return f"network error: {kind}"
 
 
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP-date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
 class RequestError(Exception):
     """A request failed on the network; the message names the kind only (no URL)."""
 
 
 class ForbiddenAddressError(ConnectionError):
-    """A push endpoint's host resolved, at connect time, to an address we must not talk to."""
+    """A URL's host resolved, at connect time, to an address we must not talk to."""
 
     reason = "endpoint host resolved to a non-public address at connect time; nothing sent"
 
@@ -231,7 +255,7 @@ class _DeadlineSocket:
 
 
 class _Connection(http.client.HTTPConnection):
-    """One keep-alive HTTP/1.1 connection to a push service.
+    """One keep-alive HTTP/1.1 connection to an origin.
 
     ``connect`` checks the peer address (when guarded) before any byte is sent, the TLS
     handshake included. ``request`` sends the head and the body with one ``sendall``:
@@ -374,7 +398,7 @@ class _Pool:
 
 
 class Answer(NamedTuple):
-    """A push service's answer: status, reason phrase, ``Retry-After`` as sent, the body's
+    """An answer: status, reason phrase, ``Retry-After`` as sent, the body's
     first ``BODY_READ_LIMIT + 1`` bytes."""
 
     status: int
@@ -384,7 +408,7 @@ class Answer(NamedTuple):
 
 
 class Pools:
-    """One keep-alive pool per push-service origin (at most ``MAX_ORIGINS``, oldest dropped)."""
+    """One keep-alive pool per origin (at most ``MAX_ORIGINS``, oldest dropped first)."""
 
     def __init__(
         self,

@@ -1,9 +1,9 @@
-"""Lookups of push endpoint hosts, kept apart from the worker's own.
+"""Lookups of the hosts users chose (push endpoints, webhook URLs), apart from the worker's own.
 
-An endpoint names a host its user chose, whose name servers may answer slowly. In a gevent
-worker every ``getaddrinfo`` runs in the hub's threadpool (10 threads), which Redis, the broker
-and every connect need too: ten slow endpoint lookups at once stalled the whole worker
-(``tests/faults/test_push_dns_starvation.py``). So endpoint lookups run in threads of their own
+Such a host's name servers may answer slowly. In a gevent worker every ``getaddrinfo`` runs in
+the hub's threadpool (10 threads), which Redis, the broker and every connect need too: ten slow
+endpoint lookups at once stalled the whole push worker
+(``tests/faults/test_push_dns_starvation.py``). So these lookups run in threads of their own
 (``LOOKUP_THREADS``) and are waited for at most a deadline; without gevent they run in the
 calling thread, as any lookup does. IP literals are never looked up.
 """
