@@ -184,7 +184,6 @@ def _send_twice_and_wait_skipped(beacon, sub_id, user, message_id, *, skipped, s
     )
 
 
-
 def test_a_batch_retries_only_its_failed_deliveries(beacon):
     """One batch (one push service) holds the three devices; one answers 503 once. Only that
     delivery goes on as a retry batch: the two others are sent once, and its push arrives

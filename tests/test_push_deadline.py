@@ -43,6 +43,7 @@ TIMEOUT = 2.0
 READ_TIMEOUT = Outcome(None, "retry", None, "network error: ReadTimeout")
 CONNECT_TIMEOUT = Outcome(None, "retry", None, "network error: ConnectTimeout")
 
+
 def fresh_keys(endpoint: str) -> SubscriptionKeys:
     """A browser's subscription keys (a P-256 point and a 16-byte auth secret) for ``endpoint``."""
     point = (

@@ -584,9 +584,7 @@ def test_https_is_verified_against_the_configured_ca_bundle(
     )
     with PushSender(vapid[0], SUBJECT, timeout=5) as sender:
         for _ in range(3):
-            assert sender.send(keys, b"x", ttl=60) == Outcome(
-                201, "delivered", None, "201 Created"
-            )
+            assert sender.send(keys, b"x", ttl=60) == Outcome(201, "delivered", None, "201 Created")
     assert tls_push.requests == [{"host": f"localhost:{tls_push.port}", "path": "/push/abc"}] * 3
     assert len(tls_push.connections) == 1  # keep-alive over TLS too
 
@@ -801,4 +799,3 @@ def test_backoff_honours_retry_after_as_a_floor_within_the_cap() -> None:
     assert backoff_delay(0, 2.0, 300.0, 3600.0, rng=lambda: 0.0) == 300.0
     delays = {backoff_delay(4, 1.0, 60.0, None) for _ in range(50)}
     assert len(delays) > 1 and all(0 <= d < 16 for d in delays)
-

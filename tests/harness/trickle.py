@@ -131,5 +131,3 @@ class TrickleServer:
             except (OSError, ssl.SSLError):  # reset by the client
                 break
         held.closed_at = time.monotonic()
-
-
