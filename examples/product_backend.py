@@ -190,6 +190,7 @@ class WebhookReceiver:
 
 # -- the product's day -----------------------------------------------------------------------
 # The product's own ids (its database keys, slugs...): letters, digits and . _ : @ + -
+# (not . or .. alone)
 ANN, BEN = "acme-user-1001", "acme-user-1002"
 ROOM, TOPIC = "acme-account-42", "acme-order-5521"
 

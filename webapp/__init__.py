@@ -78,6 +78,10 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # "/a//b" is not "/a/b": Werkzeug would answer 308 towards it, which clients follow with the
+    # same method and body, so an id ending in an encoded "/" ("t%2F" is "t/" once decoded)
+    # would reach the resource "t" instead of being refused.
+    app.url_map.merge_slashes = False
     app.extensions["beacon_settings"] = settings
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True)

@@ -3,8 +3,10 @@ strange strings, deep structures, foreign, negative and nonexistent ids."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import strategies as st
 
@@ -125,4 +127,132 @@ def payloads(
         deep_values,
         st.tuples(shaped, deep_values).map(lambda t: {**t[0], "topic_id": t[1]}),
         st.binary(max_size=64) if binary else st.nothing(),
+    )
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+# URLs a server must never fetch (push endpoints, webhooks), and bodies' declared types.
+HOSTILE_ENDPOINTS = [
+    "http://push.example.com/send/abc",  # not https
+    "https://127.0.0.1/push/x",
+    "https://localhost/push/x",
+    "https://[::1]/push/x",
+    "https://10.0.0.1/push/x",
+    "https://192.168.1.1/push/x",
+    "https://169.254.169.254/latest/meta-data",
+    "https://0.0.0.0/x",
+    "https://[fe80::1]/x",
+    "https://2130706433/x",  # 127.0.0.1 as a decimal
+    "https://0x7f000001/x",
+    "file:///etc/passwd",
+    "javascript:alert(1)",
+    "gopher://127.0.0.1:6379/_FLUSHALL",
+    "https://push.example.com/" + "x" * 3000,
+    "https://",
+    "//push.example.com/x",
+    "https://push.example.com\x00.evil/x",
+    "https://push.exa mple.com/x",
+    "",
+]
+CONTENT_TYPES = [
+    "application/json",
+    "application/json; charset=latin-1",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "",
+]
+
+
+def raw(text: str) -> bytes:
+    """UTF-8, lone surrogates included: an invalid byte sequence is hostile input too."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def segment(text: str) -> str:
+    """``text`` as one percent-encoded path segment ("" as a space). A segment of dots only is
+    sent as ``%2E``s: spelled plainly, the HTTP client would resolve it (``/a/..`` is ``/``)
+    and the server would never see it."""
+    if text and set(text) == {"."}:
+        return "%2E" * len(text)
+    return quote(raw(text), safe="") or "%20"
+
+
+def raw_bodies() -> st.SearchStrategy[bytes]:
+    """Request bodies that are not JSON objects, or not JSON, or not UTF-8, or too deep, or
+    over the 64 KiB limit."""
+    deep = st.integers(20, 20_000).map(lambda d: ("[" * d + "]" * d).encode())
+    return st.one_of(
+        st.binary(max_size=300),
+        st.sampled_from(
+            [b"\xff\xfe\xfd", b'{"endpoint": "\xc3\x28"}', b"\xed\xa0\x80", b"\x00" * 10, b"{}"]
+        ),
+        deep,
+        json_values.map(lambda v: repr(v).encode("utf-8", "surrogatepass")),
+        st.just(b'{"endpoint": "' + b"x" * 70_000 + b'"}'),  # over the 64 KiB limit
+    )
+
+
+# -- the integration API's external ids ----------------------------------------------------
+EXTERNAL_ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}")
+# Path segments that are not ids, or ids only in some reading: dot segments, a separator,
+# percent signs (sent encoded: the server sees them literally), NUL, spaces, one too long.
+PATH_TRAPS = [
+    ".",
+    "..",
+    "...",
+    "%",
+    "%00",
+    "%2e%2e",
+    "%2F",
+    "a/b",
+    "a\\b",
+    "a b",
+    " ",
+    "\x00",
+    "a\x00",
+    "\t",
+    "é",
+    "💥",
+    "x" * 129,
+    "x" * 128,  # the longest id
+    "CON",
+    "NUL",
+    "-",
+    "@",
+]
+
+
+def external_ids(*known: str) -> st.SearchStrategy[str]:
+    """Ids that are spelled like ``known`` ones but are not them (case, a character more or
+    less, a separator, a dot segment around them), well-formed ids nobody created, and
+    non-ids: unicode, controls, surrogates, long strings."""
+    variants = [
+        v
+        for k in known
+        for v in (
+            k.upper(),
+            k + ".",
+            k[:-1],
+            k + "\x00",
+            k + " ",
+            " " + k,
+            k + "/",
+            "../" + k,
+            k + "/..",
+            k + "%00",
+            k.replace("-", "_"),
+            k + "\u0301",
+            k.replace("a", "\u0430"),  # Cyrillic a
+        )
+        if v != k
+    ]
+    return st.one_of(
+        st.sampled_from(variants) if variants else st.nothing(),
+        st.from_regex(EXTERNAL_ID, fullmatch=True),
+        st.uuids().map(str),
+        st.sampled_from(PATH_TRAPS),
+        st.sampled_from(EDGE_STRINGS),
+        texts.filter(bool),
+        st.integers(129, 3000).map(lambda n: "x" * n),  # the request line stays under 8 KiB
     )

@@ -6,54 +6,25 @@ and no row may be stored for the attacker (checked by the ``hostile`` fixture)."
 from __future__ import annotations
 
 from collections import Counter
-from urllib.parse import quote
 
 import requests
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tests.security.strategies import EDGE_STRINGS, huge_texts, json_values, payloads, texts
+from tests.security.strategies import (
+    CONTENT_TYPES,
+    EDGE_STRINGS,
+    HOSTILE_ENDPOINTS,
+    huge_texts,
+    json_values,
+    payloads,
+    raw,
+    raw_bodies,
+    segment,
+    texts,
+)
 
 EXPECTED = "2xx or 4xx JSON {error, message}; never 5xx; nothing stored"
-HOSTILE_ENDPOINTS = [
-    "http://push.example.com/send/abc",  # not https
-    "https://127.0.0.1/push/x",
-    "https://localhost/push/x",
-    "https://[::1]/push/x",
-    "https://10.0.0.1/push/x",
-    "https://192.168.1.1/push/x",
-    "https://169.254.169.254/latest/meta-data",
-    "https://0.0.0.0/x",
-    "https://[fe80::1]/x",
-    "https://2130706433/x",  # 127.0.0.1 as a decimal
-    "https://0x7f000001/x",
-    "file:///etc/passwd",
-    "javascript:alert(1)",
-    "gopher://127.0.0.1:6379/_FLUSHALL",
-    "https://push.example.com/" + "x" * 3000,
-    "https://",
-    "//push.example.com/x",
-    "https://push.example.com\x00.evil/x",
-    "https://push.exa mple.com/x",
-    "",
-]
-CONTENT_TYPES = [
-    "application/json",
-    "application/json; charset=latin-1",
-    "text/plain",
-    "application/x-www-form-urlencoded",
-    "multipart/form-data; boundary=x",
-    "",
-]
-
-
-def _raw(text: str) -> bytes:
-    """UTF-8, lone surrogates included: an invalid byte sequence is hostile input too."""
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _segment(text: str) -> str:
-    return quote(_raw(text), safe="") or "%20"
 
 
 def _answer(response: requests.Response, tally: Counter[str]) -> None:
@@ -70,19 +41,6 @@ def _answer(response: requests.Response, tally: Counter[str]) -> None:
 def _call(h, method, path, **kwargs):
     headers = {"Authorization": f"Bearer {h.mallory.token}", **kwargs.pop("headers", {})}
     return requests.request(method, h.stack.url + path, headers=headers, timeout=30, **kwargs)
-
-
-def _raw_bodies(h):
-    deep = st.integers(20, 20_000).map(lambda d: ("[" * d + "]" * d).encode())
-    return st.one_of(
-        st.binary(max_size=300),
-        st.sampled_from(
-            [b"\xff\xfe\xfd", b'{"endpoint": "\xc3\x28"}', b"\xed\xa0\x80", b"\x00" * 10, b"{}"]
-        ),
-        deep,
-        json_values.map(lambda v: repr(v).encode("utf-8", "surrogatepass")),
-        st.just(b'{"endpoint": "' + b"x" * 70_000 + b'"}'),  # over the 64 KiB limit
-    )
 
 
 def test_fuzzed_subscribe_bodies(hostile, reliability):
@@ -112,9 +70,7 @@ def test_fuzzed_subscribe_bodies(hostile, reliability):
     @given(
         st.one_of(
             subscription.map(lambda b: ("json", b)),
-            st.tuples(_raw_bodies(hostile), st.sampled_from(CONTENT_TYPES)).map(
-                lambda t: ("raw", t)
-            ),
+            st.tuples(raw_bodies(), st.sampled_from(CONTENT_TYPES)).map(lambda t: ("raw", t)),
         )
     )
     def case(body):
@@ -147,7 +103,7 @@ def test_fuzzed_unsubscribe_routes(hostile, reliability):
         st.sampled_from(EDGE_STRINGS),
         texts,
         st.integers(-(2**70), 2**70).map(str),
-    ).map(_segment)
+    ).map(segment)
 
     @settings(settings.get_profile("beacon-security"), max_examples=120)
     @given(
@@ -157,7 +113,7 @@ def test_fuzzed_unsubscribe_routes(hostile, reliability):
                 {"endpoint": st.one_of(st.just(hostile.endpoint), texts, json_values)},
                 binary=False,
             ).map(lambda b: ("endpoint", b)),
-            _raw_bodies(hostile).map(lambda b: ("raw", b)),
+            raw_bodies().map(lambda b: ("raw", b)),
         )
     )
     def case(call):
@@ -190,12 +146,12 @@ def test_fuzzed_unsubscribe_routes(hostile, reliability):
 
 def test_fuzzed_paths_and_query_strings(hostile, reliability):
     tally: Counter[str] = Counter()
-    segment = st.one_of(
+    segments = st.one_of(
         st.just(hostile.topic.topic_id),
         st.uuids().map(str),
         texts,
         st.sampled_from(EDGE_STRINGS),
-    ).map(_segment)
+    ).map(segment)
     query_value = st.one_of(
         st.integers(-(2**70), 2**70).map(str), texts, st.sampled_from(["", "1e3", "0x10", "NaN"])
     )
@@ -207,7 +163,7 @@ def test_fuzzed_paths_and_query_strings(hostile, reliability):
     @settings(settings.get_profile("beacon-security"), max_examples=150)
     @given(
         st.sampled_from(["topic messages", "dev users", "dev token", "any method"]),
-        segment,
+        segments,
         query_value,
         query_value,
         json_values,
@@ -219,15 +175,15 @@ def test_fuzzed_paths_and_query_strings(hostile, reliability):
                 hostile,
                 "GET",
                 f"/api/topics/{seg}/messages",
-                params={"limit": _raw(q1), "before": _raw(q2)},
+                params={"limit": raw(q1), "before": raw(q2)},
             )
         elif route == "dev users":
-            response = _call(hostile, "GET", "/api/dev/users", params={"q": _raw(q1)})
+            response = _call(hostile, "GET", "/api/dev/users", params={"q": raw(q1)})
         elif route == "dev token":
             response = _call(hostile, "POST", "/api/dev/token", json=body)
         else:
             path = ["/api/topics", "/api/users/me", "/api/users/online", "/healthz"][len(seg) % 4]
-            response = _call(hostile, method, path, data=_raw(q1))
+            response = _call(hostile, method, path, data=raw(q1))
         _answer(response, tally)
 
     case()
@@ -282,7 +238,7 @@ def test_fuzzed_preference_and_history_routes(hostile, reliability):
     @given(
         st.one_of(
             settings_body.map(lambda b: ("patch", b)),
-            _raw_bodies(hostile).map(lambda b: ("raw", b)),
+            raw_bodies().map(lambda b: ("raw", b)),
             st.tuples(
                 st.sampled_from(["PUT", "DELETE"]),
                 st.sampled_from(["topics", "rooms"]),
@@ -309,7 +265,7 @@ def test_fuzzed_preference_and_history_routes(hostile, reliability):
                 target = hostile.topic.topic_id
             elif target == "room":
                 target = hostile.topic.room_id
-            response = _call(hostile, method, f"{prefs}/{scope}/{_segment(target)}", json=body)
+            response = _call(hostile, method, f"{prefs}/{scope}/{segment(target)}", json=body)
             if method == "PUT" and target in (hostile.topic.topic_id, hostile.topic.room_id):
                 # Refused: a bad body first (400), else not hers (403/404).
                 assert response.status_code in (400, 403, 404), response.text
@@ -319,7 +275,7 @@ def test_fuzzed_preference_and_history_routes(hostile, reliability):
                 hostile,
                 "GET",
                 "/api/notifications/history",
-                params={"limit": _raw(limit), "before": _raw(before), "outcome": _raw(outcome)},
+                params={"limit": raw(limit), "before": raw(before), "outcome": raw(outcome)},
             )
         _answer(response, tally)
 

@@ -5,15 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.errors import InvalidInput
 from webapp.services.validation import MAX_BIGINT, parse_json_body, parse_query_int
 
 
 def json_body() -> Any:
-    """The JSON body (None when empty). Too large is 413; bad UTF-8, bad or too deep JSON,
-    NUL characters and lone surrogates are 400 with a reason."""
-    return parse_json_body(request.get_data(cache=True))
+    """The JSON body (None when empty). Too large is 413, declared or streamed; bad UTF-8, bad
+    or too deep JSON, NUL characters and lone surrogates are 400 with a reason."""
+    data = request.get_data(cache=True)
+    _refuse_streamed_past_limit(data)
+    return parse_json_body(data)
+
+
+def _refuse_streamed_past_limit(data: bytes) -> None:
+    """A body without ``Content-Length`` (chunked) is cut by Werkzeug at MAX_CONTENT_LENGTH,
+    not refused: its first 64 KiB would be parsed as if they were all of it. One more byte in
+    the input means it was over the limit."""
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None or len(data) < limit:
+        return
+    if request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def page_args() -> tuple[int | None, int]:

@@ -68,7 +68,7 @@ LEVEL: Schema = {"type": "string", "enum": list(NOTIFY_LEVELS)}
 OUTCOME: Schema = {"type": "string", "enum": list(OUTCOMES)}
 CLOCK: Schema = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 # An integrating product's own id of a user, room or topic (webapp/services/validation.py).
-EXTERNAL_ID: Schema = {"type": "string", "pattern": "^[A-Za-z0-9._:@+-]{1,128}$"}
+EXTERNAL_ID: Schema = {"type": "string", "pattern": "^(?!\\.\\.?$)[A-Za-z0-9._:@+-]{1,128}$"}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": _obj(

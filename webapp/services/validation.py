@@ -151,8 +151,9 @@ def parse_query_int(raw: str | None, field: str, default: int, lo: int, hi: int)
 
 
 # An integrating product's own id for a user, room or topic: URL-safe, at most 128 characters
-# (its UUIDs, numbers, slugs, "team:42", e-mail-like ids).
-_EXTERNAL_ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}\Z")
+# (its UUIDs, numbers, slugs, "team:42", e-mail-like ids). Not "." or "..": in a URL path they
+# are dot segments, which clients and proxies resolve ("/rooms/r/topics/.." is "/rooms/r").
+_EXTERNAL_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._:@+\-]{1,128}\Z")
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s.]+\Z")
 
 
@@ -162,7 +163,7 @@ def parse_external_id(value: Any, field: str) -> str:
     if not isinstance(value, str) or not _EXTERNAL_ID.match(value):
         raise InvalidInput(
             f"invalid_{field}",
-            f"{field} must be 1-128 characters among letters, digits and . _ : @ + -",
+            f"{field} must be 1-128 characters among letters, digits and . _ : @ + - (not . or ..)",
         )
     return value
 
