@@ -659,7 +659,7 @@ def run_once(stack: Any, args: argparse.Namespace, n: int) -> dict:
             slow = SlowReaders(stack.url, slow_specs)
         join_fail = {k: v for r in joins for k, v in r["failures"].items()}
         row["join_failures"] = join_fail
-        from webapp.services.presence import ONLINE
+        from webapp.presence.store import ONLINE
 
         # Presence must be exact: one online user per connected client (distinct users).
         online = redis.scard(ONLINE) - len(slow_specs)

@@ -76,7 +76,7 @@ def storm(
     expected_events: int | None,
 ) -> dict:
     """Run one storm, wait (bounded) until everything agrees, and judge the event sequences."""
-    from webapp.services.presence import ONLINE
+    from webapp.presence.store import ONLINE
 
     redis = stack.redis_client()
     idset = set(ids)

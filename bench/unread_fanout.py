@@ -2,7 +2,7 @@
 
 For each topic size (default 10, 1,000 and 10,000 members) and each database (SQLite file and
 a private PostgreSQL cluster), a topic is filled with members and messages, then each repetition
-counts one message with Beacon's ``webapp.services.unread.apply_increment`` (processed-event
+counts one message with Beacon's ``webapp.messaging.unread.apply_increment`` (processed-event
 marker + one ``UPDATE ... RETURNING`` + commit) and the next message with the baseline: the
 same marker and transaction but one ``UPDATE ... RETURNING`` per member, the loop a naive
 implementation writes. Both apply the same rule (not the sender, not past the read marker) and
@@ -37,7 +37,7 @@ def per_member_loop(message_id: int, exclude_user_ids: list[str]) -> list[tuple[
 
     from webapp.extensions import db
     from webapp.models import Message, TopicMember
-    from webapp.services.idempotency import claim
+    from webapp.platform.idempotency import claim
 
     message = db.session.get(Message, message_id)
     excluded = {uuid.UUID(u) for u in exclude_user_ids}
@@ -87,8 +87,8 @@ def bench_backend(backend: str, sizes: list[int], repeat: int) -> list[tuple]:
     from config import load_settings
     from webapp import create_app
     from webapp.extensions import db
+    from webapp.messaging.unread import apply_increment
     from webapp.models import Message, TopicMember, utcnow
-    from webapp.services.unread import apply_increment
 
     rows = []
     with database(backend) as url:

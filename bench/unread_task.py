@@ -32,9 +32,9 @@ def baseline(message_id: int, exclude: list[str]) -> int:
     """The increment, then one emit per member (python-socketio: one PUBLISH each)."""
     from webapp import realtime
     from webapp.extensions import db
+    from webapp.messaging.unread import apply_increment
     from webapp.models import Message
-    from webapp.services import context
-    from webapp.services.unread import apply_increment
+    from webapp.platform import context
 
     applied, counts = apply_increment(message_id, exclude)
     message = db.session.get(Message, message_id)
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     from config import load_settings
     from webapp import create_app
     from webapp.extensions import db
+    from webapp.messaging.unread import increment_for_message
     from webapp.models import Message, utcnow
     from webapp.redis_client import get_redis
-    from webapp.services.unread import increment_for_message
 
     print(f"unread task in one process, median of {args.repeat} messages (ms per message)")
     print(f"{'members':>7} {'beacon':>9} {'baseline':>9} {'ratio':>7}")

@@ -240,9 +240,9 @@ def test_removed_member_is_not_active_and_gets_no_push(stack, product):
 
     def active() -> set[str]:
         with stack.app.app_context():
-            from webapp.services import context
+            from webapp.presence.store import presence
 
-            return context.presence().active_users(topic.topic_id)
+            return presence().active_users(topic.topic_id)
 
     assert alice.id in active()
     assert product.call("DELETE", f"/topics/{topic_ext}/members/{alice_ext}").status_code == 204

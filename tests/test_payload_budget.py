@@ -6,8 +6,8 @@ import json
 
 from webapp.delivery.channels.encoding import ELLIPSIS, fit
 from webapp.delivery.channels.webpush.ece import MAX_PAYLOAD_BYTES
+from webapp.messaging.messages import preview
 from webapp.platform.text import graphemes
-from webapp.services.messages import preview
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # one grapheme, 25 bytes
 FLAG = "\U0001f1eb\U0001f1f7"  # two regional indicators, one grapheme

@@ -56,7 +56,7 @@ def _post(beacon, sender, topic, body="hello") -> int:
 
 
 def test_service_applies_increment_once_when_called_twice(beacon):
-    from webapp.services.unread import apply_increment
+    from webapp.messaging.unread import apply_increment
 
     alice, bob, carol = beacon.user("alice"), beacon.user("bob"), beacon.user("carol")
     topic = beacon.topic(alice, bob, carol)
@@ -71,7 +71,7 @@ def test_service_applies_increment_once_when_called_twice(beacon):
 
 def test_concurrent_duplicates_count_once(beacon):
     """Eight copies of one task racing in threads (separate connections and transactions)."""
-    from webapp.services.unread import apply_increment
+    from webapp.messaging.unread import apply_increment
 
     alice, bob = beacon.user("alice"), beacon.user("bob")
     topic = beacon.topic(alice, bob)
@@ -100,7 +100,7 @@ def test_concurrent_duplicates_count_once(beacon):
 
 def test_mark_as_read_before_the_task_runs_is_not_undone(beacon):
     """A read marker past the message means the late increment must not count it."""
-    from webapp.services.unread import apply_increment
+    from webapp.messaging.unread import apply_increment
 
     alice, bob = beacon.user("alice"), beacon.user("bob")
     topic = beacon.topic(alice, bob)

@@ -15,8 +15,8 @@ from webapp.admin import keys
 from webapp.auth import issue_token
 from webapp.errors import BeaconError
 from webapp.extensions import db
+from webapp.messaging.topics import create_topic
 from webapp.models import User
-from webapp.services.topics import create_topic
 
 beacon = AppGroup("beacon", help="Beacon administration.")
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from webapp.extensions import db
 from webapp.models import Webhook
-from webapp.services.presence import ONLINE
+from webapp.presence.store import ONLINE
 
 log = logging.getLogger(__name__)
 

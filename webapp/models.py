@@ -176,7 +176,7 @@ class ProcessedEvent(db.Model):
     """A task effect already applied: inserted in the same transaction as the effect itself."""
 
     __tablename__ = "processed_events"
-    # Beat deletes old markers by age (webapp.services.idempotency.prune).
+    # Beat deletes old markers by age (webapp.platform.idempotency.prune).
     __table_args__ = (Index("ix_processed_events_created_at", "created_at"),)
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)

@@ -26,7 +26,7 @@ import requests
 from sqlalchemy import func, select
 
 from tests.harness.waiting import wait_until
-from webapp.services.presence import ONLINE, PREFIX
+from webapp.presence.store import ONLINE, PREFIX
 
 USERS = 20
 ROUNDS = 5  # per user: under the default per-user connect limit (30 a minute)

@@ -26,7 +26,7 @@ import websocket
 from tests.conftest import start_web
 from tests.harness.ports import free_port
 from tests.harness.waiting import wait_until
-from webapp.services.presence import PREFIX, TOPIC_PREFIX
+from webapp.presence.store import PREFIX, TOPIC_PREFIX
 
 USERS = 5
 ROUNDS = 40  # per user: 200 in all

@@ -124,7 +124,7 @@ def test_redis_restart_loses_nothing_and_doubles_nothing(make_stack, fault_redis
     )
     erin_row = _user_row(stack, erin)
     assert erin_row.is_online is False and erin_row.last_seen_at is not None
-    from webapp.services.presence import presence_for
+    from webapp.presence.store import presence_for
 
     presence = presence_for(stack.env["REDIS_URL"], 3)
     assert presence.active_users(topic.topic_id) == {bob.id}

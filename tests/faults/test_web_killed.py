@@ -73,8 +73,8 @@ def test_users_of_a_killed_web_process_go_offline_within_the_bound(make_stack, r
 
     # The dead process is forgotten only after its connections were ended; by then carol
     # (also on web2) must still be online and must never have been announced offline.
+    from webapp.presence.store import PROCESSES
     from webapp.redis_client import get_redis
-    from webapp.services.presence import PROCESSES
 
     redis = get_redis(stack.env["REDIS_URL"])
     wait_until(lambda: redis.scard(PROCESSES) == 1, message="the dead process was not swept")

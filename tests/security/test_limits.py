@@ -328,6 +328,9 @@ def test_rate_limit_settings_are_parsed(raw, expected):
         # A visibility timeout shorter than a retry countdown would run tasks twice.
         {"BROKER_VISIBILITY_TIMEOUT": "30", "PUSH_RETRY_MAX": "60"},
         {"BROKER_VISIBILITY_TIMEOUT": "30", "DB_RETRY_BACKOFF_MAX": "30"},
+        {"BROKER_VISIBILITY_TIMEOUT": "30", "PUSH_RETRY_MAX": "5", "WEBHOOK_TIMEOUT": "30"},
+        {"WEBHOOK_TIMEOUT": "0"},
+        {"WEBHOOK_DISABLE_AFTER": "0"},
     ],
 )
 def test_unsafe_or_malformed_settings_are_refused_at_start(env):

@@ -23,7 +23,7 @@ from webapp.auth import SERVICE_KEY_PREFIX, bearer_token, is_service_key
 from webapp.errors import Forbidden, InvalidInput, Unauthorized
 from webapp.extensions import db
 from webapp.models import API_KEY_SCOPES, ApiKey, isoformat, utcnow
-from webapp.services import context, rate_limit
+from webapp.platform import context, rate_limit
 
 MAX_KEY_LENGTH = 128
 # last_used_at is written at most this often per key (not on every request).

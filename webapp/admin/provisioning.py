@@ -24,6 +24,7 @@ from webapp import realtime
 from webapp.auth import issue_token
 from webapp.errors import InvalidInput, NotFound, Unavailable
 from webapp.extensions import db
+from webapp.messaging.topics import member_ids, topic_row
 from webapp.models import (
     Channel,
     Message,
@@ -37,8 +38,8 @@ from webapp.models import (
     isoformat,
     utcnow,
 )
-from webapp.services import context
-from webapp.services.topics import member_ids, topic_row
+from webapp.platform import context
+from webapp.presence.store import presence
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def delete_user(external_id: str) -> None:
     user = find_user(external_id)
     uid = user.id
     # Read before the commit, so that with Redis away nothing changes (503, and a retry).
-    sids = context.presence().sids_of(str(uid))
+    sids = presence().sids_of(str(uid))
     for model in (TopicMember, PushSubscription, NotificationSettings, NotificationOverride):
         db.session.execute(delete(model).where(model.user_id == uid))
     db.session.execute(delete(PushRecord).where(PushRecord.user_id == uid))
@@ -266,7 +267,7 @@ def _topic_gone(topic: Topic, members: list[uuid.UUID]) -> None:
     settings = context.settings()
     try:
         realtime.close_room(settings.redis_url, realtime.topic_room(topic.id))
-        context.presence().forget_topic(str(topic.id))
+        presence().forget_topic(str(topic.id))
         realtime.emit(
             settings.redis_url,
             "topic_removed",
@@ -328,8 +329,8 @@ def remove_member(topic_external_id: str, user_external_id: str) -> None:
     retry after a 503 finishes the job), and says ``topic_removed`` only the first time."""
     topic = find_topic(topic_external_id)
     user = find_user(user_external_id)
-    presence = context.presence()
-    sids = presence.sids_of(str(user.id))  # before the commit: with Redis away, nothing changes
+    store = presence()
+    sids = store.sids_of(str(user.id))  # before the commit: with Redis away, nothing changes
     removed = db.session.execute(
         delete(TopicMember).where(TopicMember.topic_id == topic.id, TopicMember.user_id == user.id)
     ).rowcount
@@ -338,7 +339,7 @@ def remove_member(topic_external_id: str, user_external_id: str) -> None:
     room = realtime.topic_room(topic.id)
     for sid in sids:
         realtime.leave_room(settings.redis_url, sid, room)
-        presence.leave_topic(sid, str(topic.id))
+        store.leave_topic(sid, str(topic.id))
     if removed:
         realtime.emit(
             settings.redis_url,

@@ -19,10 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from webapp.admin.provisioning import Conflict, find_topic, find_user
 from webapp.errors import Forbidden
 from webapp.extensions import db
+from webapp.messaging import messages
+from webapp.messaging.topics import is_member
 from webapp.models import Message, PublishedMessage, Topic, User, utcnow
 from webapp.platform.pruning import delete_older_than
-from webapp.services import messages
-from webapp.services.topics import is_member
 
 KEY_RETENTION = timedelta(hours=24)
 

@@ -34,7 +34,7 @@ from webapp import metrics
 from webapp.errors import InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import Webhook, isoformat, utcnow
-from webapp.platform import events
+from webapp.platform import context, events
 from webapp.platform.outbound.addresses import TargetError, check_url
 from webapp.platform.outbound.http import (
     ForbiddenAddressError,
@@ -43,9 +43,8 @@ from webapp.platform.outbound.http import (
     parse_retry_after,
     parse_target,
 )
+from webapp.platform.validation import require_object
 from webapp.redis_client import get_redis
-from webapp.services import context
-from webapp.services.validation import require_object
 
 log = logging.getLogger(__name__)
 

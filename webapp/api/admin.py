@@ -14,8 +14,8 @@ from webapp.admin import provisioning, publishing
 from webapp.admin.keys import require_key
 from webapp.admin.provisioning import MAX_TOKEN_TTL
 from webapp.api.body import json_body
-from webapp.services import context
-from webapp.services.validation import (
+from webapp.platform import context
+from webapp.platform.validation import (
     parse_bounded_int,
     parse_email,
     parse_external_id,

@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from webapp.admin import webhooks
 from webapp.admin.keys import require_key
 from webapp.api.body import json_body
-from webapp.services.validation import parse_uuid
+from webapp.platform.validation import parse_uuid
 
 bp = Blueprint("admin_webhooks", __name__, url_prefix="/api/admin/webhooks")
 

@@ -8,7 +8,7 @@ from flask import Flask, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.errors import InvalidInput
-from webapp.services.validation import MAX_BIGINT, parse_json_body, parse_query_int
+from webapp.platform.validation import MAX_BIGINT, parse_json_body, parse_query_int
 
 
 def json_body() -> Any:

@@ -18,9 +18,9 @@ from webapp.auth import issue_token
 from webapp.errors import InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import User
-from webapp.services import context
-from webapp.services.user_status import user_status_payload
-from webapp.services.validation import require_object
+from webapp.platform import context
+from webapp.platform.validation import require_object
+from webapp.presence.user_status import user_status_payload
 
 log = logging.getLogger(__name__)
 

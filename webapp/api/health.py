@@ -6,8 +6,8 @@ from flask import Blueprint, jsonify
 from sqlalchemy import text
 
 from webapp.extensions import db
+from webapp.platform import context
 from webapp.redis_client import get_redis
-from webapp.services import context
 
 bp = Blueprint("health", __name__)
 

@@ -6,8 +6,8 @@ from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from webapp import metrics
+from webapp.platform import context
 from webapp.redis_client import get_redis
-from webapp.services import context
 
 bp = Blueprint("metrics", __name__)
 

@@ -9,8 +9,8 @@ from webapp.api.body import json_body, page_args
 from webapp.auth import require_user
 from webapp.delivery import devices, history, preferences
 from webapp.errors import Unavailable
-from webapp.services import context
-from webapp.services.validation import parse_uuid
+from webapp.platform import context
+from webapp.platform.validation import parse_uuid
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 

@@ -21,7 +21,7 @@ from webapp.delivery.preferences import MAX_SNOOZE
 from webapp.models import NOTIFY_LEVELS
 from webapp.platform.events import EVENTS
 from webapp.platform.outbound.addresses import MAX_URL_LENGTH
-from webapp.services.validation import MAX_BIGINT
+from webapp.platform.validation import MAX_BIGINT
 
 # The version of the API description: the project's version (pyproject.toml, checked by the
 # tests).
@@ -67,7 +67,7 @@ ROW_ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_BIGINT}
 LEVEL: Schema = {"type": "string", "enum": list(NOTIFY_LEVELS)}
 OUTCOME: Schema = {"type": "string", "enum": list(OUTCOMES)}
 CLOCK: Schema = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
-# An integrating product's own id of a user, room or topic (webapp/services/validation.py).
+# An integrating product's own id of a user, room or topic (webapp/platform/validation.py).
 EXTERNAL_ID: Schema = {"type": "string", "pattern": "^(?!\\.\\.?$)[A-Za-z0-9._:@+-]{1,128}$"}
 
 SCHEMAS: dict[str, Schema] = {

@@ -6,9 +6,9 @@ from flask import Blueprint, g, jsonify
 
 from webapp.api.body import page_args
 from webapp.auth import require_user
-from webapp.services import messages
-from webapp.services.topics import topics_of
-from webapp.services.validation import parse_uuid
+from webapp.messaging import messages
+from webapp.messaging.topics import topics_of
+from webapp.platform.validation import parse_uuid
 
 bp = Blueprint("topics", __name__, url_prefix="/api/topics")
 

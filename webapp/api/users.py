@@ -10,8 +10,8 @@ from sqlalchemy import select
 from webapp.auth import require_user
 from webapp.extensions import db
 from webapp.models import User
-from webapp.services import context
-from webapp.services.user_status import user_status_payload
+from webapp.presence.store import presence
+from webapp.presence.user_status import user_status_payload
 
 bp = Blueprint("users", __name__, url_prefix="/api/users")
 
@@ -26,7 +26,7 @@ def me():
 @require_user
 def online():
     """Online users as Redis counts them (the live truth, across all web processes)."""
-    ids = [uuid.UUID(u) for u in context.presence().online_user_ids()]
+    ids = [uuid.UUID(u) for u in presence().online_user_ids()]
     users = db.session.execute(select(User).where(User.id.in_(ids)).order_by(User.username))
     return jsonify(
         {"users": [{**user_status_payload(u), "is_online": True} for u in users.scalars()]}

@@ -33,10 +33,9 @@ from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
 from webapp.delivery.payload import notification
 from webapp.extensions import db
 from webapp.models import Message, PushSubscription, User, utcnow
-from webapp.platform import events
+from webapp.platform import context, events
+from webapp.platform.idempotency import claim_many, claimed_among
 from webapp.redis_client import get_redis
-from webapp.services import context
-from webapp.services.idempotency import claim_many, claimed_among
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import redis
 
+from webapp.platform import context
 from webapp.redis_client import get_redis
-from webapp.services import context
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from webapp.delivery.channels.webpush.subscription import SubscriptionError, val
 from webapp.errors import BeaconError, InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import PushSubscription, User, isoformat, utcnow
-from webapp.services import context, rate_limit
-from webapp.services.dialect import insert
-from webapp.services.validation import require_object
+from webapp.platform import context, rate_limit
+from webapp.platform.dialect import insert
+from webapp.platform.validation import require_object
 
 MAX_LABEL = 256
 

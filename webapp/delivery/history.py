@@ -13,8 +13,8 @@ from sqlalchemy import select
 from webapp.errors import InvalidInput
 from webapp.extensions import db
 from webapp.models import PushRecord, User, isoformat, utcnow
+from webapp.platform import context
 from webapp.platform.pruning import delete_older_than
-from webapp.services import context
 
 OUTCOMES = ("delivered", "expired", "failed")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from webapp.delivery.channels.base import Notification
+from webapp.messaging.messages import preview
 from webapp.models import Message, User
-from webapp.services import context
-from webapp.services.messages import preview
+from webapp.platform import context
 
 
 def push_payload(

@@ -25,9 +25,10 @@ from webapp.delivery import coalescing, rules
 from webapp.delivery.batch import Delivery, send_marker
 from webapp.extensions import db
 from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
+from webapp.platform import context
+from webapp.platform.idempotency import claim, claimed_among, is_claimed
+from webapp.presence.store import presence
 from webapp.redis_client import get_redis
-from webapp.services import context
-from webapp.services.idempotency import claim, claimed_among, is_claimed
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
         .where(TopicMember.topic_id == message.topic_id, User.id != message.sender_id)
     ).all()
     members = {str(uid): username for uid, username in rows}
-    online = context.presence().online_among(list(members))
+    online = presence().online_among(list(members))
     offline = [uuid.UUID(uid) for uid in members if uid not in online]
     subs_of: dict[uuid.UUID, list[tuple[str, str]]] = {}  # user -> [(device id, endpoint)]
     if offline:
@@ -209,7 +210,7 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
             select(Message).where(Message.id.in_({h.last_message_id for h in held_of.values()}))
         ).scalars()
     }
-    online = context.presence().online_among(list(held_of))
+    online = presence().online_among(list(held_of))
     topic = next(iter(messages.values())).topic if messages else None
     member_rules = rules.rules_for(uids, topic) if topic is not None else {}
     now = utcnow()

@@ -19,6 +19,7 @@ from webapp import realtime
 from webapp.delivery.rules import Rules
 from webapp.errors import InvalidInput, NotFound
 from webapp.extensions import db
+from webapp.messaging.topics import member_topic
 from webapp.models import (
     NOTIFY_LEVELS,
     NotificationOverride,
@@ -29,10 +30,9 @@ from webapp.models import (
     isoformat,
     utcnow,
 )
-from webapp.services import context
-from webapp.services.dialect import insert
-from webapp.services.topics import member_topic
-from webapp.services.validation import require_object
+from webapp.platform import context
+from webapp.platform.dialect import insert
+from webapp.platform.validation import require_object
 
 MAX_SNOOZE = timedelta(days=366)
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from webapp.errors import BeaconError, Unauthorized
 from webapp.extensions import db
 from webapp.models import User
-from webapp.services.validation import check_payload
+from webapp.platform.validation import check_payload
 from webapp.sockets import tokens
 
 log = logging.getLogger(__name__)

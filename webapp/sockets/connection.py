@@ -15,10 +15,10 @@ from webapp import metrics
 from webapp.auth import bearer_token, decode_token, token_user
 from webapp.errors import BeaconError
 from webapp.extensions import db, socketio
+from webapp.platform import context, rate_limit
+from webapp.presence.store import TooManyConnections, presence
+from webapp.presence.user_status import apply_transition
 from webapp.realtime import user_room
-from webapp.services import context, rate_limit
-from webapp.services.presence import TooManyConnections
-from webapp.services.user_status import apply_transition
 from webapp.sockets import heartbeat, tokens
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,11 @@ def on_connect(auth: Any = None) -> None:
         heartbeat.CONNECTIONS.add(sid, user_id)
         try:
             cap = settings.max_connections_per_user
-            came_online = context.presence().connect(user_id, sid, heartbeat.PROCESS_ID, cap)
+            came_online = presence().connect(user_id, sid, heartbeat.PROCESS_ID, cap)
         except TooManyConnections:
             heartbeat.CONNECTIONS.remove(sid)
             # Nothing was recorded, unless a rebuild ran meanwhile: undo it (a no-op otherwise).
-            context.presence().disconnect(user_id, sid, heartbeat.PROCESS_ID)
+            presence().disconnect(user_id, sid, heartbeat.PROCESS_ID)
             raise _refused(
                 "too_many_connections",
                 f"this user has {cap} connections open already; close one first",

@@ -13,13 +13,21 @@ from typing import Any
 from flask import request
 from flask_socketio import emit, join_room, leave_room
 
+from webapp.delivery import coalescing
 from webapp.errors import Forbidden
 from webapp.extensions import db, socketio
+from webapp.messaging import messages, unread
+from webapp.messaging.topics import is_member, member_topic
 from webapp.models import User
+from webapp.platform import context, rate_limit
+from webapp.platform.validation import (
+    parse_message_body,
+    parse_message_ids,
+    parse_uuid,
+    require_object,
+)
+from webapp.presence.store import presence
 from webapp.realtime import topic_room
-from webapp.services import context, messages, rate_limit, unread
-from webapp.services.topics import is_member, member_topic
-from webapp.services.validation import parse_message_body, parse_uuid, require_object
 from webapp.sockets import heartbeat, tokens
 from webapp.sockets.acks import acked
 
@@ -33,7 +41,7 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     topic, member = member_topic(user.id, topic_id, room_id)
     unread_count = member.unread_count
-    context.presence().join_topic(str(user.id), request.sid, str(topic_id))
+    presence().join_topic(str(user.id), request.sid, str(topic_id))
     heartbeat.CONNECTIONS.join(request.sid, str(topic_id))
     join_room(topic_room(topic_id))
     # Removed by the integration API since the check above? Its leave_room may have run
@@ -47,7 +55,7 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
 
 
 def _leave(sid: str, topic_id: uuid.UUID) -> None:
-    context.presence().leave_topic(sid, str(topic_id))
+    presence().leave_topic(sid, str(topic_id))
     heartbeat.CONNECTIONS.leave(sid, str(topic_id))
     leave_room(topic_room(topic_id))
 
@@ -81,7 +89,16 @@ def send_message(user: User, payload: Any) -> dict[str, Any]:
 @acked
 def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
     rate_limit.check("mark_as_read", user.id, context.settings().rate_limit_mark_as_read)
-    return unread.mark_as_read(user, payload)
+    data = require_object(payload, allowed={"room_id", "topic_id", "message_ids"})
+    result = unread.mark_as_read(
+        user,
+        parse_uuid(data.get("topic_id"), "topic_id"),
+        parse_uuid(data.get("room_id"), "room_id", required=False),
+        parse_message_ids(data.get("message_ids")),
+    )
+    # Caught up: the next push of the topic starts a new coalesced count.
+    coalescing.reset(user.id, result["topic_id"])
+    return result
 
 
 @socketio.on("refresh_token")

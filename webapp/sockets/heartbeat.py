@@ -16,9 +16,8 @@ from flask import Flask
 
 from webapp import metrics, realtime
 from webapp.extensions import db, socketio
-from webapp.services import context
-from webapp.services.presence import LocalConnections
-from webapp.services.user_status import (
+from webapp.presence.store import LocalConnections, presence
+from webapp.presence.user_status import (
     apply_transition,
     rebuild_presence,
     sweep_stale_connections,
@@ -42,7 +41,7 @@ def ensure_started(app: Flask) -> None:
     with _lock:
         if _started:
             return
-        context.presence().heartbeat(PROCESS_ID)
+        presence().heartbeat(PROCESS_ID)
         socketio.start_background_task(_loop, app)
         _started = True
 
@@ -58,7 +57,7 @@ def _loop(app: Flask) -> None:
         with app.app_context():
             try:
                 end_closed_connections()
-                remembered = context.presence().heartbeat(PROCESS_ID)
+                remembered = presence().heartbeat(PROCESS_ID)
                 if not remembered or CONNECTIONS.needs_rebuild:
                     _drop_left_topics()
                     came, went = rebuild_presence(PROCESS_ID, CONNECTIONS)
@@ -97,7 +96,7 @@ def end_connection(sid: str, user_id: str) -> bool:
     tokens.forget(sid)
     metrics.CONNECTIONS.dec()
     try:
-        if context.presence().disconnect(user_id, sid, PROCESS_ID):
+        if presence().disconnect(user_id, sid, PROCESS_ID):
             apply_transition(user_id)
     except Exception:
         # Redis or the database is away: the heartbeat's rebuild finishes this when they

@@ -30,8 +30,8 @@ from webapp.auth import decode_token
 from webapp.errors import Forbidden, Unauthorized
 from webapp.extensions import db, socketio
 from webapp.models import User
-from webapp.services import context
-from webapp.services.validation import require_object
+from webapp.platform import context
+from webapp.platform.validation import require_object
 
 log = logging.getLogger(__name__)
 

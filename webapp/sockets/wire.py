@@ -21,7 +21,7 @@ from typing import Any
 
 from socketio import packet
 
-from webapp.services.validation import Undecodable
+from webapp.platform.validation import Undecodable
 
 _decoder = json.JSONDecoder()
 RESERVED = frozenset({"connect", "disconnect", "connect_error", "*"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webapp.services.user_status import sweep_stale_connections
+from webapp.presence.user_status import sweep_stale_connections
 from workers.celery_app import celery
 
 

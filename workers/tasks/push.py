@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from webapp.delivery import batch, history, planning
-from webapp.services import context
+from webapp.platform import context
 from workers.celery_app import celery, outage_retry
 from workers.retry import backoff_delay
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from webapp.admin import publishing
+from webapp.messaging import reconcile, unread
 from webapp.models import utcnow
-from webapp.services import context, idempotency, reconcile, unread
+from webapp.platform import context, idempotency
 from workers.celery_app import celery, outage_retry
 
 

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from webapp.admin import webhooks
-from webapp.services import context
+from webapp.platform import context
 from workers.celery_app import celery, outage_retry
 from workers.retry import backoff_delay
 

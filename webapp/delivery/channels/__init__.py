@@ -25,7 +25,7 @@ def get(name: str) -> Channel:
 
 
 def _build(name: str) -> Channel:
-    from webapp.services import context
+    from webapp.platform import context
 
     settings = context.settings()
     if name == "webpush":

@@ -24,8 +24,9 @@ from sqlalchemy import String, cast, exists, literal, select
 
 from webapp.extensions import db
 from webapp.models import Message, ProcessedEvent, utcnow
+from webapp.platform import context
+from webapp.presence.store import presence
 from webapp.redis_client import get_redis
-from webapp.services import context
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +130,13 @@ def reconcile() -> list[Missed]:
                 len(replanned),
             )
     missed = find_missed(push_enabled=settings.push_enabled)
-    presence = context.presence()
+    store = presence()
     for item in missed:
         exclude: list[str] | None = None
         if item.unread and claim_redispatch("unread", item.message_id):
             # Who looked at the topic when it was sent is lost; who looks now is the best
             # estimate (and a member who has read past the message is never counted).
-            exclude = sorted(presence.active_users(item.topic_id) | {item.sender_id})
+            exclude = sorted(store.active_users(item.topic_id) | {item.sender_id})
         push = item.fanout and claim_redispatch("fanout", item.message_id)
         if exclude is None and not push:
             continue

@@ -25,9 +25,8 @@ from sqlalchemy import select, update
 from webapp import realtime
 from webapp.extensions import db
 from webapp.models import TopicMember, User, isoformat
-from webapp.platform import events
-from webapp.services import context
-from webapp.services.presence import LocalConnections
+from webapp.platform import context, events
+from webapp.presence.store import LocalConnections, presence
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class PresenceLockTimeout(redis.RedisError):
 
 @contextlib.contextmanager
 def _transition_lock(user_id: str) -> Iterator[None]:
-    client = context.presence().redis
+    client = presence().redis
     key, token = f"{LOCK_PREFIX}{user_id}", uuid.uuid4().hex
     deadline = time.monotonic() + LOCK_WAIT
     while not client.set(key, token, nx=True, px=LOCK_TTL_MS):
@@ -88,7 +87,7 @@ def apply_transition(user_id: str) -> None:
     # storm that exhausted the pool and refused handshakes.
     db.session.commit()
     with _transition_lock(user_id):
-        online_now = context.presence().connection_count(user_id) > 0
+        online_now = presence().connection_count(user_id) > 0
         values: dict[str, Any] = {"is_online": online_now}
         if not online_now:
             values["last_seen_at"] = datetime.now(UTC)
@@ -134,7 +133,7 @@ def _audience(user_id: uuid.UUID) -> list[str] | None:
 
 def sweep_stale_connections() -> list[str]:
     """End connections of dead web processes and announce the users who went offline."""
-    went_offline = context.presence().sweep_dead_processes()
+    went_offline = presence().sweep_dead_processes()
     for user_id in went_offline:
         apply_transition(user_id)
     return went_offline
@@ -149,7 +148,7 @@ def rebuild_presence(proc_id: str, local: LocalConnections) -> tuple[list[str], 
     """
     pending = local.take_pending()
     try:
-        came_online, went_offline = context.presence().rebuild(proc_id, local.snapshot())
+        came_online, went_offline = presence().rebuild(proc_id, local.snapshot())
         for user_id in came_online:
             apply_transition(user_id)
         for user_id in set(went_offline) | pending:

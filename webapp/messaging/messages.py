@@ -16,11 +16,11 @@ from sqlalchemy import select
 
 from webapp import metrics, realtime
 from webapp.extensions import db
+from webapp.messaging.topics import member_ids, member_topic
 from webapp.models import Message, Topic, User, isoformat
-from webapp.platform import events, queue
+from webapp.platform import context, events, queue
 from webapp.platform.text import graphemes
-from webapp.services import context
-from webapp.services.topics import member_ids, member_topic
+from webapp.presence.store import presence
 
 PREVIEW_LENGTH = 100
 
@@ -79,7 +79,7 @@ def post(
     # Who is looking at the topic is decided at send time, so a retried task counts exactly
     # the same members. Reading it before the commit also means that while Redis (presence
     # and broker) is down nothing is stored: the client is told ``unavailable`` and retries.
-    exclude = context.presence().active_users(str(topic.id)) | {str(sender.id)}
+    exclude = presence().active_users(str(topic.id)) | {str(sender.id)}
     # Read before the commit too: once the message is stored nothing may fail the ack.
     alert_to = alert_rooms(topic.id, settings.alert_audience)
 

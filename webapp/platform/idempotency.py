@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.models import ProcessedEvent, utcnow
+from webapp.platform.dialect import insert
 from webapp.platform.pruning import delete_older_than
-from webapp.services.dialect import insert
 
 _CHUNK = 1000
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from webapp.platform import context
+
 log = logging.getLogger(__name__)
 
 PREFIX = "beacon:presence"
@@ -319,3 +321,9 @@ def presence_for(redis_url: str, heartbeat_ttl: int) -> Presence:
         instance = Presence(get_redis(redis_url), heartbeat_ttl)
         _instances[redis_url] = instance
     return instance
+
+
+def presence() -> Presence:
+    """The current app's ``Presence`` (its Redis, its heartbeat TTL)."""
+    s = context.settings()
+    return presence_for(s.redis_url, s.presence_heartbeat_ttl)

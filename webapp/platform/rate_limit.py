@@ -94,6 +94,6 @@ def check(action: str, subject: object, limit: RateLimit | None) -> None:
     """Rate-limit ``action`` for ``subject`` (a user id or an address) with the app's Redis."""
     if limit is None:
         return
-    from webapp.services import context
+    from webapp.platform import context
 
     limiter_for(context.settings().redis_url).check(action, str(subject), limit)

@@ -8,14 +8,11 @@ from typing import Any
 from sqlalchemy import case, func, or_, select, update
 
 from webapp import realtime
-from webapp.delivery import coalescing
 from webapp.extensions import db
+from webapp.messaging.topics import member_topic
 from webapp.models import Message, Topic, TopicMember, User
-from webapp.platform import events
-from webapp.services import context
-from webapp.services.idempotency import claim
-from webapp.services.topics import member_topic
-from webapp.services.validation import parse_message_ids, parse_uuid, require_object
+from webapp.platform import context, events
+from webapp.platform.idempotency import claim
 
 
 def apply_increment(
@@ -98,7 +95,9 @@ def increment_for_message(message_id: int, exclude_user_ids: list[str]) -> int:
     return len(counts) if applied else 0
 
 
-def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
+def mark_as_read(
+    user: User, topic_id: uuid.UUID, room_id: uuid.UUID | None, requested: list[int]
+) -> dict[str, Any]:
     """Reset the caller's count for a topic and tell the room and the caller's devices.
 
     The marker and the count move together, and no concurrent increment is lost. First the
@@ -113,10 +112,6 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
     of id order. So once everything settles, the count is the messages after the marker not
     sent by the member. On SQLite the single UPDATE is atomic under its one writer.
     """
-    data = require_object(payload, allowed={"room_id", "topic_id", "message_ids"})
-    topic_id = parse_uuid(data.get("topic_id"), "topic_id")
-    room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
-    requested = parse_message_ids(data.get("message_ids"))
     topic, member = member_topic(user.id, topic_id, room_id)
 
     read_ids: list[int] = []
@@ -174,7 +169,6 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
         to=[realtime.topic_room(topic.id), realtime.user_room(user.id)],
     )
     announce_counts(topic.id, topic.channel_id, [(str(user.id), unread_count)])
-    coalescing.reset(user.id, topic.id)
     events.publish(
         "message.read",
         {

@@ -1,1 +1,0 @@
-"""Business logic. Socket.IO handlers, REST routes and Celery tasks only call into here."""
