@@ -43,7 +43,6 @@ from webapp.platform.outbound.http import (
     parse_retry_after,
     parse_target,
 )
-from webapp.platform.validation import require_object
 from webapp.redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def hook_payload(hook: Webhook, *, with_secret: bool = False) -> dict[str, Any]:
     return payload
 
 
-def _parse_events(value: Any) -> list[str]:
+def parse_events(value: Any) -> list[str]:
     if value is None:
         raise InvalidInput("missing_field", "events is required")
     if not isinstance(value, list) or not value:
@@ -91,7 +90,7 @@ def _parse_events(value: Any) -> list[str]:
     return value
 
 
-def _parse_url(value: Any) -> str:
+def parse_url(value: Any) -> str:
     if value is None:
         raise InvalidInput("missing_field", "url is required")
     try:
@@ -101,11 +100,9 @@ def _parse_url(value: Any) -> str:
     return value
 
 
-def create(payload: Any) -> dict[str, Any]:
-    """Register a hook from ``{url, events}``; its payload with the secret (shown only here)."""
-    data = require_object(payload, allowed={"url", "events"})
-    url = _parse_url(data.get("url"))
-    names = _parse_events(data.get("events"))
+def create(url: str, names: list[str]) -> dict[str, Any]:
+    """Register a hook (``url`` and ``names`` parsed by ``parse_url`` and ``parse_events``);
+    its payload with the secret (shown only here)."""
     hook = Webhook(
         url=url,
         events=" ".join(names),
@@ -142,13 +139,9 @@ def delete(hook_id: uuid.UUID) -> None:
     events.invalidate()
 
 
-def set_enabled(hook_id: uuid.UUID, payload: Any) -> dict[str, Any]:
-    """``{"enabled": true}`` sends to a disabled hook again, its failure count reset;
-    ``{"enabled": false}`` stops sending to it."""
-    data = require_object(payload, allowed={"enabled"})
-    enabled = data.get("enabled")
-    if not isinstance(enabled, bool):
-        raise InvalidInput("invalid_enabled", "enabled must be true or false")
+def set_enabled(hook_id: uuid.UUID, enabled: bool) -> dict[str, Any]:
+    """``True`` sends to a disabled hook again, its failure count reset; ``False`` stops
+    sending to it."""
     hook = _find(hook_id)
     if enabled and hook.disabled_at is not None:
         hook.disabled_at = None

@@ -8,6 +8,7 @@ run in the ``webhooks`` workers.
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
@@ -15,21 +16,24 @@ from flask.typing import ResponseReturnValue
 from webapp.admin import webhooks
 from webapp.admin.keys import require_key
 from webapp.api.body import json_body
-from webapp.platform.validation import parse_uuid
+from webapp.errors import InvalidInput
+from webapp.platform.validation import parse_uuid, require_object
 
 bp = Blueprint("admin_webhooks", __name__, url_prefix="/api/admin/webhooks")
 
 
 def _hook_id(raw: str) -> uuid.UUID:
-    hook_id = parse_uuid(raw, "webhook_id")
-    assert hook_id is not None  # required: a missing one was refused
-    return hook_id
+    return cast(uuid.UUID, parse_uuid(raw, "webhook_id"))  # required: never None
 
 
 @bp.post("")
 @require_key("admin")
 def create() -> ResponseReturnValue:
-    return jsonify(webhooks.create(json_body())), 201
+    data = require_object(json_body(), allowed={"url", "events"})
+    hook = webhooks.create(
+        webhooks.parse_url(data.get("url")), webhooks.parse_events(data.get("events"))
+    )
+    return jsonify(hook), 201
 
 
 @bp.get("")
@@ -47,7 +51,11 @@ def get(webhook_id: str) -> ResponseReturnValue:
 @bp.patch("/<webhook_id>")
 @require_key("admin")
 def set_enabled(webhook_id: str) -> ResponseReturnValue:
-    return jsonify(webhooks.set_enabled(_hook_id(webhook_id), json_body()))
+    data = require_object(json_body(), allowed={"enabled"})
+    enabled = data.get("enabled")
+    if not isinstance(enabled, bool):
+        raise InvalidInput("invalid_enabled", "enabled must be true or false")
+    return jsonify(webhooks.set_enabled(_hook_id(webhook_id), enabled))
 
 
 @bp.delete("/<webhook_id>")
