@@ -396,3 +396,38 @@ def test_page_refreshes_its_token_before_it_expires(e2e, new_context):
     assert claims["sub"] == bob.id and claims["exp"] > old["exp"] + 3600
     assert seen.foreign_requests() == []
     assert seen.errors == []
+
+
+def test_membership_changes_from_the_integration_api_show_live(e2e, new_context):
+    """The product's backend adds Bob to a topic: it appears in his list with a toast; it
+    removes him while he reads it: the topic leaves the list and the screen."""
+    key = e2e.cli("create-api-key", f"e2e-{uuid.uuid4().hex[:8]}")
+    suffix = uuid.uuid4().hex[:6]
+
+    def admin(method: str, path: str, **kwargs):
+        headers = {"Authorization": f"Bearer {key}"}
+        return e2e.api(None, method, f"/api/admin{path}", headers=headers, **kwargs)
+
+    bob = f"bob{suffix}"
+    assert admin("PUT", f"/users/b-{suffix}", json={"username": bob}).status_code == 201
+    assert admin("PUT", f"/rooms/r-{suffix}", json={"name": "sales"}).status_code == 201
+    topic = admin("PUT", f"/rooms/r-{suffix}/topics/t-{suffix}", json={"name": f"deal-{suffix}"})
+    assert topic.status_code == 201, topic.text
+    topic_id = topic.json()["id"]
+
+    page = new_context().new_page()
+    seen = watch(page, e2e.url)
+    sign_in(page, bob)
+    assert admin("PUT", f"/topics/t-{suffix}/members/b-{suffix}").status_code == 201
+    entry = page.locator(f'.topic[data-topic-id="{topic_id}"]')
+    expect(entry).to_have_count(1)
+    expect(page.locator(".toast").filter(has_text=f"Added to deal-{suffix}")).to_have_count(1)
+    entry.click()
+    expect(page.locator("#topic-title")).to_have_text(f"deal-{suffix}")
+
+    assert admin("DELETE", f"/topics/t-{suffix}/members/b-{suffix}").status_code == 204
+    expect(entry).to_have_count(0)
+    expect(page.locator("#topic-title")).to_have_text("Choose a topic")
+    expect(page.locator("#composer")).to_be_hidden()
+    expect(page.locator(".toast").filter(has_text=f"Removed from deal-{suffix}")).to_have_count(1)
+    assert seen.errors == [] and seen.foreign_requests() == []

@@ -436,6 +436,8 @@
     socket.on("unread_update", onUnreadUpdate);
     socket.on("messages_read", onMessagesRead);
     socket.on("preferences_updated", onPreferences);
+    socket.on("topic_added", onTopicAdded);
+    socket.on("topic_removed", onTopicRemoved);
     socket.on("token_expiring", onTokenExpiring);
     socket.on("token_expired", () => onTokenExpired(socket));
     socket.on("access_revoked", (payload) => {
@@ -544,6 +546,48 @@
     topic.unread_count = update.unread_count;
     renderTopics();
     if (update.topic_id === state.current && update.unread_count > 0) scheduleMarkRead();
+  }
+
+  /** The integration API made this user a member: the row is as GET /api/topics lists it. */
+  function onTopicAdded(row) {
+    const known = state.topics.has(row.topic_id);
+    state.topics.set(row.topic_id, row);
+    renderTopics();
+    if (!known) {
+      toast({
+        title: `Added to ${row.topic_name}`,
+        where: `#${row.room_name}`,
+        action: { label: "Open", run: () => openTopic(row.topic_id) },
+      });
+    }
+  }
+
+  /** Removed from the topic, or the topic was deleted: it leaves the list (and the screen). */
+  function onTopicRemoved({ topic_id: topicId, reason }) {
+    const topic = state.topics.get(topicId);
+    if (!topic) return;
+    state.topics.delete(topicId);
+    if (state.current === topicId) closeTopic();
+    renderTopics();
+    toast({
+      title: reason === "deleted" ? `${topic.topic_name} was deleted` : `Removed from ${topic.topic_name}`,
+      where: `#${topic.room_name}`,
+    });
+  }
+
+  function closeTopic() {
+    state.current = null;
+    state.messages = [];
+    state.nextBefore = null;
+    const url = new URL(location.href);
+    url.searchParams.delete("room");
+    url.searchParams.delete("topic");
+    history.replaceState(null, "", url);
+    $("#topic-title").textContent = "Choose a topic";
+    $("#topic-subtitle").textContent = "Messages appear here as they are sent.";
+    $("#composer").hidden = true;
+    renderMessages({});
+    renderTopicLevel();
   }
 
   function onMessagesRead(receipt) {
