@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from sqlalchemy import delete, func, or_, select
@@ -51,6 +51,21 @@ class Conflict(InvalidInput):
     status = 409
 
 
+M = TypeVar("M", User, Channel, Topic)
+
+
+def _lookup(model: type[M], external_id: str) -> M | None:
+    return db.session.execute(
+        select(model).where(model.external_id == external_id)
+    ).scalar_one_or_none()
+
+
+def _found(row: M | None, what: str) -> M:
+    if row is None:
+        raise NotFound(f"{what}_not_found", f"no {what} with that external id")
+    return row
+
+
 # -- users ---------------------------------------------------------------------------------
 
 
@@ -68,21 +83,14 @@ def user_payload(user: User) -> dict[str, Any]:
 
 
 def find_user(external_id: str) -> User:
-    user = db.session.execute(
-        select(User).where(User.external_id == external_id)
-    ).scalar_one_or_none()
-    if user is None:
-        raise NotFound("user_not_found", "no user with that external id")
-    return user
+    return _found(_lookup(User, external_id), "user")
 
 
 def put_user(
     external_id: str, username: str, display_name: str | None, email: str | None
 ) -> tuple[User, bool]:
     """Create the user mapped to ``external_id``, or replace its fields; True if created."""
-    user = db.session.execute(
-        select(User).where(User.external_id == external_id)
-    ).scalar_one_or_none()
+    user = _lookup(User, external_id)
     created = user is None
     if user is None:
         user = User(external_id=external_id)
@@ -174,21 +182,11 @@ def topic_payload(topic: Topic, room: Channel) -> dict[str, Any]:
 
 
 def find_room(external_id: str) -> Channel:
-    room = db.session.execute(
-        select(Channel).where(Channel.external_id == external_id)
-    ).scalar_one_or_none()
-    if room is None:
-        raise NotFound("room_not_found", "no room with that external id")
-    return room
+    return _found(_lookup(Channel, external_id), "room")
 
 
 def find_topic(external_id: str) -> Topic:
-    topic = db.session.execute(
-        select(Topic).where(Topic.external_id == external_id)
-    ).scalar_one_or_none()
-    if topic is None:
-        raise NotFound("topic_not_found", "no topic with that external id")
-    return topic
+    return _found(_lookup(Topic, external_id), "topic")
 
 
 def _room_topic(room_external_id: str, external_id: str) -> tuple[Channel, Topic]:
@@ -200,9 +198,7 @@ def _room_topic(room_external_id: str, external_id: str) -> tuple[Channel, Topic
 
 
 def put_room(external_id: str, name: str) -> tuple[Channel, bool]:
-    room = db.session.execute(
-        select(Channel).where(Channel.external_id == external_id)
-    ).scalar_one_or_none()
+    room = _lookup(Channel, external_id)
     created = room is None
     if room is None:
         room = Channel(external_id=external_id, name=name)
@@ -218,9 +214,7 @@ def put_room(external_id: str, name: str) -> tuple[Channel, bool]:
 
 def put_topic(room_external_id: str, external_id: str, name: str) -> tuple[Topic, Channel, bool]:
     room = find_room(room_external_id)
-    topic = db.session.execute(
-        select(Topic).where(Topic.external_id == external_id)
-    ).scalar_one_or_none()
+    topic = _lookup(Topic, external_id)
     if topic is not None and topic.channel_id != room.id:
         raise Conflict("topic_in_other_room", "a topic with that external id is in another room")
     created = topic is None
