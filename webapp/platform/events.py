@@ -46,6 +46,7 @@ DISPATCH_TASK = "beacon.webhooks.dispatch"
 
 _subscribed: frozenset[str] = frozenset()
 _expires = 0.0  # time.monotonic() after which _subscribed is read again
+_read = False  # whether _subscribed was ever read
 _lock = threading.Lock()
 
 
@@ -80,10 +81,11 @@ def publish_many(event: str, items: Iterable[tuple[dict[str, Any], str | None]])
 
 
 def subscribed(event: str) -> bool:
-    """Whether an enabled hook subscribes to ``event`` (as this process last read it)."""
+    """Whether an enabled hook subscribes to ``event`` (as this process last read it); True
+    while the list was never read (the worker then finds the hooks, or none)."""
     if time.monotonic() >= _expires:
         _refresh()
-    return event in _subscribed
+    return not _read or event in _subscribed
 
 
 def invalidate() -> None:
@@ -93,18 +95,25 @@ def invalidate() -> None:
 
 
 def _refresh() -> None:
-    global _subscribed, _expires
-    with _lock:
+    """Read the subscribed event names, unless another caller is reading them: never wait for
+    that read. A waiter holds its session's database connection while the reader needs one
+    more from the pool; enough waiters leave none, and every message stalls until the pool's
+    timeout. The others go on with the last list."""
+    global _subscribed, _expires, _read
+    if not _lock.acquire(blocking=False):
+        return
+    try:
         if time.monotonic() < _expires:
-            return  # another thread or greenlet read them meanwhile
+            return  # read meanwhile
         try:
             # A connection of its own: the caller's session and transaction stay as they are.
             with db.engine.connect() as conn:
                 rows = conn.execute(select(Webhook.events).where(Webhook.disabled_at.is_(None)))
-                names = frozenset(name for (events,) in rows for name in events.split())
+                _subscribed = frozenset(name for (events,) in rows for name in events.split())
+            _read = True
         except SQLAlchemyError as exc:
             # Keep the last list for another TTL rather than ask a failing database every call.
             log.warning("webhook subscriptions unreadable (%s); keeping the last ones", exc)
-            names = _subscribed
-        _subscribed = names
         _expires = time.monotonic() + SUBSCRIBED_TTL
+    finally:
+        _lock.release()
