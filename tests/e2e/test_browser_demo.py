@@ -422,8 +422,16 @@ def test_membership_changes_from_the_integration_api_show_live(e2e, new_context)
     entry = page.locator(f'.topic[data-topic-id="{topic_id}"]')
     expect(entry).to_have_count(1)
     expect(page.locator(".toast").filter(has_text=f"Added to deal-{suffix}")).to_have_count(1)
+    posted = admin(
+        "POST",
+        "/messages",
+        json={"topic": f"t-{suffix}", "sender": f"b-{suffix}", "message": "Kickoff at ten"},
+    )
+    assert posted.status_code == 201, posted.text
     entry.click()
     expect(page.locator("#topic-title")).to_have_text(f"deal-{suffix}")
+    # Loaded: the removal below must not race the page's own fetch of the messages (a 403).
+    expect(page.locator("#messages")).to_contain_text("Kickoff at ten")
 
     assert admin("DELETE", f"/topics/t-{suffix}/members/b-{suffix}").status_code == 204
     expect(entry).to_have_count(0)

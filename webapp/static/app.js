@@ -33,6 +33,7 @@
     username: null,
     me: null, // {user_id, username, display_name}
     socket: null,
+    topicChanges: 0, // topic_added/topic_removed seen, so a list fetched meanwhile does not undo them
     topics: new Map(), // topic_id -> {topic_id, topic_name, room_id, room_name, unread_count, last_read_message_id}
     people: new Map(), // user_id -> {user_id, username, display_name, is_online, last_seen_at}
     showAllPeople: false,
@@ -286,9 +287,16 @@
   }
 
   async function loadTopics() {
-    const data = await api("GET", "/api/topics");
-    state.topics = new Map(data.topics.map((t) => [t.topic_id, t]));
-    renderTopics();
+    // A topic_added or topic_removed that arrives while the list is fetched may be newer than
+    // the answer: fetch again rather than let the answer undo it.
+    for (let attempt = 0; ; attempt += 1) {
+      const changes = state.topicChanges;
+      const data = await api("GET", "/api/topics");
+      if (changes !== state.topicChanges && attempt < 3) continue;
+      state.topics = new Map(data.topics.map((t) => [t.topic_id, t]));
+      renderTopics();
+      return;
+    }
   }
 
   async function loadPeople() {
@@ -550,20 +558,20 @@
 
   /** The integration API made this user a member: the row is as GET /api/topics lists it. */
   function onTopicAdded(row) {
-    const known = state.topics.has(row.topic_id);
+    state.topicChanges += 1;
     state.topics.set(row.topic_id, row);
     renderTopics();
-    if (!known) {
-      toast({
-        title: `Added to ${row.topic_name}`,
-        where: `#${row.room_name}`,
-        action: { label: "Open", run: () => openTopic(row.topic_id) },
-      });
-    }
+    // Sent only for a new membership, which a list fetched meanwhile may already show.
+    toast({
+      title: `Added to ${row.topic_name}`,
+      where: `#${row.room_name}`,
+      action: { label: "Open", run: () => openTopic(row.topic_id) },
+    });
   }
 
   /** Removed from the topic, or the topic was deleted: it leaves the list (and the screen). */
   function onTopicRemoved({ topic_id: topicId, reason }) {
+    state.topicChanges += 1;
     const topic = state.topics.get(topicId);
     if (!topic) return;
     state.topics.delete(topicId);
