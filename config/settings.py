@@ -142,6 +142,19 @@ class Settings:
     # Days a push stays in the user's history (GET /api/notifications/history).
     push_history_days: float = 30.0
     app_base_url: str = "http://127.0.0.1:5000"
+    # Firebase Cloud Messaging (HTTP v1): a Google service-account JSON and its project; the
+    # endpoint is Google's unless a test points it at a local server.
+    fcm_service_account_file: str | None = None
+    fcm_project_id: str | None = None
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    # Apple Push Notification service, token-based: the .p8 key, its id, the team, the app's
+    # bundle id; the sandbox host for development builds; APNS_HOST (host[:port]) for tests.
+    apns_key_file: str | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_use_sandbox: bool = False
+    apns_host: str | None = None
 
     max_message_length: int = 4000
     cors_origins: tuple[str, ...] = ()
@@ -246,8 +259,41 @@ class Settings:
         return max(DEFAULT_PROCESSED_EVENTS_DAYS * 86400, self.processed_events_minimum)
 
     @property
-    def push_enabled(self) -> bool:
+    def webpush_enabled(self) -> bool:
         return bool(self.vapid_private_key and self.vapid_public_key)
+
+    @property
+    def fcm_enabled(self) -> bool:
+        return bool(self.fcm_service_account_file and self.fcm_project_id)
+
+    @property
+    def apns_enabled(self) -> bool:
+        return bool(
+            self.apns_key_file and self.apns_key_id and self.apns_team_id and self.apns_topic
+        )
+
+    @property
+    def push_channels(self) -> tuple[str, ...]:
+        """The delivery channels this deployment has credentials for."""
+        enabled = (
+            ("webpush", self.webpush_enabled),
+            ("fcm", self.fcm_enabled),
+            ("apns", self.apns_enabled),
+        )
+        return tuple(name for name, on in enabled if on)
+
+    @property
+    def push_enabled(self) -> bool:
+        """Some channel can push: the pipeline (fan-out, coalescing, history) runs."""
+        return bool(self.push_channels)
+
+    @property
+    def apns_origin(self) -> str:
+        if self.apns_host:
+            return f"https://{self.apns_host}"
+        if self.apns_use_sandbox:
+            return "https://api.sandbox.push.apple.com"
+        return "https://api.push.apple.com"
 
     @property
     def jwt_verify_key(self) -> str | None:
@@ -308,6 +354,15 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         push_coalesce_window=_float(env, "PUSH_COALESCE_WINDOW", defaults.push_coalesce_window),
         push_history_days=_float(env, "PUSH_HISTORY_DAYS", defaults.push_history_days),
         app_base_url=env.get("APP_BASE_URL") or f"http://{host}:{port}",
+        fcm_service_account_file=env.get("FCM_SERVICE_ACCOUNT_FILE") or None,
+        fcm_project_id=env.get("FCM_PROJECT_ID") or None,
+        fcm_endpoint=(env.get("FCM_ENDPOINT") or defaults.fcm_endpoint).rstrip("/"),
+        apns_key_file=env.get("APNS_KEY_FILE") or None,
+        apns_key_id=env.get("APNS_KEY_ID") or None,
+        apns_team_id=env.get("APNS_TEAM_ID") or None,
+        apns_topic=env.get("APNS_TOPIC") or None,
+        apns_use_sandbox=_bool(env.get("APNS_USE_SANDBOX"), defaults.apns_use_sandbox),
+        apns_host=env.get("APNS_HOST") or None,
         max_message_length=_int(env, "MAX_MESSAGE_LENGTH", defaults.max_message_length),
         cors_origins=tuple(
             o.strip() for o in (env.get("CORS_ORIGINS") or "").split(",") if o.strip()

@@ -42,8 +42,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 
 def _check_push_keys(settings: Settings) -> None:
-    """One clear warning when Web Push cannot work; everything else runs regardless."""
-    if not settings.push_enabled:
+    """One clear warning per push channel that cannot work; everything else runs regardless."""
+    for name, on, needs in (
+        ("FCM", settings.fcm_enabled, "FCM_SERVICE_ACCOUNT_FILE and FCM_PROJECT_ID"),
+        ("APNs", settings.apns_enabled, "APNS_KEY_FILE, APNS_KEY_ID, APNS_TEAM_ID, APNS_TOPIC"),
+    ):
+        if not on:
+            log.warning("%s push is off: %s are not set (docs/MOBILE.md)", name, needs)
+    if not settings.webpush_enabled:
         log.warning(
             "Web Push is disabled: VAPID_PRIVATE_KEY / VAPID_PUBLIC_KEY are not set "
             "(create them with: python scripts/generate_secrets.py)"

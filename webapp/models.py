@@ -151,16 +151,37 @@ class Message(db.Model):
     topic: Mapped[Topic] = relationship()
 
 
+PUSH_CHANNELS = ("webpush", "fcm", "apns")
+
+
 class PushSubscription(db.Model):
+    """A device that can be pushed to: a browser's Web Push subscription (endpoint and keys)
+    or a mobile app's FCM or APNs token (``token``, ``app_id``). ``channel`` says which."""
+
     __tablename__ = "push_subscriptions"
+    __table_args__ = (
+        CheckConstraint("channel IN ('webpush', 'fcm', 'apns')", name="channel"),
+        CheckConstraint(
+            "(channel = 'webpush' AND endpoint IS NOT NULL AND p256dh IS NOT NULL "
+            "AND auth IS NOT NULL) OR (channel <> 'webpush' AND token IS NOT NULL)",
+            name="address",
+        ),
+        Index("uq_push_subscriptions_channel_token", "channel", "token", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     )
-    endpoint: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
-    p256dh: Mapped[str] = mapped_column(String(128), nullable=False)
-    auth: Mapped[str] = mapped_column(String(64), nullable=False)
+    channel: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="webpush", server_default="webpush"
+    )
+    endpoint: Mapped[str | None] = mapped_column(Text, unique=True)
+    p256dh: Mapped[str | None] = mapped_column(String(128))
+    auth: Mapped[str | None] = mapped_column(String(64))
+    token: Mapped[str | None] = mapped_column(Text)
+    app_id: Mapped[str | None] = mapped_column(String(128))
+    # The device's label (a browser's User-Agent, or what the app sent as ``label``).
     user_agent: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
@@ -265,6 +286,9 @@ class PushRecord(db.Model):
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False
     )
     subscription_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    channel: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="webpush", server_default="webpush"
+    )
     push_service: Mapped[str] = mapped_column(String(255), nullable=False)
     topic_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("topics.id", ondelete="SET NULL"))
     message_id: Mapped[int | None] = mapped_column(

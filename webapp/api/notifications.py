@@ -19,7 +19,7 @@ bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 def vapid_public_key():
     """Public: the ``applicationServerKey`` for ``pushManager.subscribe``."""
     settings = context.settings()
-    if not settings.push_enabled:
+    if not settings.webpush_enabled:
         raise Unavailable("push_disabled", "Web Push is not configured on this server")
     return jsonify({"public_key": settings.vapid_public_key})
 
@@ -29,6 +29,21 @@ def vapid_public_key():
 def subscribe():
     payload, created = devices.subscribe(g.user, json_body(), request.headers.get("User-Agent"))
     return jsonify(payload), 201 if created else 200
+
+
+@bp.post("/devices")
+@require_user
+def register_device():
+    """A mobile app's FCM or APNs token for the caller."""
+    payload, created = devices.register_device(g.user, devices.parse_device(json_body()))
+    return jsonify(payload), 201 if created else 200
+
+
+@bp.delete("/devices/<device_id>")
+@require_user
+def delete_device(device_id: str):
+    devices.unsubscribe(g.user, device_id)
+    return "", 204
 
 
 @bp.get("/subscriptions")

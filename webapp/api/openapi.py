@@ -163,6 +163,7 @@ SCHEMAS: dict[str, Schema] = {
     "Subscription": _obj(
         {
             "id": UUID,
+            "type": {"const": "webpush"},
             "endpoint": STRING,
             "push_service": {"type": "string", "description": "The endpoint's origin."},
             "user_agent": {"type": ["string", "null"]},
@@ -171,6 +172,36 @@ SCHEMAS: dict[str, Schema] = {
             "failure_count": COUNT,
         },
         description="One of the caller's push subscriptions (never its keys).",
+    ),
+    "DeviceRegistration": _closed(
+        {
+            "platform": {"enum": ["fcm", "apns"]},
+            "token": {
+                "type": "string",
+                "description": "FCM: 32-4096 of letters, digits, `_ : -`. APNs: 64-200 hex digits.",
+            },
+            "app_id": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                "description": "The Android package or iOS bundle id (APNs: the `apns-topic`; "
+                "default `APNS_TOPIC`).",
+            },
+            "label": {"type": ["string", "null"], "maxLength": MAX_LABEL},
+        },
+        optional=("app_id", "label"),
+    ),
+    "Device": _obj(
+        {
+            "id": UUID,
+            "type": {"enum": ["fcm", "apns"]},
+            "app_id": {"type": ["string", "null"]},
+            "label": {"type": ["string", "null"]},
+            "token_hint": {"type": "string", "description": "The token's last 8 characters."},
+            "created_at": TIME,
+            "last_success_at": _or_null(TIME),
+            "failure_count": COUNT,
+        },
+        description="One of the caller's mobile devices (never its whole token).",
     ),
     "QuietHours": _closed(
         {"start": CLOCK, "end": CLOCK},
@@ -241,7 +272,11 @@ SCHEMAS: dict[str, Schema] = {
             "topic_id": _or_null(UUID),
             "message_id": _or_null(ROW_ID),
             "subscription_id": UUID,
-            "push_service": STRING,
+            "channel": {"enum": ["webpush", "fcm", "apns"]},
+            "push_service": {
+                "type": "string",
+                "description": "Web Push: the endpoint's origin; else `fcm` or `apns`.",
+            },
         },
         description="One push to one subscription that ended.",
     ),
@@ -617,15 +652,59 @@ def _notification_paths() -> dict[str, dict[str, Any]]:
                 },
             )
         },
+        "/api/notifications/devices": {
+            "post": _op(
+                "registerDevice",
+                "Store a mobile app's FCM or APNs token for the caller",
+                tag="notifications",
+                description=(
+                    "Upserts by token. A token another account registered moves to the caller "
+                    "(only the app on that device has it: it signed in as someone else); the "
+                    "previous owner's integration gets `device.removed`."
+                ),
+                body=_ref("DeviceRegistration"),
+                ok={
+                    201: _json("A new device", _ref("Device")),
+                    200: _json("An existing device of the caller, updated", _ref("Device")),
+                },
+                errors={
+                    400: "`invalid_platform`, `invalid_token`, `invalid_app_id`, `invalid_label`",
+                    409: "`too_many_subscriptions` (`PUSH_MAX_SUBSCRIPTIONS`, all kinds)",
+                    429: "`rate_limited` (`RATE_LIMIT_SUBSCRIBE`), with `retry_after`",
+                    503: "`push_disabled`: that platform is not configured",
+                },
+            )
+        },
+        "/api/notifications/devices/{device_id}": {
+            "delete": _op(
+                "deleteDevice",
+                "Delete one of the caller's devices (any kind)",
+                tag="notifications",
+                params=[
+                    _path_param(
+                        "device_id", STRING, "One of the caller's device or subscription ids."
+                    )
+                ],
+                ok=NO_CONTENT,
+                errors={404: "`subscription_not_found` (someone else's id too)"},
+            )
+        },
         "/api/notifications/subscriptions": {
             "get": _op(
                 "listSubscriptions",
-                "The caller's push subscriptions",
+                "The caller's push subscriptions and mobile devices, each with its `type`",
                 tag="notifications",
                 ok={
                     200: _json(
-                        "The subscriptions",
-                        _obj({"subscriptions": {"type": "array", "items": _ref("Subscription")}}),
+                        "The devices",
+                        _obj(
+                            {
+                                "subscriptions": {
+                                    "type": "array",
+                                    "items": {"oneOf": [_ref("Subscription"), _ref("Device")]},
+                                }
+                            }
+                        ),
                     )
                 },
             )

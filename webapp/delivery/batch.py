@@ -1,13 +1,15 @@
 """One batch of deliveries: claim, send through a channel, book every outcome at once.
 
 A batch holds up to ``PUSH_BATCH_SIZE`` deliveries of one message to devices of one push
-service. Its Redis and database work is per batch, not per device: one round trip takes a lease
-on every delivery (two copies of a batch, e.g. one redelivered after its worker died, never
-send at once), one query finds the deliveries that already ended (markers), one loads the
-devices; after the channel answered, one transaction writes the delivered and failed markers
-(each in one INSERT), the history rows (one INSERT), the devices' success and failure counts
-(one UPDATE per outcome) and deletes expired devices (one DELETE, by id *and* the keys the push
-was sent with, so a browser that re-subscribed meanwhile keeps its fresh row).
+service, through one channel (Web Push, FCM or APNs; mobile devices also get the user's unread
+total as the app's badge). Its Redis and database work is per batch, not per device: one round
+trip takes a lease on every delivery (two copies of a batch, e.g. one redelivered after its
+worker died, never send at once), one query finds the deliveries that already ended (markers),
+one loads the devices; after the channel answered, one transaction writes the delivered and
+failed markers (each in one INSERT), the history rows (one INSERT), the devices' success and
+failure counts (one UPDATE per outcome) and deletes expired devices (one DELETE, by id *and*
+the keys or token the push was sent with, so a device that registered again meanwhile keeps
+its fresh row).
 
 Exactly once: a delivery whose ``push:<message>:<device>`` marker exists is never sent again.
 A worker killed mid-batch marked nothing of it, so the redelivered batch sends what it has not
@@ -23,16 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from webapp import metrics
 from webapp.delivery import channels, history
-from webapp.delivery.channels.base import Item, Notification, Outcome
+from webapp.delivery.channels.base import DeviceToken, Item, Notification, Outcome
 from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
 from webapp.delivery.payload import notification
 from webapp.extensions import db
-from webapp.models import Message, PushSubscription, User, utcnow
+from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
 from webapp.platform import context, events
 from webapp.platform.idempotency import claim_many, claimed_among
 from webapp.redis_client import get_redis
@@ -169,9 +171,32 @@ def _release(deliveries: list[Delivery], token: str) -> None:
 @dataclass(frozen=True)
 class _Device:
     user_id: uuid.UUID
-    endpoint: str
-    p256dh: str
-    auth: str
+    channel: str
+    endpoint: str | None
+    p256dh: str | None
+    auth: str | None
+    token: str | None
+    app_id: str | None
+
+    @property
+    def mobile(self) -> bool:
+        return self.channel != "webpush"
+
+    def address(self) -> SubscriptionKeys | DeviceToken:
+        """What the channel needs to reach the device: a browser's keys, or an app's token."""
+        if self.mobile:
+            return DeviceToken(self.token or "", self.app_id)
+        return SubscriptionKeys(self.endpoint or "", self.p256dh or "", self.auth or "")
+
+    def sent_to(self) -> Any:
+        """Matches the row only while it still has the address the push went to."""
+        if self.mobile:
+            return PushSubscription.token == self.token
+        return and_(
+            PushSubscription.endpoint == self.endpoint,
+            PushSubscription.p256dh == self.p256dh,
+            PushSubscription.auth == self.auth,
+        )
 
 
 def run(
@@ -227,13 +252,15 @@ def _run_leased(
         return [], None
     notes: dict[tuple[str, int, bool], Notification] = {}
     items: list[Item] = []
+    badges = unread_totals([device.user_id for _, device in sendable if device.mobile])
     for d, device in sendable:
         note = notes.get((d.kind, d.count, d.summary))
         if note is None:
             note = notes[d.kind, d.count, d.summary] = notification(
                 message, d.kind, d.count, d.summary
             )
-        items.append(Item(address=_address(device), notification=note))
+        badge = badges.get(device.user_id, 0) if device.mobile else None
+        items.append(Item(address=device.address(), notification=note, badge=badge))
     db.session.rollback()  # no transaction held open across the requests
     outcomes = channels.get(channel_name).send(items)
     return _book(message_id, sendable, items, outcomes, final=final, attempts=attempts)
@@ -244,17 +271,28 @@ def _devices(device_ids: list[str]) -> dict[str, _Device]:
         select(
             PushSubscription.id,
             PushSubscription.user_id,
+            PushSubscription.channel,
             PushSubscription.endpoint,
             PushSubscription.p256dh,
             PushSubscription.auth,
+            PushSubscription.token,
+            PushSubscription.app_id,
         ).where(PushSubscription.id.in_([uuid.UUID(i) for i in device_ids]))
     ).all()
-    return {str(r.id): _Device(r.user_id, r.endpoint, r.p256dh, r.auth) for r in rows}
+    return {str(r.id): _Device(*r[1:]) for r in rows}
 
 
-def _address(device: _Device) -> SubscriptionKeys:
-    """What the channel needs to reach the device (Web Push, the only channel yet: its keys)."""
-    return SubscriptionKeys(device.endpoint, device.p256dh, device.auth)
+def unread_totals(user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Each user's unread count across their topics (a mobile app's badge), in one query."""
+    if not user_ids:
+        return {}
+    return dict(
+        db.session.execute(
+            select(TopicMember.user_id, func.coalesce(func.sum(TopicMember.unread_count), 0))
+            .where(TopicMember.user_id.in_(set(user_ids)))
+            .group_by(TopicMember.user_id)
+        ).all()
+    )
 
 
 def _book(
@@ -295,6 +333,7 @@ def _book(
             history.row(
                 user_id=device.user_id,
                 subscription_id=uuid.UUID(d.device_id),
+                channel=device.channel,
                 endpoint=device.endpoint,
                 payload=items[i].notification.payload,
                 outcome=outcome,
@@ -324,9 +363,7 @@ def _book(
                         *(
                             and_(
                                 PushSubscription.id == uuid.UUID(sent[i][0].device_id),
-                                PushSubscription.endpoint == sent[i][1].endpoint,
-                                PushSubscription.p256dh == sent[i][1].p256dh,
-                                PushSubscription.auth == sent[i][1].auth,
+                                sent[i][1].sent_to(),
                             )
                             for i in expired
                         )

@@ -19,9 +19,12 @@ from webapp.platform.pruning import delete_older_than
 OUTCOMES = ("delivered", "expired", "failed")
 
 
-def push_service(endpoint: str) -> str:
-    """The push service's origin: tells the user which browser vendor, not the device's token."""
-    parts = urlsplit(endpoint)
+def push_service(channel: str, endpoint: str | None) -> str:
+    """Which push service: a Web Push endpoint's origin (the browser's vendor, not the
+    device's token), else the channel (``fcm``, ``apns``)."""
+    if channel != "webpush":
+        return channel
+    parts = urlsplit(endpoint or "")
     return f"{parts.scheme}://{parts.netloc}"[:255]
 
 
@@ -29,7 +32,8 @@ def row(
     *,
     user_id: uuid.UUID,
     subscription_id: uuid.UUID,
-    endpoint: str,
+    channel: str,
+    endpoint: str | None,
     payload: dict[str, Any],
     outcome: str,
     status: int | None = None,
@@ -40,7 +44,8 @@ def row(
     return {
         "user_id": user_id,
         "subscription_id": subscription_id,
-        "push_service": push_service(endpoint),
+        "channel": channel,
+        "push_service": push_service(channel, endpoint),
         "topic_id": uuid.UUID(topic_id) if topic_id else None,
         "message_id": payload.get("message_id"),
         "kind": str(payload.get("type") or "message")[:16],
@@ -89,6 +94,7 @@ def _view(row: PushRecord) -> dict[str, Any]:
         "topic_id": str(row.topic_id) if row.topic_id else None,
         "message_id": row.message_id,
         "subscription_id": str(row.subscription_id),
+        "channel": row.channel,
         "push_service": row.push_service,
     }
 

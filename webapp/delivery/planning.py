@@ -3,9 +3,10 @@
 The fan-out picks the members who are not the sender and have no live connection, whose
 preferences and do-not-disturb allow it (``rules``); coalescing (``coalescing``) then sends at
 once or holds for one push at the window's end; ``@username`` makes a member's push a
-``mention``. Deliveries go out in batches of ``PUSH_BATCH_SIZE``, each to one push service
-(``batch`` sends and books them), so a big topic costs a task per hundred devices, not per
-device, and one slow push service never holds another's batch.
+``mention``. Deliveries go out in batches of ``PUSH_BATCH_SIZE``, each through one channel
+to one push service (a Web Push origin, FCM or APNs; ``batch`` sends and books them), so a big
+topic costs a task per hundred devices, not per device, and one slow push service never holds
+another's batch. Devices of a channel the deployment has no credentials for are left out.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from webapp import metrics
 from webapp.delivery import coalescing, rules
@@ -33,7 +35,6 @@ from webapp.redis_client import get_redis
 log = logging.getLogger(__name__)
 
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.\-]{1,64})")
-CHANNEL = "webpush"
 
 
 def mentioned_usernames(body: str) -> set[str]:
@@ -66,16 +67,27 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def batches(message_id: int, deliveries: Iterable[tuple[str, Delivery]]) -> list[Batch]:
-    """Group ``(endpoint, delivery)`` pairs by push-service origin, ``PUSH_BATCH_SIZE`` each."""
+Route = tuple[str, str]  # (channel, push service): a batch's deliveries share both
+
+
+def route(channel: str, endpoint: str | None) -> Route:
+    """Web Push devices go by their push service's origin; FCM and APNs each are one."""
+    if channel == "webpush":
+        parts = urlsplit(endpoint or "")
+        return channel, f"{parts.scheme}://{parts.netloc}"
+    return channel, channel
+
+
+def batches(message_id: int, deliveries: Iterable[tuple[Route, Delivery]]) -> list[Batch]:
+    """Group ``(route, delivery)`` pairs by channel and push service, ``PUSH_BATCH_SIZE``
+    each."""
     size = context.settings().push_batch_size
-    by_origin: dict[str, list[Delivery]] = {}
-    for endpoint, delivery in deliveries:
-        parts = urlsplit(endpoint)
-        by_origin.setdefault(f"{parts.scheme}://{parts.netloc}", []).append(delivery)
+    by_route: dict[Route, list[Delivery]] = {}
+    for where, delivery in deliveries:
+        by_route.setdefault(where, []).append(delivery)
     return [
-        Batch(CHANNEL, message_id, group[start : start + size])
-        for group in by_origin.values()
+        Batch(where[0], message_id, group[start : start + size])
+        for where, group in by_route.items()
         for start in range(0, len(group), size)
     ]
 
@@ -117,18 +129,16 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
     members = {str(uid): username for uid, username in rows}
     online = presence().online_among(list(members))
     offline = [uuid.UUID(uid) for uid in members if uid not in online]
-    subs_of: dict[uuid.UUID, list[tuple[str, str]]] = {}  # user -> [(device id, endpoint)]
+    subs_of: dict[uuid.UUID, list[tuple[str, Route]]] = {}  # user -> [(device id, route)]
     if offline:
-        query = select(
-            PushSubscription.id, PushSubscription.user_id, PushSubscription.endpoint
-        ).where(PushSubscription.user_id.in_(offline))
+        query = _devices_query(offline)
         if replan:
             query = query.where(PushSubscription.created_at <= message.created_at)
         found = db.session.execute(query).all()
         ended = _ended(message.id, [str(r.id) for r in found]) if replan else set()
-        for sub_id, user_id, endpoint in found:
+        for sub_id, user_id, channel, endpoint in found:
             if str(sub_id) not in ended:
-                subs_of.setdefault(user_id, []).append((str(sub_id), endpoint))
+                subs_of.setdefault(user_id, []).append((str(sub_id), route(channel, endpoint)))
 
     mentioned = mentioned_usernames(message.body)
     is_mention = {uid: members[str(uid)].lower() in mentioned for uid in subs_of}
@@ -150,8 +160,8 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
             continue
         kind = "mention" if is_mention[uid] else "message"
         planned.extend(
-            (endpoint, Delivery(sub_id, str(uid), message.id, kind, offer.count))
-            for sub_id, endpoint in subs_of[uid]
+            (where, Delivery(sub_id, str(uid), message.id, kind, offer.count))
+            for sub_id, where in subs_of[uid]
         )
     plan = FanoutPlan(batches(message.id, planned), _flush_groups(str(message.topic_id), flushes))
     silenced = len(subs_of) - len(wanted)
@@ -215,7 +225,7 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
     member_rules = rules.rules_for(uids, topic) if topic is not None else {}
     now = utcnow()
     redis_client = get_redis(context.settings().redis_url)
-    planned: dict[int, list[tuple[str, Delivery]]] = {}
+    planned: dict[int, list[tuple[Route, Delivery]]] = {}
     flushed: list[uuid.UUID] = []
     skipped = 0
     subs = _subscriptions_of(uids)
@@ -241,8 +251,8 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
         kind = "mention" if held.mentioned else "message"
         devices = subs.get(uid, [])
         planned.setdefault(message.id, []).extend(
-            (endpoint, Delivery(sub_id, user_id, message.id, kind, held.count, summary=True))
-            for sub_id, endpoint in devices
+            (where, Delivery(sub_id, user_id, message.id, kind, held.count, summary=True))
+            for sub_id, where in devices
         )
         log.info(
             "push flush user=%s topic=%s messages=%d subscriptions=%d",
@@ -255,14 +265,23 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
     return [b for message_id, pairs in planned.items() for b in batches(message_id, pairs)]
 
 
-def _subscriptions_of(uids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
-    found: dict[uuid.UUID, list[tuple[str, str]]] = {}
-    for sub_id, user_id, endpoint in db.session.execute(
-        select(PushSubscription.id, PushSubscription.user_id, PushSubscription.endpoint).where(
-            PushSubscription.user_id.in_(uids)
-        )
-    ).all():
-        found.setdefault(user_id, []).append((str(sub_id), endpoint))
+def _devices_query(uids: list[uuid.UUID]) -> Select[Any]:
+    """The users' devices on the channels this deployment can send through."""
+    return select(
+        PushSubscription.id,
+        PushSubscription.user_id,
+        PushSubscription.channel,
+        PushSubscription.endpoint,
+    ).where(
+        PushSubscription.user_id.in_(uids),
+        PushSubscription.channel.in_(context.settings().push_channels),
+    )
+
+
+def _subscriptions_of(uids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, Route]]]:
+    found: dict[uuid.UUID, list[tuple[str, Route]]] = {}
+    for sub_id, user_id, channel, endpoint in db.session.execute(_devices_query(uids)).all():
+        found.setdefault(user_id, []).append((str(sub_id), route(channel, endpoint)))
     return found
 
 

@@ -11,7 +11,7 @@ from webapp import realtime
 from webapp.extensions import db
 from webapp.messaging.topics import member_topic
 from webapp.models import Message, Topic, TopicMember, User
-from webapp.platform import context, events
+from webapp.platform import context, events, queue
 from webapp.platform.idempotency import claim
 
 
@@ -121,7 +121,9 @@ def mark_as_read(
                 select(Message.id).where(Message.topic_id == topic.id, Message.id.in_(requested))
             ).scalars()
         )
-    db.session.execute(select(TopicMember.id).where(TopicMember.id == member.id).with_for_update())
+    was_unread = db.session.execute(
+        select(TopicMember.unread_count).where(TopicMember.id == member.id).with_for_update()
+    ).scalar_one()
     newest = select(func.max(Message.id)).where(Message.topic_id == topic.id).scalar_subquery()
     # Never move the read marker backwards when two devices mark at once.
     marker = case(
@@ -153,7 +155,8 @@ def mark_as_read(
     ).one()
     db.session.commit()
 
-    redis_url = context.settings().redis_url
+    settings = context.settings()
+    redis_url = settings.redis_url
     result = {
         "topic_id": str(topic.id),
         "room_id": str(topic.channel_id),
@@ -169,6 +172,8 @@ def mark_as_read(
         to=[realtime.topic_room(topic.id), realtime.user_room(user.id)],
     )
     announce_counts(topic.id, topic.channel_id, [(str(user.id), unread_count)])
+    if unread_count < was_unread and any(c != "webpush" for c in settings.push_channels):
+        queue.topic_read(str(user.id), str(topic.id))
     events.publish(
         "message.read",
         {

@@ -48,3 +48,12 @@ def redispatch(message_id: int, exclude_user_ids: list[str] | None, *, push: boo
 def replan_pushes(message_id: int) -> None:
     """Plan a message's pushes again, skipping the sends that already ended."""
     celery.send_task("beacon.push.fan_out", args=[message_id], kwargs={"replan": True})
+
+
+def topic_read(user_id: str, topic_id: str) -> None:
+    """A user's unread total went down: their mobile apps' badges follow (best effort: a
+    broker failure is logged; the next push carries the right badge anyway)."""
+    try:
+        celery.send_task("beacon.push.sync_badge", args=[user_id, topic_id])
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        log.warning("could not enqueue the badge update of user %s (%s)", user_id, exc)

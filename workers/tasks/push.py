@@ -5,9 +5,10 @@ Thin: each task is one call into ``webapp.delivery``; the retry policy lives her
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from webapp.delivery import batch, history, planning
+from webapp.delivery import badges, batch, history, planning
 from webapp.platform import context
 from workers.celery_app import celery, outage_retry
 from workers.retry import backoff_delay
@@ -67,6 +68,24 @@ def _send_later(
         kwargs={"attempt": attempt},
         countdown=delay,
     )
+
+
+@celery.task(name="beacon.push.sync_badge", **DB_RETRY)
+def sync_badge(user_id: str, topic_id: str, attempt: int = 0) -> bool:
+    """The user read a topic: their mobile apps get the new badge, silently. Tried again
+    (the push retry rules) while a push service asks to; True when it is done."""
+    settings = context.settings()
+    retry_after = badges.sync_after_read(uuid.UUID(user_id), uuid.UUID(topic_id))
+    if retry_after is None:
+        return True
+    if attempt < settings.push_max_retries:
+        delay = backoff_delay(
+            attempt, settings.push_retry_base, settings.push_retry_max, retry_after
+        )
+        sync_badge.apply_async(
+            args=[user_id, topic_id], kwargs={"attempt": attempt + 1}, countdown=delay
+        )
+    return False
 
 
 @celery.task(name="beacon.push.prune_failing", **DB_RETRY)

@@ -32,4 +32,12 @@ def _build(name: str) -> Channel:
         from webapp.delivery.channels.webpush import WebPushChannel
 
         return WebPushChannel.from_settings(settings)
+    if name == "fcm":
+        from webapp.delivery.channels.fcm import FcmChannel
+
+        return FcmChannel.from_settings(settings)
+    if name == "apns":
+        from webapp.delivery.channels.apns import ApnsChannel
+
+        return ApnsChannel.from_settings(settings)
     raise ValueError(f"unknown delivery channel {name!r}")

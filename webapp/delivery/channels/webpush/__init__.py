@@ -50,7 +50,7 @@ class WebPushChannel:
 
     @classmethod
     def from_settings(cls, s: Settings) -> WebPushChannel:
-        if not s.push_enabled:
+        if not s.webpush_enabled:
             raise RuntimeError("Web Push is disabled: no VAPID key pair configured")
         # allowed_hosts also checks the address each new connection really reached (DNS
         # rebinding between the send-time check and the connect).
