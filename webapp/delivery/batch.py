@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from webapp import metrics
@@ -34,7 +34,8 @@ from webapp.delivery.channels.base import DeviceToken, Item, Notification, Outco
 from webapp.delivery.channels.webpush.subscription import SubscriptionKeys
 from webapp.delivery.payload import notification
 from webapp.extensions import db
-from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
+from webapp.messaging.unread import increment_marker
+from webapp.models import Message, ProcessedEvent, PushSubscription, TopicMember, User, utcnow
 from webapp.platform import context, events
 from webapp.platform.idempotency import claim_many, claimed_among
 from webapp.redis_client import get_redis
@@ -252,7 +253,9 @@ def _run_leased(
         return [], None
     notes: dict[tuple[str, int, bool], Notification] = {}
     items: list[Item] = []
-    badges = unread_totals([device.user_id for _, device in sendable if device.mobile])
+    badges = unread_totals(
+        [device.user_id for _, device in sendable if device.mobile], message_id=message_id
+    )
     for d, device in sendable:
         note = notes.get((d.kind, d.count, d.summary))
         if note is None:
@@ -282,13 +285,24 @@ def _devices(device_ids: list[str]) -> dict[str, _Device]:
     return {str(r.id): _Device(*r[1:]) for r in rows}
 
 
-def unread_totals(user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """Each user's unread count across their topics (a mobile app's badge), in one query."""
+def unread_totals(
+    user_ids: Sequence[uuid.UUID], *, message_id: int | None = None
+) -> dict[uuid.UUID, int]:
+    """Each user's unread count across their topics (a mobile app's badge), in one query.
+
+    ``message_id``: the message being pushed, counted while its unread increment has not been
+    applied yet (the push and the increment are separate tasks, either may run first); one
+    statement reads the counts and the increment's marker, so it is counted exactly once.
+    """
     if not user_ids:
         return {}
+    total = func.coalesce(func.sum(TopicMember.unread_count), 0)
+    if message_id is not None:
+        pending = ~exists().where(ProcessedEvent.key == increment_marker(message_id))
+        total = total + case((pending, 1), else_=0)
     return dict(
         db.session.execute(
-            select(TopicMember.user_id, func.coalesce(func.sum(TopicMember.unread_count), 0))
+            select(TopicMember.user_id, total)
             .where(TopicMember.user_id.in_(set(user_ids)))
             .group_by(TopicMember.user_id)
         ).all()

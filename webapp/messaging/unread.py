@@ -29,6 +29,11 @@ def apply_increment(
     return applied, counts
 
 
+def increment_marker(message_id: int) -> str:
+    """The processed-event key written with a message's increment."""
+    return f"unread:{message_id}"
+
+
 def _apply_increment(
     message_id: int, exclude_user_ids: list[str]
 ) -> tuple[bool, list[tuple[str, int]], tuple[uuid.UUID, uuid.UUID] | None]:
@@ -47,7 +52,7 @@ def _apply_increment(
         TopicMember.topic_id == topic_id,
         TopicMember.user_id.not_in(excluded),
     ]
-    if claim(f"unread:{message_id}"):
+    if claim(increment_marker(message_id)):
         stmt = (
             update(TopicMember)
             .where(
