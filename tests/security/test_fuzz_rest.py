@@ -286,3 +286,72 @@ def test_fuzzed_preference_and_history_routes(hostile, reliability):
         expected="2xx or 4xx JSON {error, message}; never 5xx; nothing of Alice's changed",
         observed=tally,
     )
+
+
+def test_fuzzed_device_registrations_and_deletions(hostile, reliability):
+    """``POST /api/notifications/devices`` and ``DELETE /api/notifications/devices/<id>``. This
+    stack has no FCM or APNs settings, so a well-formed registration is ``503 push_disabled``:
+    the one 5xx allowed, and nothing is stored either way; Alice's device id is 404 for Mallory."""
+    tally: Counter[str] = Counter()
+    tokens = st.one_of(
+        texts,
+        huge_texts,
+        json_values,
+        st.from_regex(r"\A[A-Za-z0-9_:\-]{32,300}\Z"),
+        st.from_regex(r"\A(?:[0-9a-fA-F]{2}){32,40}\Z"),
+    )
+    device = payloads(
+        {
+            "platform": st.one_of(st.sampled_from(["fcm", "apns", "FCM", "webpush", ""]), texts),
+            "token": tokens,
+            "app_id": st.one_of(st.none(), texts, st.from_regex(r"\A[a-z][a-z0-9.]{0,40}\Z")),
+            "label": st.one_of(st.none(), texts, huge_texts),
+        },
+        binary=False,
+    )
+    segments = st.one_of(
+        st.just(hostile.subscription_id),
+        st.uuids().map(str),
+        st.sampled_from(EDGE_STRINGS),
+        texts,
+    ).map(segment)
+
+    @example(("json", {"platform": "apns", "token": "ab" * 32}))
+    @example(("json", {"platform": "fcm", "token": "x" * 40, "app_id": "../../etc"}))
+    @example(("delete", hostile.subscription_id))
+    @settings(settings.get_profile("beacon-security"), max_examples=150)
+    @given(
+        st.one_of(
+            device.map(lambda b: ("json", b)),
+            st.tuples(raw_bodies(), st.sampled_from(CONTENT_TYPES)).map(lambda t: ("raw", t)),
+            segments.map(lambda s: ("delete", s)),
+        )
+    )
+    def case(call):
+        kind, value = call
+        if kind == "json":
+            response = _call(hostile, "POST", "/api/notifications/devices", json=value)
+        elif kind == "raw":
+            body, content_type = value
+            headers = {"Content-Type": content_type} if content_type else {}
+            response = _call(
+                hostile, "POST", "/api/notifications/devices", data=body, headers=headers
+            )
+        else:
+            response = _call(hostile, "DELETE", f"/api/notifications/devices/{value}")
+        if response.status_code == 503:
+            assert kind == "json" and response.json()["error"] == "push_disabled", response.text
+            tally["503 push_disabled"] += 1
+        else:
+            _answer(response, tally)
+        assert response.status_code >= 400, response.text
+
+    case()
+    reliability.record(
+        "input",
+        "`POST /api/notifications/devices` and `DELETE /api/notifications/devices/<id>` "
+        "(hypothesis)",
+        expected="4xx JSON {error, message} (503 push_disabled for a well-formed device on a "
+        "deployment without FCM/APNs); nothing stored; others' devices untouched",
+        observed=tally,
+    )
