@@ -15,6 +15,11 @@
   const SUBSCRIBE_TIMEOUT_MS = 20000;
   const SNOOZE_MINUTES = 60;
   const LEVEL_LABELS = { all: "All", mentions: "Mentions", none: "Nothing" };
+  const DEVICE_ICONS = {
+    browser: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2Zm0 5v9h16V9H4Z"/></svg>',
+    phone: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M7 1h10a2 2 0 0 1 2 2v18a2 2 0 0 1-2 2H7a2 2 0 0 1-2-2V3a2 2 0 0 1 2-2Zm0 4v14h10V5H7Zm5 15.1a1 1 0 1 0 0 2 1 1 0 0 0 0-2Z"/></svg>',
+  };
+  const DEVICE_KINDS = { fcm: "Android (FCM)", apns: "iPhone (APNs)" };
   const BELL_OFF = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M20 18.69 7.84 6.14 5.27 3.49 4 4.76l2.8 2.8v.01c-.52.99-.8 2.16-.8 3.42v5l-2 2v1h13.73l2 2L21 19.72l-1-1.03zM12 22c1.11 0 2-.89 2-2h-4c0 1.11.89 2 2 2zm6-7.32V11c0-3.08-1.64-5.64-4.5-6.32V4c0-.83-.67-1.5-1.5-1.5s-1.5.67-1.5 1.5v.68c-.15.03-.29.08-.42.12-.1.03-.2.07-.3.11h-.01c-.01 0-.01 0-.02.01-.23.09-.46.2-.68.31 0 0-.01 0-.01.01L18 14.68z"/></svg>';
 
   const $ = (selector) => document.querySelector(selector);
@@ -46,6 +51,7 @@
     registration: null,
     prefs: null, // GET /api/notifications/preferences, kept current by preferences_updated
     snoozeTimer: null,
+    devicesLoads: 0, // counts GET /api/notifications/subscriptions calls, so a stale answer is dropped
   };
 
   // ---------------------------------------------------------------- formatting helpers
@@ -54,15 +60,19 @@
   const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric" });
   const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
 
-  function lastSeen(iso) {
-    if (!iso) return "Offline";
+  /** "just now", "5 minutes ago", … up to a week; the date after that. */
+  function ago(iso) {
     const seconds = Math.round((Date.now() - new Date(iso).getTime()) / 1000);
-    if (seconds < 45) return "Last seen just now";
+    if (seconds < 45) return "just now";
     const steps = [[60, "second"], [3600, "minute"], [86400, "hour"], [604800, "day"]];
     for (let i = 1; i < steps.length; i += 1) {
-      if (seconds < steps[i][0]) return `Last seen ${relative.format(-Math.round(seconds / steps[i - 1][0]), steps[i][1])}`;
+      if (seconds < steps[i][0]) return relative.format(-Math.round(seconds / steps[i - 1][0]), steps[i][1]);
     }
-    return `Last seen ${dayFormat.format(new Date(iso))}`;
+    return dayFormat.format(new Date(iso));
+  }
+
+  function lastSeen(iso) {
+    return iso ? `Last seen ${ago(iso)}` : "Offline";
   }
 
   function clock(iso) {
@@ -250,9 +260,11 @@
     clearTimeout(state.snoozeTimer);
     renderTopicLevel();
     renderSnooze();
+    closeDevices();
     $("#app-view").hidden = true;
     $("#me").hidden = true;
     $("#push-button").hidden = true;
+    $("#devices-button").hidden = true;
     $("#token-status").hidden = true;
     $("#login-view").hidden = false;
     setConnection("idle", "Not connected");
@@ -268,6 +280,7 @@
     state.me = me;
     state.people.set(me.user_id, { ...me, is_online: true });
     renderMe();
+    $("#devices-button").hidden = false;
     $("#login-view").hidden = true;
     $("#app-view").hidden = false;
     await Promise.all([loadTopics(), loadPeople(), refreshPreferences()]);
@@ -1045,20 +1058,199 @@
   }
 
   async function disablePush() {
+    try {
+      await turnPushOff();
+    } catch (err) {
+      toast({ kind: "error", title: "Could not turn push off", body: err.message });
+    }
+  }
+
+  /** Forget this browser's subscription on the server (by endpoint, or by its id from the
+   * devices panel), then in the browser; the push button follows. Rejects on failure. */
+  async function turnPushOff(deviceId) {
     setPushButton("Turning off…", { disabled: true });
     try {
-      const subscription = await state.registration.pushManager.getSubscription();
-      if (subscription) {
-        await api("DELETE", "/api/notifications/unsubscribe-by-endpoint", { endpoint: subscription.endpoint }).catch((err) => {
-          if (!(err instanceof ApiError && err.status === 404)) throw err;
+      const subscription = state.registration ? await state.registration.pushManager.getSubscription() : null;
+      if (deviceId || subscription) {
+        const forget = deviceId
+          ? api("DELETE", `/api/notifications/devices/${encodeURIComponent(deviceId)}`)
+          : api("DELETE", "/api/notifications/unsubscribe-by-endpoint", { endpoint: subscription.endpoint });
+        await forget.catch((err) => {
+          if (!(err instanceof ApiError && err.status === 404)) throw err; // already gone
         });
-        await subscription.unsubscribe();
       }
+      if (subscription) await subscription.unsubscribe();
       setPushButton("Enable push");
     } catch (err) {
       setPushButton("Push on", { pressed: true });
-      toast({ kind: "error", title: "Could not turn push off", body: err.message });
+      throw err;
     }
+  }
+
+  // ---------------------------------------------------------------- your devices
+
+  /** This browser's push endpoint, if it has a subscription; null otherwise. */
+  async function currentEndpoint() {
+    if (!state.pushSupported || !state.registration) return null;
+    try {
+      const subscription = await state.registration.pushManager.getSubscription();
+      return subscription ? subscription.endpoint : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  /** "Chrome on Linux" from a User-Agent; the raw string when nothing is recognised. */
+  function describeAgent(ua) {
+    if (!ua) return null;
+    const browsers = [[/Edg\//, "Edge"], [/OPR\//, "Opera"], [/Firefox\//, "Firefox"], [/Chromium\//, "Chromium"],
+      [/Chrome\//, "Chrome"], [/Safari\//, "Safari"]];
+    const systems = [[/Android/, "Android"], [/iPhone|iPad/, "iOS"], [/CrOS/, "ChromeOS"], [/Windows/, "Windows"],
+      [/Mac OS X|Macintosh/, "macOS"], [/Linux/, "Linux"]];
+    const browser = (browsers.find(([re]) => re.test(ua)) || [])[1];
+    const system = (systems.find(([re]) => re.test(ua)) || [])[1];
+    if (browser && system) return `${browser} on ${system}`;
+    return browser || system || (ua.length > 60 ? `${ua.slice(0, 59)}…` : ua);
+  }
+
+  function hostOf(url) {
+    try {
+      return new URL(url).host;
+    } catch (_) {
+      return url || null;
+    }
+  }
+
+  /** What the panel shows of one row of GET /api/notifications/subscriptions. */
+  function describeDevice(device, ownEndpoint) {
+    if (device.type === "webpush") {
+      const own = Boolean(ownEndpoint) && device.endpoint === ownEndpoint;
+      return {
+        own,
+        name: own ? "This browser" : "Browser",
+        icon: DEVICE_ICONS.browser,
+        details: [describeAgent(device.user_agent), hostOf(device.push_service)],
+        title: device.user_agent || "",
+      };
+    }
+    return {
+      own: false,
+      name: DEVICE_KINDS[device.type] || device.type,
+      icon: DEVICE_ICONS.phone,
+      details: [device.label, device.app_id, device.token_hint && `token ${device.token_hint}`],
+      title: "",
+    };
+  }
+
+  function showDevicesMessage(text, { error = false } = {}) {
+    const status = $("#devices-status");
+    const alert = $("#devices-error");
+    status.textContent = error ? "" : text;
+    status.hidden = error || !text;
+    alert.textContent = error ? text : "";
+    alert.hidden = !error || !text;
+  }
+
+  function openDevices() {
+    const dialog = $("#devices-dialog");
+    if (!dialog.open) dialog.showModal();
+    $("#devices-list").replaceChildren();
+    $("#devices-empty").hidden = true;
+    loadDevices();
+  }
+
+  function closeDevices() {
+    const dialog = $("#devices-dialog");
+    if (dialog.open) dialog.close();
+  }
+
+  /** Fetch the list and show it; ``done`` (e.g. "Removed …") is said while it loads and after. */
+  async function loadDevices(done = "") {
+    const load = (state.devicesLoads += 1);
+    const list = $("#devices-list");
+    list.setAttribute("aria-busy", "true");
+    showDevicesMessage(done || "Loading your devices…");
+    try {
+      const [data, ownEndpoint] = await Promise.all([api("GET", "/api/notifications/subscriptions"), currentEndpoint()]);
+      if (load !== state.devicesLoads) return;
+      renderDevices(data.subscriptions, ownEndpoint);
+      showDevicesMessage(done);
+    } catch (err) {
+      if (load !== state.devicesLoads) return;
+      showDevicesMessage(`Could not load your devices: ${err.message}`, { error: true });
+    } finally {
+      if (load === state.devicesLoads) list.removeAttribute("aria-busy");
+    }
+  }
+
+  function renderDevices(devices, ownEndpoint) {
+    const list = $("#devices-list");
+    list.replaceChildren();
+    for (const device of devices) {
+      const shown = describeDevice(device, ownEndpoint);
+      const item = el("li", "device");
+      item.dataset.deviceId = device.id;
+      item.dataset.type = device.type;
+      if (shown.own) item.dataset.own = "true";
+      const icon = el("span", "device-icon");
+      icon.innerHTML = shown.icon;
+      const text = el("div", "device-text");
+      const name = el("div", "device-name", shown.name);
+      const details = shown.details.filter(Boolean);
+      const detail = el("div", "device-detail");
+      for (const part of details) {
+        if (detail.childNodes.length) detail.append(" · ");
+        detail.append(el("span", null, part));
+      }
+      if (shown.title) detail.title = shown.title;
+      const status = el("div", "device-status");
+      status.append("Last push: ");
+      if (device.last_success_at) {
+        const time = el("time", null, ago(device.last_success_at));
+        time.dateTime = device.last_success_at;
+        time.title = new Date(device.last_success_at).toLocaleString();
+        status.append(time);
+      } else {
+        status.append("never");
+      }
+      if (device.failure_count > 0) {
+        const failures = device.failure_count === 1 ? "1 failed attempt" : `${device.failure_count} failed attempts`;
+        status.append(" · ", el("span", "device-failures", failures));
+      }
+      text.append(name);
+      if (details.length) text.append(detail);
+      text.append(status);
+      const remove = el("button", "btn small device-remove", "Remove");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Remove ${[shown.name, device.label].filter(Boolean).join(", ")}`);
+      remove.addEventListener("click", () => removeDevice(device, shown, remove));
+      item.append(icon, text, remove);
+      list.append(item);
+    }
+    $("#devices-empty").hidden = devices.length > 0;
+  }
+
+  async function removeDevice(device, shown, button) {
+    button.disabled = true;
+    button.textContent = "Removing…";
+    showDevicesMessage("");
+    try {
+      if (shown.own) {
+        await turnPushOff(device.id); // also unsubscribes this browser, as the push button does
+      } else {
+        await api("DELETE", `/api/notifications/devices/${encodeURIComponent(device.id)}`).catch((err) => {
+          if (!(err instanceof ApiError && err.status === 404)) throw err; // removed meanwhile
+        });
+      }
+    } catch (err) {
+      button.disabled = false;
+      button.textContent = "Remove";
+      showDevicesMessage(`Could not remove ${shown.name}: ${err.message}`, { error: true });
+      return;
+    }
+    $("#devices-close").focus(); // the row and its button go away
+    const removed = shown.own ? "this browser; push notifications are off here" : [shown.name, device.label].filter(Boolean).join(", ");
+    await loadDevices(`Removed ${removed}.`);
   }
 
   function onServiceWorkerMessage(event) {
@@ -1081,6 +1273,11 @@
     $("#composer").addEventListener("submit", sendMessage);
     $("#push-button").addEventListener("click", () => togglePush());
     $("#snooze-button").addEventListener("click", () => toggleSnooze());
+    $("#devices-button").addEventListener("click", () => openDevices());
+    $("#devices-close").addEventListener("click", () => closeDevices());
+    $("#devices-dialog").addEventListener("click", (event) => {
+      if (event.target === event.currentTarget) closeDevices(); // a click on the backdrop
+    });
     $("#notify-level").addEventListener("change", () => setTopicLevel());
     $("#people-more").addEventListener("click", () => { state.showAllPeople = !state.showAllPeople; renderPeople(); });
     const input = $("#composer-input");
