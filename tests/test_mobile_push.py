@@ -250,6 +250,10 @@ def test_one_user_gets_the_push_on_all_three_channels(
         ("apns", "delivered"),
     }
     assert {r["push_service"] for r in rows if r["channel"] != "webpush"} == {"fcm", "apns"}
+    # Tokens are credentials: no log line of the worker holds one (httpx logs URLs at INFO).
+    log = beacon.workers["push"].log_text(0)
+    assert android not in log and iphone not in log
+    assert "Traceback" not in log
 
 
 def test_the_badge_is_the_unread_total_across_topics(

@@ -111,7 +111,7 @@ class ForbiddenAddressError(ConnectionError):
     reason = "endpoint host resolved to a non-public address at connect time; nothing sent"
 
 
-def _ca_bundle() -> str | None:
+def ca_bundle() -> str | None:
     """The CA bundle https is verified against: the one the environment names, else certifi's.
 
     ``None`` (no certifi) means the system's default trust store.
@@ -128,7 +128,7 @@ def _ca_bundle() -> str | None:
 
 def tls_context() -> ssl.SSLContext:
     """Certificate and host name verification, TLS 1.2 or later (``ssl`` module defaults)."""
-    context = ssl.create_default_context(cafile=_ca_bundle())
+    context = ssl.create_default_context(cafile=ca_bundle())
     context.set_alpn_protocols(["http/1.1"])
     return context
 

@@ -1,0 +1,1 @@
+"""Fake third-party services (APNs, FCM) run as real processes for tests."""
