@@ -424,3 +424,32 @@ def test_a_device_id_that_is_not_a_uuid_is_not_found(beacon: Stack) -> None:
     for device_id in ("nope", str(uuid.uuid4())):
         response = beacon.api(user, "DELETE", f"/api/notifications/devices/{device_id}")
         assert response.status_code == 404 and response.json()["error"] == "subscription_not_found"
+
+
+def test_an_unreadable_key_file_fails_pushes_visibly(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A deployment whose FCM key file cannot be read says so at start, and its pushes end as
+    failures the user can read in their history (not a crashing task, not silence)."""
+    if backend != "sqlite":
+        pytest.skip("a configuration check: one backend is enough")
+    missing = str(tmp_path / "no-such-account.json")
+    with shared_services_stack(
+        request,
+        backend,
+        "beacon_mobile_misconfigured",
+        name="mobile-misconfigured",
+        FCM_SERVICE_ACCOUNT_FILE=missing,
+        FCM_PROJECT_ID="beacon-test",
+        PUSH_COALESCE_WINDOW="0",
+        PUSH_MAX_RETRIES="0",
+    ) as stack:
+        assert f"FCM_SERVICE_ACCOUNT_FILE={missing} cannot be read" in stack.web.log_text(0)
+        alice, bob = stack.user("alice"), stack.user("bob")
+        topic = stack.topic(alice, bob)
+        register(stack, bob, "fcm", device_token())
+        send(stack, alice, topic, "hello?")
+        [row] = wait_history(stack, bob, 1)
+        assert (row["channel"], row["outcome"]) == ("fcm", "failed")
+        assert "fcm is not configured correctly on the server" in row["reason"]
+        assert "Traceback" not in stack.workers["push"].log_text(0)

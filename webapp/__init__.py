@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from pathlib import Path
 
@@ -49,6 +50,12 @@ def _check_push_keys(settings: Settings) -> None:
     ):
         if not on:
             log.warning("%s push is off: %s are not set (docs/MOBILE.md)", name, needs)
+    for name, path in (
+        ("FCM_SERVICE_ACCOUNT_FILE", settings.fcm_service_account_file),
+        ("APNS_KEY_FILE", settings.apns_key_file),
+    ):
+        if path and not os.access(path, os.R_OK):
+            log.error("%s=%s cannot be read: its pushes will fail", name, path)
     if not settings.webpush_enabled:
         log.warning(
             "Web Push is disabled: VAPID_PRIVATE_KEY / VAPID_PUBLIC_KEY are not set "

@@ -265,7 +265,14 @@ def _run_leased(
         badge = badges.get(device.user_id, 0) if device.mobile else None
         items.append(Item(address=device.address(), notification=note, badge=badge))
     db.session.rollback()  # no transaction held open across the requests
-    outcomes = channels.get(channel_name).send(items)
+    try:
+        channel = channels.get(channel_name)
+    except (RuntimeError, OSError, ValueError) as exc:  # e.g. a key file that cannot be read
+        log.error("push channel %s cannot send: %s", channel_name, exc)
+        reason = f"{channel_name} is not configured correctly on the server"
+        outcomes = [Outcome(None, "retry", None, reason)] * len(items)
+    else:
+        outcomes = channel.send(items)
     return _book(message_id, sendable, items, outcomes, final=final, attempts=attempts)
 
 
