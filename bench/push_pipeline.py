@@ -16,8 +16,22 @@ ceiling measured in the same run against the same push service (``PushSender.sen
 this process, with the worker's per-batch concurrency). Also the sender against naive
 ``pywebpush.webpush()`` (``push_throughput.py``'s loop). Targets are printed with pass/fail.
 
+Mobile channels (``--channels``, default ``webpush,fcm,apns``): the fake FCM and the fake APNs
+of the tests (``tests/fakes``: hypercorn over TLS, HTTP/2, each in its own process with its own
+CA; one CA bundle holding the three CAs is given to every process) are the far side of the FCM
+and APNs channels. For each configuration each channel is run on its own: a message to N
+members whose ``devices`` devices are all of that channel, reported like Web Push's (first and
+last arrival, pushes/s, push worker CPU per push) with the ratio to Web Push's pushes/s of the
+same configuration in the same run, and the fake's CPU per push (did the far side limit the
+run?). The fakes run in their counting mode by default (``--fake-mode counting``: the bearer
+or provider token is still verified on every request, then the push is only counted, with its
+arrival time); ``--fake-mode full`` runs them as the tests do (every message checked and
+recorded; arrival times from polling, 20 ms apart; latency 0 only).
+
     .venv/bin/python bench/push_pipeline.py --members 1000,5000 --devices 1,3 --latency 0,50
     .venv/bin/python bench/push_pipeline.py --members 200 --devices 1 --latency 0   # quick look
+    .venv/bin/python bench/push_pipeline.py --members 1000 --devices 1 --latency 0 \
+        --channels webpush,fcm,apns --skip-naive                             # mobile channels
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import shlex
 import signal
 import ssl
@@ -49,6 +64,8 @@ if str(REPO_ROOT) not in sys.path:
 HOST = "127.0.0.1"
 SUBJECT = "mailto:bench@example.com"
 CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+CHANNELS = ("webpush", "fcm", "apns")
+FAR_LABELS = {"webpush": "push service", "fcm": "fake FCM", "apns": "fake APNs"}
 
 from tests.harness.certs import make_certs  # noqa: E402
 
@@ -170,6 +187,8 @@ async def _serve(cert: str, key: str, latency_ms: float) -> None:
 class CountingPushService:
     """The counting push service's child process and its admin calls (TLS, the bench's CA)."""
 
+    label = FAR_LABELS["webpush"]
+
     def __init__(self, certs: dict[str, Path], startup_timeout: float = 20.0) -> None:
         self._conn: http.client.HTTPSConnection | None = None
         self._errors = tempfile.TemporaryFile()
@@ -247,6 +266,68 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     return proc.stdout.readline().strip() if ready else ""
 
 
+# -- the fake FCM and APNs (tests/fakes, their own processes) as the mobile channels' far side --
+class FakeFarSide:
+    """A running fake FCM or APNs behind the counting service's interface: ``reset(latency)``,
+    ``stats()`` with count, distinct, refused, first and last (``time.monotonic()``), ``pid``.
+
+    In counting mode the fake stamps the arrivals itself; in full mode (the tests' fake, every
+    message checked and recorded) the arrivals are the times the polling saw the count grow,
+    and the distinct device tokens come from its records once the run is over (``settle``)."""
+
+    def __init__(self, channel: str, fake: Any, *, counting: bool) -> None:
+        self.channel = channel
+        self.label = FAR_LABELS[channel]
+        self.fake = fake
+        self.counting = counting
+        self.pid: int = fake.process.pid
+        self.origin = fake.endpoint if channel == "fcm" else f"https://{fake.host}"
+        self._seen = 0
+        self._first: float | None = None
+        self._last: float | None = None
+
+    def reset(self, latency_ms: float) -> None:
+        if self.counting:
+            self.fake.reset(delay=latency_ms / 1000)
+        else:
+            self.fake.reset()
+        self._seen, self._first, self._last = 0, None, None
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.fake.stats()
+        count = int(stats["delivered"])
+        sent = int(stats["sends"] if self.channel == "fcm" else stats["streams"])
+        if self.counting:
+            first, last, distinct = stats["first"], stats["last"], int(stats["distinct"])
+        else:
+            now = time.monotonic()
+            if count > self._seen:
+                self._first = now if self._first is None else self._first
+                self._last = now
+                self._seen = count
+            first, last, distinct = self._first, self._last, count
+        return {
+            "count": count,
+            "distinct": distinct,
+            "refused": sent - count,
+            "first": first,
+            "last": last,
+        }
+
+    def settle(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Full mode: the distinct device tokens among the fake's records."""
+        if not self.counting:
+            stats["distinct"] = len({r["token"] for r in self.fake.records()})
+        return stats
+
+
+def mobile_token(channel: str) -> str:
+    """A new device token as the platform makes them (FCM's shape; APNs: 32 bytes, hex)."""
+    from tests.fakes.fcm import device_token
+
+    return device_token() if channel == "fcm" else secrets.token_hex(32)
+
+
 # -- fixtures ----------------------------------------------------------------------------------
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -269,31 +350,49 @@ def browser_keys(count: int) -> list[tuple[str, str]]:
     return keys
 
 
-def seed(app: Any, service: CountingPushService, members: int, devices: int) -> tuple[Any, Any]:
-    """A topic of ``members`` offline members with ``devices`` subscriptions each, plus the
-    sender (no subscription); returns (topic, sender)."""
+def seed(
+    app: Any, service: CountingPushService, members: int, devices: int, channel: str = "webpush"
+) -> tuple[Any, Any]:
+    """A topic of ``members`` offline members with ``devices`` subscriptions each (Web Push
+    subscriptions, or ``channel``'s device tokens), plus the sender (no subscription);
+    returns (topic, sender)."""
     from sqlalchemy import insert
 
     from bench.stack import create_topics, create_users
     from webapp.extensions import db
     from webapp.models import PushSubscription, utcnow
 
-    users = create_users(app, members + 1, prefix=f"pipe{members}x{devices}")
+    prefix = f"pipe{members}x{devices}" if channel == "webpush" else f"pipe-{channel}-{members}"
+    users = create_users(app, members + 1, prefix=prefix)
     (topic,) = create_topics(app, [list(range(members + 1))], users)
-    keys = browser_keys(members * devices)
-    rows = [
-        {
-            "id": uuid.uuid4(),
-            "user_id": uuid.UUID(u.id),
-            "endpoint": service.endpoint(),
-            "p256dh": keys[i * devices + d][0],
-            "auth": keys[i * devices + d][1],
-            "created_at": utcnow(),
-            "failure_count": 0,
-        }
-        for i, u in enumerate(users[1:])
-        for d in range(devices)
-    ]
+    if channel == "webpush":
+        keys = browser_keys(members * devices)
+        rows = [
+            {
+                "id": uuid.uuid4(),
+                "user_id": uuid.UUID(u.id),
+                "endpoint": service.endpoint(),
+                "p256dh": keys[i * devices + d][0],
+                "auth": keys[i * devices + d][1],
+                "created_at": utcnow(),
+                "failure_count": 0,
+            }
+            for i, u in enumerate(users[1:])
+            for d in range(devices)
+        ]
+    else:
+        rows = [
+            {
+                "id": uuid.uuid4(),
+                "user_id": uuid.UUID(u.id),
+                "channel": channel,
+                "token": mobile_token(channel),
+                "created_at": utcnow(),
+                "failure_count": 0,
+            }
+            for u in users[1:]
+            for _ in range(devices)
+        ]
     with app.app_context():
         for start in range(0, len(rows), 5000):
             db.session.execute(insert(PushSubscription), rows[start : start + 5000])
@@ -328,6 +427,27 @@ def check_endpoint_accepted(bench: Any, service: CountingPushService) -> None:
         )
 
 
+def check_device_accepted(bench: Any, channel: str) -> None:
+    """One FCM or APNs device through the REST API: the web tier must accept it."""
+    import requests
+
+    from bench.stack import create_users
+
+    (user,) = create_users(bench.app, 1, prefix=f"pipe-api-{channel}")
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.post(
+            f"{bench.url}/api/notifications/devices",
+            json={"platform": channel, "token": mobile_token(channel)},
+            headers={"Authorization": f"Bearer {user.token}"},
+            timeout=30,
+        )
+    if response.status_code != 201:
+        raise SystemExit(
+            f"the web tier refused the {channel} device: {response.status_code} {response.text}"
+        )
+
+
 # -- measuring ---------------------------------------------------------------------------------
 @dataclass
 class Result:
@@ -343,10 +463,16 @@ class Result:
     last: float | None  # send -> last arrival
     worker_cpu: float  # push worker group CPU seconds, whole message
     other_cpu: dict[str, float]
+    channel: str = "webpush"
 
     @property
     def rate(self) -> float:
         return self.delivered / self.last if self.last else 0.0
+
+    @property
+    def far_cpu(self) -> float:
+        """CPU seconds of the far side (the push service, or the fake FCM or APNs)."""
+        return self.other_cpu[FAR_LABELS[self.channel]]
 
 
 def _cpu(procs: list[Any]) -> float:
@@ -369,7 +495,7 @@ def wait_quiet(procs: list[Any], *, still: float = 0.5, limit: float = 30.0) -> 
 
 def send_and_watch(
     bench: Any,
-    service: CountingPushService,
+    service: CountingPushService | FakeFarSide,
     push_workers: list[Any],
     others: dict[str, list[Any]],
     topic: Any,
@@ -377,8 +503,9 @@ def send_and_watch(
     expected: int,
     timeout: float,
 ) -> tuple[float, dict[str, Any], float, dict[str, float]]:
-    """Post one message as ``sender`` over Socket.IO; poll the push service until ``expected``
-    pushes arrived (or ``timeout``); returns (ack, stats, worker CPU, other CPU)."""
+    """Post one message as ``sender`` over Socket.IO; poll the push service (or the fake FCM or
+    APNs) until ``expected`` pushes arrived (or ``timeout``); returns (ack, stats, worker CPU,
+    other CPU)."""
     from bench.stack import cpu_seconds
     from tests.harness.sio_client import RecordingClient
 
@@ -402,10 +529,12 @@ def send_and_watch(
             stats = service.stats()
     finally:
         client.disconnect()
+    if isinstance(service, FakeFarSide):
+        stats = service.settle(stats)
     wait_quiet(push_workers)  # the worker books its answers after the last push
     worker_cpu = _cpu(push_workers) - cpu_before
     other = {name: _cpu(ps) - other_before[name] for name, ps in others.items()}
-    other["push service"] = cpu_seconds(service.pid) - service_before
+    other[service.label] = cpu_seconds(service.pid) - service_before
     for key in ("first", "last"):
         if stats[key] is not None:
             stats[key] -= sent
@@ -458,11 +587,13 @@ def naive_rate(service: CountingPushService, private_key: str, n: int) -> Any:
 @contextlib.contextmanager
 def pipeline(
     args: argparse.Namespace,
-    certs: dict[str, Path],
+    ca_bundle: Path,
     service: CountingPushService,
     vapid: tuple[str, str],
+    mobile_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Any, list[Any], dict[str, list[Any]]]]:
-    """The stack (web, Redis, database), the unread worker and the push worker(s)."""
+    """The stack (web, Redis, database), the unread worker and the push worker(s);
+    ``mobile_env``: the FCM_* and APNS_* settings of the fakes."""
     from bench.stack import beacon_stack
     from tests.conftest import start_worker
 
@@ -472,7 +603,8 @@ def pipeline(
         "VAPID_SUBJECT": SUBJECT,
         "PUSH_ALLOWED_HOSTS": f"{HOST}:{service.port}",
         "PUSH_COALESCE_WINDOW": str(args.coalesce_window),
-        **{name: str(certs["ca"]) for name in CA_VARIABLES},
+        **(mobile_env or {}),
+        **{name: str(ca_bundle) for name in CA_VARIABLES},
     }
     for item in args.env:
         name, _, value = item.partition("=")
@@ -514,15 +646,25 @@ def run(args: argparse.Namespace) -> int:
     members = [int(m) for m in args.members.split(",")]
     devices = [int(d) for d in args.devices.split(",")]
     latencies = [float(x) for x in args.latency.split(",")]
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    unknown = sorted(set(channels) - set(CHANNELS))
+    if unknown or not channels:
+        raise SystemExit(f"--channels: one or more of {', '.join(CHANNELS)} (not {unknown})")
+    counting = args.fake_mode == "counting"
+    if not counting and any(latencies) and set(channels) - {"webpush"}:
+        raise SystemExit("--fake-mode full measures the mobile channels at --latency 0 only")
     vapid = generate_vapid_keypair()
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="beacon-pipe-")))
         certs = make_certs(folder)
+        fakes, mobile_env, ca_bundle = start_fakes(stack, folder, channels, counting, certs)
         for name in CA_VARIABLES:  # this process's sender and pywebpush (requests) trust it too
-            os.environ[name] = str(certs["ca"])
+            os.environ[name] = str(ca_bundle)
         service = CountingPushService(certs)
         stack.callback(service.close)
-        bench, push_workers, others = stack.enter_context(pipeline(args, certs, service, vapid))
+        bench, push_workers, others = stack.enter_context(
+            pipeline(args, ca_bundle, service, vapid, mobile_env)
+        )
         settings = load_settings({**os.environ, **bench.env})
         concurrency, batch = settings.push_send_concurrency, settings.push_batch_size
         timeout = settings.push_request_timeout
@@ -534,11 +676,24 @@ def run(args: argparse.Namespace) -> int:
             f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
+        for far in fakes.values():
+            mode = "counting mode" if counting else "full mode: checks and records every push"
+            print(f"{far.label} {far.origin} (TLS, HTTP/2, {mode}, own process)", flush=True)
         check_endpoint_accepted(bench, service)
+        for channel in fakes:
+            check_device_accepted(bench, channel)
         # Warm up: worker imports, database, TLS connections and JWT cache of the push worker.
         service.reset(0)
         topic, sender = seed(bench.app, service, args.warmup, 1)
         send_and_watch(bench, service, push_workers, others, topic, sender, args.warmup, 60)
+        for far in fakes.values():  # and the HTTP/2 connection, access or provider token
+            far.reset(0)
+            topic, sender = seed(bench.app, service, args.warmup, 1, far.channel)
+            _, stats, _, _ = send_and_watch(
+                bench, far, push_workers, others, topic, sender, args.warmup, 60
+            )
+            if stats["count"] < args.warmup:
+                raise SystemExit(f"warm-up: {far.label} got {stats['count']}/{args.warmup}")
 
         results: list[Result] = []
         ceilings: dict[float, Any] = {}
@@ -546,36 +701,88 @@ def run(args: argparse.Namespace) -> int:
         for latency in latencies:
             service.reset(latency)
             n = args.ceiling_n
-            ceilings[latency] = sender_ceiling(
-                service, vapid[0], concurrency=concurrency, batch=batch, n=n, timeout=timeout
-            )
-            if latency == 0 and not args.skip_naive:
-                naive = naive_rate(service, vapid[0], args.naive_n)
+            if "webpush" in channels:
+                ceilings[latency] = sender_ceiling(
+                    service, vapid[0], concurrency=concurrency, batch=batch, n=n, timeout=timeout
+                )
+                if latency == 0 and not args.skip_naive:
+                    naive = naive_rate(service, vapid[0], args.naive_n)
             for m in members:
                 for d in devices:
-                    topic, sender = seed(bench.app, service, m, d)
-                    service.reset(latency)
-                    ack, stats, cpu, other = send_and_watch(
-                        bench, service, push_workers, others, topic, sender, m * d, args.timeout
-                    )
-                    result = Result(
-                        m,
-                        d,
-                        latency,
-                        m * d,
-                        stats["count"],
-                        stats["count"] - stats["distinct"],
-                        stats["refused"],
-                        ack,
-                        stats["first"],
-                        stats["last"],
-                        cpu,
-                        other,
-                    )
-                    results.append(result)
-                    report_row(result, ceilings[latency])
+                    for channel in channels:
+                        far = service if channel == "webpush" else fakes[channel]
+                        topic, sender = seed(bench.app, service, m, d, channel)
+                        far.reset(latency)
+                        ack, stats, cpu, other = send_and_watch(
+                            bench, far, push_workers, others, topic, sender, m * d, args.timeout
+                        )
+                        result = Result(
+                            m,
+                            d,
+                            latency,
+                            m * d,
+                            stats["count"],
+                            stats["count"] - stats["distinct"],
+                            stats["refused"],
+                            ack,
+                            stats["first"],
+                            stats["last"],
+                            cpu,
+                            other,
+                            channel,
+                        )
+                        results.append(result)
+                        if channel == "webpush":
+                            report_row(result, ceilings[latency])
+                        else:
+                            report_mobile_row(result, baseline(results, result))
         report(results, ceilings, naive, os.getloadavg())
+        if fakes:
+            report_mobile(results, counting)
     return 0
+
+
+def start_fakes(
+    stack: contextlib.ExitStack,
+    folder: Path,
+    channels: list[str],
+    counting: bool,
+    certs: dict[str, Path],
+) -> tuple[dict[str, FakeFarSide], dict[str, str], Path]:
+    """The fake FCM and APNs the channels want, in their own processes (stopped by ``stack``);
+    returns them, the FCM_* and APNS_* settings, and the CA bundle every process trusts (the
+    bench's CA and the fakes')."""
+    from tests.fakes.apns import running_fake_apns
+    from tests.fakes.fcm import running_fake_fcm
+
+    fakes: dict[str, FakeFarSide] = {}
+    env: dict[str, str] = {}
+    if "fcm" in channels:
+        fcm = stack.enter_context(running_fake_fcm(folder / "fcm", counting=counting))
+        fakes["fcm"] = FakeFarSide("fcm", fcm, counting=counting)
+        env.update(fcm.env())
+    if "apns" in channels:
+        apns = stack.enter_context(running_fake_apns(folder / "apns", counting=counting))
+        fakes["apns"] = FakeFarSide("apns", apns, counting=counting)
+        env.update(apns.env())
+    if not fakes:
+        return fakes, env, certs["ca"]
+    bundle = folder / "ca-bundle.pem"
+    cas = [certs["ca"], *(Path(far.fake.ca_file) for far in fakes.values())]
+    bundle.write_text("".join(path.read_text() for path in cas))
+    return fakes, env, bundle
+
+
+def baseline(results: list[Result], r: Result) -> Result | None:
+    """Web Push's result of ``r``'s configuration in this run, if it was measured."""
+    for other in results:
+        if other.channel == "webpush" and (other.members, other.devices, other.latency_ms) == (
+            r.members,
+            r.devices,
+            r.latency_ms,
+        ):
+            return other
+    return None
 
 
 def report_row(r: Result, ceiling: Any) -> None:
@@ -591,7 +798,55 @@ def report_row(r: Result, ceiling: Any) -> None:
     )
 
 
+def _ratio(r: Result, base: Result | None) -> str:
+    return f"{r.rate / base.rate:.2f}x" if base is not None and base.rate else "-"
+
+
+def report_mobile_row(r: Result, base: Result | None) -> None:
+    n = max(1, r.delivered)
+    others = ", ".join(f"{k} {v:.2f}s" for k, v in r.other_cpu.items())
+    print(
+        f"{r.channel:>7} {r.members:>6} x {r.devices} @ {r.latency_ms:>3g} ms: "
+        f"{r.delivered}/{r.expected} delivered (dup {r.duplicates}, refused {r.refused}); "
+        f"ack {_ms(r.ack)} ms, first {_ms(r.first)} ms, last {_ms(r.last)} ms, "
+        f"{r.rate:,.0f} pushes/s ({_ratio(r, base)} Web Push), push worker CPU "
+        f"{r.worker_cpu / n * 1e6:,.0f} µs/push, {r.far_cpu / n * 1e6:,.0f} µs/push "
+        f"({others} CPU)",
+        flush=True,
+    )
+
+
+def report_mobile(results: list[Result], counting: bool) -> None:
+    mode = "counting mode" if counting else "full mode"
+    print(f"\nmobile channels, each on its own (fakes in {mode}):")
+    print(
+        f"{'channel':>7} {'members':>7} {'dev':>3} {'lat ms':>6} {'pushes':>7} {'first ms':>9} "
+        f"{'last ms':>9} {'pushes/s':>9} {'webpush/s':>9} {'ratio':>6} {'worker µs/push':>15} "
+        f"{'fake µs/push':>13}"
+    )
+    mobile = [r for r in results if r.channel != "webpush"]
+    for r in mobile:
+        base = baseline(results, r)
+        n = max(1, r.delivered)
+        web = f"{base.rate:,.0f}" if base is not None else "-"
+        print(
+            f"{r.channel:>7} {r.members:>7} {r.devices:>3} {r.latency_ms:>6g} {r.delivered:>7} "
+            f"{_ms(r.first):>9} {_ms(r.last):>9} {r.rate:>9,.0f} {web:>9} "
+            f"{_ratio(r, base):>6} {r.worker_cpu / n * 1e6:>15,.0f} {r.far_cpu / n * 1e6:>13,.0f}"
+        )
+    print(
+        "(ratio: pushes/s against Web Push's of the same configuration in this run;\n"
+        " fake µs/push: CPU of the fake's process per push, its control calls included)"
+    )
+    complete = all(r.delivered == r.expected and r.duplicates == 0 for r in mobile)
+    print(f"  every mobile push delivered exactly once: {_verdict(complete)}")
+
+
 def report(results: list[Result], ceilings: dict[float, Any], naive: Any, load: Any) -> None:
+    results = [r for r in results if r.channel == "webpush"]
+    if not results and not ceilings:
+        print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+        return
     print()
     print(
         f"{'members':>7} {'dev':>3} {'lat ms':>6} {'pushes':>7} {'first ms':>9} {'last ms':>9} "
@@ -604,7 +859,7 @@ def report(results: list[Result], ceilings: dict[float, Any], naive: Any, load: 
         print(
             f"{r.members:>7} {r.devices:>3} {r.latency_ms:>6g} {r.delivered:>7} {_ms(r.first):>9} "
             f"{_ms(r.last):>9} {r.rate:>9,.0f} {ceiling:>9,.0f} {r.rate / ceiling:>6.0%} "
-            f"{r.worker_cpu / n * 1e6:>15,.0f} {r.other_cpu['push service'] / n * 1e6:>16,.0f}"
+            f"{r.worker_cpu / n * 1e6:>15,.0f} {r.far_cpu / n * 1e6:>16,.0f}"
         )
     print("(worker / service µs/push: CPU of the push worker process group / push service)")
     print(
@@ -658,6 +913,17 @@ def report(results: list[Result], ceilings: dict[float, Any], naive: Any, load: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="end-to-end Web Push pipeline")
     parser.add_argument("--members", default="1000,5000", help="offline members per message")
+    parser.add_argument(
+        "--channels",
+        default=",".join(CHANNELS),
+        help="channels, each run on its own per configuration (Web Push: the baseline)",
+    )
+    parser.add_argument(
+        "--fake-mode",
+        default="counting",
+        choices=("counting", "full"),
+        help="the fake FCM and APNs: verify the token and count, or check and record all",
+    )
     parser.add_argument("--devices", default="1,3", help="subscriptions per member")
     parser.add_argument("--latency", default="0,50", help="push service answer delay, ms")
     parser.add_argument("--push-workers", type=int, default=1, help="push worker processes")

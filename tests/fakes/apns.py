@@ -21,6 +21,14 @@ provider token); ``GET /_control/attempts`` (every device request and its answer
 ``ExpiredProviderToken``); ``POST /_control/reset``.
 A "connection" is a distinct client address that sent a push.
 
+Counting mode (``--counting``, off by default; for benchmarks, where recording and checking
+every request would make the fake the bottleneck): a push still needs HTTP/2, a provider token
+that verifies and is not expired, and a hex device token; then it is only counted (no scripts,
+no records or attempts, no other checks) and answered 200, after the delay set by ``POST
+/_control/reset?delay_ms=N`` (0 by default). ``stats`` then also holds ``distinct`` (device
+tokens), ``first`` and ``last`` (``time.monotonic()`` of the first and last accepted push: the
+system's clock, comparable across processes on one machine) and ``counting``.
+
 Tests use ``running_fake_apns()``: it makes the .p8 key, the certificates and the process, and
 yields a ``FakeApns`` client with the settings Beacon needs (``env()``).
 """
@@ -108,6 +116,12 @@ class FakeApnsState:
     connections: set[tuple[str, int]] = field(default_factory=set)
     streams: int = 0
     expired_before: float | None = None  # provider tokens issued earlier are expired
+    counting: bool = False  # count accepted pushes only (see the module's docstring)
+    count_delay: float = 0.0  # counting mode: seconds before each answer
+    counted: int = 0
+    tokens: set[str] = field(default_factory=set)  # counting mode: distinct device tokens
+    first: float | None = None  # counting mode: time.monotonic() of the first accepted push
+    last: float | None = None
     _delay: float = 0.0
     _verified: dict[str, dict[str, Any] | str] = field(default_factory=dict)
 
@@ -119,14 +133,21 @@ class FakeApnsState:
         self.connections.clear()
         self.streams = 0
         self.expired_before = None
+        self.counted = 0
+        self.tokens.clear()
+        self.first = self.last = None
 
     def stats(self) -> dict[str, Any]:
-        return {
+        stats: dict[str, Any] = {
             "provider_tokens": len(self.provider_tokens),
             "connections": len(self.connections),
             "streams": self.streams,
             "delivered": len(self.records),
         }
+        if self.counting:
+            stats["delivered"] = self.counted
+            stats.update(counting=True, distinct=len(self.tokens), first=self.first, last=self.last)
+        return stats
 
     def _claims(self, token: str) -> dict[str, Any] | str:
         """The token's verified claims, or the 403 reason (signatures checked once per token)."""
@@ -162,6 +183,8 @@ class FakeApnsState:
         if client:
             self.connections.add((str(client[0]), int(client[1])))
         self._delay = 0.0
+        if self.counting:
+            return self._count(scope, token, headers), self._delay
         status, reply_headers, reply_body = self._push(scope, token, headers, body, too_big)
         self.attempts.append(
             {
@@ -172,9 +195,9 @@ class FakeApnsState:
         )
         return (status, reply_headers, reply_body), self._delay
 
-    def _push(
-        self, scope: Scope, token: str, headers: dict[str, str], body: bytes, too_big: bool
-    ) -> Reply:
+    def _authorized(self, scope: Scope, headers: dict[str, str]) -> Reply | str:
+        """The refusal of a request that is not POST over HTTP/2 with a valid provider token,
+        else the provider token."""
         if scope.get("method") != "POST":
             return _reply(405, "MethodNotAllowed")
         if scope.get("http_version") != "2":
@@ -194,6 +217,31 @@ class FakeApnsState:
         if iat - now > TOKEN_MAX_SKEW:
             return _reply(403, "InvalidProviderToken")
         self.provider_tokens.add(provider_token)
+        return provider_token
+
+    def _count(self, scope: Scope, token: str, headers: dict[str, str]) -> Reply:
+        """Counting mode: HTTP/2 and the provider token as always, a hex device token; then
+        counted and accepted."""
+        provider_token = self._authorized(scope, headers)
+        if not isinstance(provider_token, str):
+            return provider_token
+        if not _DEVICE_TOKEN.match(token):
+            return _reply(400, "BadDeviceToken")
+        now = time.monotonic()
+        self.first = now if self.first is None else self.first
+        self.last = now
+        self.counted += 1
+        self.tokens.add(token)
+        self._delay = self.count_delay
+        return _reply(200, None, {"apns-id": headers.get("apns-id") or str(uuid.uuid4())})
+
+    def _push(
+        self, scope: Scope, token: str, headers: dict[str, str], body: bytes, too_big: bool
+    ) -> Reply:
+        provider_token = self._authorized(scope, headers)
+        if not isinstance(provider_token, str):
+            return provider_token
+        now = self.clock()
         topic = headers.get("apns-topic")
         if not topic:
             return _reply(400, "MissingTopic")
@@ -272,6 +320,8 @@ class FakeApnsState:
             return 200, [a for a in self.attempts if token is None or a["token"] == token]
         if method == "POST" and path == "/_control/reset":
             self.reset()
+            if self.counting and "delay_ms" in args:
+                self.count_delay = max(0.0, float(args["delay_ms"]) / 1000)
             return 200, {"ok": True}
         if method == "POST" and path == "/_control/expire_tokens":
             try:
@@ -375,11 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         default=1_000_000,
         help="then GOAWAY and close, as APNs does now and then (hypercorn's default: 1000)",
     )
+    parser.add_argument(
+        "--counting", action="store_true", help="only check the provider token and count pushes"
+    )
     args = parser.parse_args(argv)
     public_key = serialization.load_pem_public_key(Path(args.public_key).read_bytes())
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         parser.error("--public-key must be an EC public key")
-    state = FakeApnsState(public_key, args.key_id, args.team_id, frozenset(args.topic))
+    state = FakeApnsState(
+        public_key, args.key_id, args.team_id, frozenset(args.topic), counting=args.counting
+    )
     config = Config()
     config.bind = [f"{args.host}:{args.port}"]
     config.certfile = args.certfile
@@ -507,8 +562,11 @@ class FakeApns:
         """``provider_tokens`` (distinct), ``connections``, ``streams``, ``delivered``."""
         return dict(self._call("GET", "/_control/stats"))
 
-    def reset(self) -> None:
-        self._call("POST", "/_control/reset")
+    def reset(self, *, delay: float | None = None) -> None:
+        """Forget scripts, records and counters; ``delay`` (counting mode only): seconds
+        before each answer from now on."""
+        params = {"delay_ms": f"{delay * 1000:g}"} if delay is not None else None
+        self._call("POST", "/_control/reset", params=params)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.process.wait_ready(self.healthy, timeout=timeout, what="answering /_control/health")
@@ -559,11 +617,13 @@ def running_fake_apns(
     team_id: str = "DEF123GHIJ",
     max_requests_per_connection: int | None = None,
     startup_timeout: float = 30.0,
+    counting: bool = False,
 ) -> Iterator[FakeApns]:
     """The fake APNs in a child process on a free port (its log in ``folder``); yields its
     client. ``topic`` is the default APNS_TOPIC; ``extra_topics`` are also accepted. With
     ``max_requests_per_connection`` it sends a GOAWAY after that many requests on one
-    connection and closes it (hypercorn's ``keep_alive_max_requests``)."""
+    connection and closes it (hypercorn's ``keep_alive_max_requests``). ``counting``: the
+    counting mode (see the module's docstring)."""
     with contextlib.ExitStack() as stack:
         if folder is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fake-apns-")))
@@ -578,6 +638,8 @@ def running_fake_apns(
             argv += ["--topic", name]
         if max_requests_per_connection is not None:
             argv += ["--max-requests-per-connection", str(max_requests_per_connection)]
+        if counting:
+            argv.append("--counting")
         process = ManagedProcess("fake-apns", argv, cwd=REPO_ROOT, log_dir=folder)
         fake = FakeApns(
             process,

@@ -27,10 +27,18 @@ may hold ``{token}`` and ``{access_token}``, to check that they never reach a re
 (every send and its answer); ``GET /_control/stats``; ``POST /_control/reset`` (issued access
 tokens stay valid). A "connection" is a distinct client address that sent a message.
 
+Counting mode (``--counting``, off by default; for benchmarks, where recording and checking
+every message would make the fake the bottleneck): a send still needs a bearer token it issued
+and the project, and a message with a plausible ``token``; then it is only counted (no
+scripts, no records or attempts, no other checks) and answered 200, after the delay set by
+``POST /_control/reset?delay_ms=N`` (0 by default). ``stats`` then also holds ``distinct``
+(device tokens), ``first`` and ``last`` (``time.monotonic()`` of the first and last accepted
+send: the system's clock, comparable across processes on one machine) and ``counting``.
+
 Run alone: ``python -m tests.fakes.fcm --port N --certfile C --keyfile K --service-account
-SA.json [--token-lifetime S] [--max-requests N]``. Tests use ``running_fake_fcm()``: it makes
-the service account, the certificates and the process, and yields a ``FakeFcm`` client with
-the settings Beacon needs (``env()``).
+SA.json [--token-lifetime S] [--max-requests N] [--counting]``. Tests use
+``running_fake_fcm()``: it makes the service account, the certificates and the process, and
+yields a ``FakeFcm`` client with the settings Beacon needs (``env()``).
 """
 
 from __future__ import annotations
@@ -215,7 +223,9 @@ class _Rule:
 class FakeFcmState:
     """Everything the fake knows; one event loop uses it (no locking needed)."""
 
-    def __init__(self, account: dict[str, Any], *, token_lifetime: int) -> None:
+    def __init__(
+        self, account: dict[str, Any], *, token_lifetime: int, counting: bool = False
+    ) -> None:
         key = serialization.load_pem_private_key(account["private_key"].encode(), None)
         assert isinstance(key, rsa.RSAPrivateKey)
         self.public_key = key.public_key()
@@ -225,6 +235,8 @@ class FakeFcmState:
         self.token_uri: str = account["token_uri"]
         self.default_lifetime = token_lifetime
         self.issued: dict[str, float] = {}  # access token -> expiry (time.time)
+        self.counting = counting
+        self.delay = 0.0  # counting mode: seconds before each answer
         self.reset()
 
     def reset(self) -> None:
@@ -239,8 +251,16 @@ class FakeFcmState:
         self.http_versions: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.tokens: set[str] = set()  # counting mode: distinct device tokens
+        self.first: float | None = None  # counting mode: time.monotonic() of the first send
+        self.last: float | None = None
 
     def stats(self) -> dict[str, Any]:
+        counting = (
+            {"counting": True, "distinct": len(self.tokens), "first": self.first, "last": self.last}
+            if self.counting
+            else {}
+        )
         return {
             "token_grants": self.counters["token_grants"],
             "token_refusals": self.counters["token_refusals"],
@@ -251,6 +271,7 @@ class FakeFcmState:
             "connections": len(self.connections),
             "http_versions": dict(self.http_versions),
             "max_in_flight": self.max_in_flight,
+            **counting,
         }
 
     @staticmethod
@@ -323,22 +344,57 @@ class FakeFcmState:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.counting:
+                return await self._count(project, auth, body)
             reply, token = await self._send(project, auth, body)
         finally:
             self.in_flight -= 1
         self.attempts.append({"token": token, "status": reply[0], "answer": json.loads(reply[2])})
         return reply
 
-    async def _send(self, project: str, auth: str, body: bytes) -> tuple[Reply, str | None]:
+    def _authorized(self, project: str, auth: str) -> tuple[Reply | None, str]:
+        """(401/403 reply or None, access token): a bearer token issued here, not expired or
+        revoked, for this project."""
         scheme, _, access = auth.partition(" ")
         expiry = self.issued.get(access) if scheme.lower() == "bearer" else None
         if expiry is None or expiry <= time.time():
             self.counters["unauthenticated"] += 1
-            return _json_reply(401, rpc_error(401)), None
+            return _json_reply(401, rpc_error(401)), access
         self.access_tokens_seen.add(access)
         if project != self.project_id:
             message = f"Permission 'cloudmessaging.messages.create' denied on project {project}"
-            return _json_reply(403, rpc_error(403, message=message)), None
+            return _json_reply(403, rpc_error(403, message=message)), access
+        return None, access
+
+    async def _count(self, project: str, auth: str, body: bytes) -> Reply:
+        """Counting mode: the bearer token and project as always, a plausible device token;
+        then counted and accepted."""
+        refusal, _ = self._authorized(project, auth)
+        if refusal is not None:
+            return refusal
+        try:
+            token = json.loads(body)["message"]["token"]
+        except (ValueError, KeyError, TypeError):
+            token = None
+        if not isinstance(token, str) or not _DEVICE_TOKEN.match(token):
+            why = "The registration token is not a valid FCM registration token"
+            code = "INVALID_ARGUMENT"
+            return _json_reply(
+                400, rpc_error(400, message=why, error_code=code, field="message.token")
+            )
+        now = time.monotonic()
+        self.first = now if self.first is None else self.first
+        self.last = now
+        self.counters["delivered"] += 1
+        self.tokens.add(token)
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
+        return _json_reply(200, {"name": f"projects/{project}/messages/{uuid.uuid4().hex}"})
+
+    async def _send(self, project: str, auth: str, body: bytes) -> tuple[Reply, str | None]:
+        refusal, access = self._authorized(project, auth)
+        if refusal is not None:
+            return refusal, None
         try:
             message = json.loads(body)["message"]
         except (ValueError, KeyError, TypeError):
@@ -411,6 +467,8 @@ class FakeFcmState:
             return 200, {"ok": True}
         if method == "POST" and name == "reset":
             self.reset()
+            if self.counting and "delay_ms" in params:
+                self.delay = max(0.0, float(params["delay_ms"]) / 1000)
             return 200, {"ok": True}
         return 404, {"error": "unknown control call"}
 
@@ -483,9 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-requests", type=int, default=1 << 30, help="per connection, then GOAWAY"
     )
+    parser.add_argument(
+        "--counting", action="store_true", help="only check the bearer token and count sends"
+    )
     args = parser.parse_args(argv)
     account = json.loads(Path(args.service_account).read_text())
-    state = FakeFcmState(account, token_lifetime=args.token_lifetime)
+    state = FakeFcmState(account, token_lifetime=args.token_lifetime, counting=args.counting)
     config = Config()
     config.bind = [f"{args.host}:{args.port}"]
     config.certfile = args.certfile
@@ -657,9 +718,11 @@ class FakeFcm:
         ``http_versions`` (``{"2": n}``), ``max_in_flight`` (concurrent sends)."""
         return dict(self._call("GET", "/_control/stats"))
 
-    def reset(self) -> None:
-        """Forget scripts, records and counters; granted access tokens stay valid."""
-        self._call("POST", "/_control/reset")
+    def reset(self, *, delay: float | None = None) -> None:
+        """Forget scripts, records and counters; granted access tokens stay valid. ``delay``
+        (counting mode only): seconds before each answer from now on."""
+        params = {"delay_ms": f"{delay * 1000:g}"} if delay is not None else None
+        self._call("POST", "/_control/reset", params=params)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.process.wait_ready(self.healthy, timeout=timeout, what="answering /_control/health")
@@ -688,10 +751,12 @@ def running_fake_fcm(
     token_lifetime: int = 3600,
     max_requests: int | None = None,
     startup_timeout: float = 30.0,
+    counting: bool = False,
 ) -> Iterator[FakeFcm]:
     """The fake FCM in a child process on a free port (its log and files in ``folder``);
     yields its client. ``token_lifetime``: seconds an access token lasts (``expires_in``);
-    ``max_requests``: requests per connection before hypercorn ends it (see ``main``)."""
+    ``max_requests``: requests per connection before hypercorn ends it (see ``main``);
+    ``counting``: the counting mode (see the module's docstring)."""
     with contextlib.ExitStack() as stack:
         if folder is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fake-fcm-")))
@@ -708,6 +773,8 @@ def running_fake_fcm(
         argv += ["--token-lifetime", str(token_lifetime)]
         if max_requests is not None:
             argv += ["--max-requests", str(max_requests)]
+        if counting:
+            argv.append("--counting")
         process = ManagedProcess("fake-fcm", argv, cwd=REPO_ROOT, log_dir=folder)
         fake = FakeFcm(
             process,
