@@ -53,6 +53,17 @@ def selected_backends(config: pytest.Config) -> list[str]:
     return chosen
 
 
+# Suites that kill and restart processes, fuzz every route and event, or drive a browser:
+# ``-m "not slow"`` runs everything else (the README's fast loop).
+SLOW_SUITES = frozenset({"e2e", "faults", "security"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name in SLOW_SUITES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", selected_backends(metafunc.config), scope="session")

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import Stack, shared_services_stack
+from tests.conftest import DEFAULT_WORKERS, Stack, shared_services_stack
 from tests.fakes.apns import FakeApns, running_fake_apns
 from tests.fakes.fcm import FakeFcm, device_token, running_fake_fcm
 from tests.harness.processes import wait_log_contains
 from tests.harness.waiting import wait_until
 from tests.push_helpers import delivered, send, subscribe
+from tests.test_webhooks import Receiver
 
 if TYPE_CHECKING:
     from tests.conftest import TestUser
@@ -44,8 +45,17 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeFcm, F
 
 
 @pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def mobile_stack(
-    backend: str, request: pytest.FixtureRequest, fakes: tuple[FakeFcm, FakeApns, str]
+    backend: str,
+    request: pytest.FixtureRequest,
+    fakes: tuple[FakeFcm, FakeApns, str],
+    receiver: Receiver,
 ) -> Iterator[Stack]:
     fcm, apns, bundle = fakes
     env = {**apns.env(), **fcm.env(bundle)}
@@ -54,6 +64,8 @@ def mobile_stack(
         backend,
         f"beacon_mobile_{backend}",
         name=f"mobile-{backend}",
+        workers={**DEFAULT_WORKERS, "webhooks": ("webhooks", "-P", "gevent", "-c", "5")},
+        WEBHOOK_ALLOWED_HOSTS=f"127.0.0.1:{receiver.port}",
         PUSH_COALESCE_WINDOW="0",
         PUSH_MAX_RETRIES="3",
         PUSH_RETRY_BASE="0.2",
@@ -208,6 +220,34 @@ def test_a_token_registered_by_another_account_moves_to_it(beacon: Stack) -> Non
     assert new["id"] != old["id"]
     assert devices_of(beacon, first) == []
     assert [d["id"] for d in devices_of(beacon, second)] == [new["id"]]
+
+
+def test_the_previous_owner_of_a_moved_token_is_reported(beacon: Stack, receiver: Receiver) -> None:
+    """Not silently: the product's backend hears ``device.removed`` for the first account."""
+    key = beacon.cli("create-api-key", f"mobile-{uuid.uuid4().hex[:8]}")
+    path = f"/hooks/{uuid.uuid4().hex}"
+    hook = beacon.api(
+        None,
+        "POST",
+        "/api/admin/webhooks",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"url": receiver.url(path), "events": ["device.removed"]},
+    )
+    assert hook.status_code == 201, hook.text
+    first, second = beacon.user("first"), beacon.user("second")
+    token = device_token()
+    old = register(beacon, first, "fcm", token)
+    register(beacon, second, "fcm", token)
+    [event] = wait_until(
+        lambda: receiver.received(path),
+        timeout=WAIT,
+        message="no device.removed for the token's previous owner",
+    )
+    assert event.event["type"] == "device.removed"
+    assert event.event["data"]["device_id"] == old["id"]
+    assert event.event["data"]["user_id"] == first.id
+    assert event.event["data"]["reason"] == "registered by another user"
+    assert token not in event.body.decode()
 
 
 # -- delivery --------------------------------------------------------------------------------

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select
 
 from webapp.delivery import channels
-from webapp.delivery.batch import unread_totals
+from webapp.delivery.batch import publish_removed, unread_totals
 from webapp.delivery.channels.base import DeviceToken, Item, Notification
 from webapp.extensions import db
 from webapp.models import PushSubscription, User
-from webapp.platform import context, events
+from webapp.platform import context
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +99,4 @@ def _remove(user_id: uuid.UUID, gone: list[Any]) -> None:
     )
     external_id = db.session.scalar(select(User.external_id).where(User.id == user_id))
     db.session.commit()
-    events.publish_many(
-        "device.removed",
-        [
-            (
-                {
-                    "user_id": str(user_id),
-                    "user_external_id": external_id,
-                    "device_id": str(device_id),
-                    "message_id": None,
-                    "topic_id": None,
-                    "status": None,
-                    "reason": "expired",
-                },
-                str(uuid.uuid5(uuid.NAMESPACE_URL, f"beacon:removed:{device_id}")),
-            )
-            for device_id in removed
-        ],
-    )
+    publish_removed([(device_id, user_id, external_id) for device_id in removed], "expired")

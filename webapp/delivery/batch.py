@@ -530,22 +530,28 @@ def prune_failing() -> int:
     rows = [row for row in rows if row[0] in deleted]
     if rows:
         log.info("pruned %d push subscriptions that kept failing", len(rows))
-        events.publish_many(
-            "device.removed",
-            [
-                (
-                    {
-                        "user_id": str(user_id),
-                        "user_external_id": external_id,
-                        "device_id": str(device_id),
-                        "message_id": None,
-                        "topic_id": None,
-                        "status": None,
-                        "reason": "failing",
-                    },
-                    _event_id(f"removed:{device_id}"),
-                )
-                for device_id, user_id, external_id in rows
-            ],
-        )
+        publish_removed([tuple(row) for row in rows], "failing")
     return len(rows)
+
+
+def publish_removed(devices: list[tuple[uuid.UUID, uuid.UUID, str | None]], reason: str) -> None:
+    """``device.removed`` for devices deleted apart from a push (``(device, user, the user's
+    external id)`` each): no message, topic or status."""
+    events.publish_many(
+        "device.removed",
+        [
+            (
+                {
+                    "user_id": str(user_id),
+                    "user_external_id": external_id,
+                    "device_id": str(device_id),
+                    "message_id": None,
+                    "topic_id": None,
+                    "status": None,
+                    "reason": reason,
+                },
+                _event_id(f"removed:{device_id}"),
+            )
+            for device_id, user_id, external_id in devices
+        ],
+    )

@@ -16,11 +16,12 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import delete, func, select
 
+from webapp.delivery.batch import publish_removed
 from webapp.delivery.channels.webpush.subscription import SubscriptionError, validate_subscription
 from webapp.errors import BeaconError, InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import PushSubscription, User, isoformat, utcnow
-from webapp.platform import context, events, rate_limit
+from webapp.platform import context, rate_limit
 from webapp.platform.dialect import insert
 from webapp.platform.validation import require_object
 
@@ -219,19 +220,8 @@ def register_device(user: User, reg: DeviceRegistration) -> tuple[dict[str, Any]
 
 def _announce_moved(device_id: uuid.UUID, owner_id: uuid.UUID) -> None:
     external_id = db.session.scalar(select(User.external_id).where(User.id == owner_id))
-    events.publish(
-        "device.removed",
-        {
-            "user_id": str(owner_id),
-            "user_external_id": external_id,
-            "device_id": str(device_id),
-            "message_id": None,
-            "topic_id": None,
-            "status": None,
-            "reason": "registered by another user",
-        },
-        event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"beacon:removed:{device_id}")),
-    )
+    db.session.rollback()
+    publish_removed([(device_id, owner_id, external_id)], "registered by another user")
 
 
 def list_for(user: User) -> list[dict[str, Any]]:
