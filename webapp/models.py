@@ -151,9 +151,6 @@ class Message(db.Model):
     topic: Mapped[Topic] = relationship()
 
 
-PUSH_CHANNELS = ("webpush", "fcm", "apns")
-
-
 class PushSubscription(db.Model):
     """A device that can be pushed to: a browser's Web Push subscription (endpoint and keys)
     or a mobile app's FCM or APNs token (``token``, ``app_id``). ``channel`` says which."""

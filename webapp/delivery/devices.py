@@ -33,7 +33,6 @@ _TOKEN_SHAPES = {
     "apns": (re.compile(r"(?:[0-9a-fA-F]{2}){32,100}"), "64 to 200 hexadecimal digits"),
 }
 _APP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
-PLATFORMS = tuple(_TOKEN_SHAPES)
 
 
 @dataclass(frozen=True)
