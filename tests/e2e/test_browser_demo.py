@@ -7,6 +7,7 @@ notification is checked; see ``test_push_subscription_and_service_worker`` for w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -188,22 +189,30 @@ def test_push_subscription_and_service_worker(e2e, new_context):
     expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
     expect(page.locator("#topic-title")).to_have_text("Choose a topic")
     cdp, registration_id = service_worker_registration_id(context, page, e2e.url + "/")
-    cdp.send(
-        "ServiceWorker.deliverPushMessage",
-        {"origin": e2e.url, "registrationId": registration_id, "data": raw},
-    )
-    shown = wait_until(
-        lambda: page.evaluate(
+
+    def notifications() -> list[dict]:
+        return page.evaluate(
             """tag => navigator.serviceWorker.ready
                 .then(r => r.getNotifications({tag}))
                 .then(ns => ns.map(n => ({
                     title: n.title, body: n.body, tag: n.tag, data: n.data,
                     renotify: n.renotify, icon: n.icon})))""",
             topic_id,
-        ),
-        timeout=10,
-        message="the service worker showed no notification",
-    )
+        )
+
+    # DevTools may drop a push it hands to a worker that is still starting (seen once on a
+    # loaded CI machine: nothing after 10 s): hand it over again then. The notification's tag
+    # makes a second one replace the first, so exactly one is asserted below either way.
+    shown: list[dict] = []
+    for _ in range(3):
+        cdp.send(
+            "ServiceWorker.deliverPushMessage",
+            {"origin": e2e.url, "registrationId": registration_id, "data": raw},
+        )
+        with contextlib.suppress(TimeoutError):
+            shown = wait_until(notifications, timeout=10, message="no notification yet")
+            break
+    assert shown, "the service worker showed no notification after 3 pushes"
     assert len(shown) == 1
     notification = shown[0]
     assert notification["title"] == payload["title"]
