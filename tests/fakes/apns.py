@@ -39,13 +39,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
-import ssl
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -54,11 +50,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.fakes import FakeService, serve_tls
 from tests.harness.certs import make_certs
 from tests.harness.ports import free_port
 from tests.harness.processes import ManagedProcess
@@ -407,9 +403,6 @@ def make_app(state: FakeApnsState) -> Callable[[Scope, Receive, Send], Awaitable
 
 # -- the process -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -435,39 +428,24 @@ def main(argv: list[str] | None = None) -> int:
     state = FakeApnsState(
         public_key, args.key_id, args.team_id, frozenset(args.topic), counting=args.counting
     )
-    config = Config()
-    config.bind = [f"{args.host}:{args.port}"]
-    config.certfile = args.certfile
-    config.keyfile = args.keyfile
-    config.alpn_protocols = ["h2", "http/1.1"]
-    config.keep_alive_timeout = 600  # Apple keeps idle connections for a long time
-    config.keep_alive_max_requests = args.max_requests_per_connection
-    config.graceful_timeout = 1
-    config.accesslog = None
-    config.errorlog = "-"
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def begin_stop() -> None:
-            # Idle connections get a GOAWAY; then asyncio would wait up to 30 s per TLS
-            # connection for a close_notify that an idle client never sends: exit instead.
-            stop.set()
-            loop.call_later(config.graceful_timeout + 0.5, os._exit, 0)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, begin_stop)
-        print(f"fake APNs listening on https://{args.host}:{args.port}", flush=True)
-        await serve(make_app(state), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
-    asyncio.run(run())
+    serve_tls(
+        make_app(state),
+        name="fake APNs",
+        host=args.host,
+        port=args.port,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        max_requests=args.max_requests_per_connection,
+        graceful_timeout=1,
+    )
     return 0
 
 
 # -- the test helper -------------------------------------------------------------------------
-class FakeApns:
+class FakeApns(FakeService):
     """A running fake APNs and its control client (thread-safe: httpx)."""
+
+    label = "fake APNs"
 
     def __init__(
         self,
@@ -480,22 +458,12 @@ class FakeApns:
         topic: str,
         ca_file: Path,
     ) -> None:
-        self.process = process
-        self.port = port
+        super().__init__(process, port=port, ca_file=str(ca_file))
         self.host = f"127.0.0.1:{port}"  # APNS_HOST
         self.key_file = str(key_file)
         self.key_id = key_id
         self.team_id = team_id
         self.topic = topic
-        self.ca_file = str(ca_file)
-        self._http = httpx.Client(
-            http2=True,
-            verify=ssl.create_default_context(cafile=self.ca_file),
-            base_url=f"https://{self.host}",
-            timeout=10.0,
-            trust_env=False,
-        )
-        self._lock = threading.Lock()
 
     def env(self) -> dict[str, str]:
         """What a Beacon process needs to push here: APNS_* and the CA to trust."""
@@ -509,15 +477,6 @@ class FakeApns:
             "CURL_CA_BUNDLE": self.ca_file,
             "SSL_CERT_FILE": self.ca_file,
         }
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise RuntimeError(f"fake APNs {method} {path}: {response.status_code} {response.text}")
-        return response.json()
-
-    def healthy(self) -> bool:
-        return bool(self._call("GET", "/_control/health").get("ok"))
 
     def script(
         self,
@@ -567,24 +526,6 @@ class FakeApns:
         before each answer from now on."""
         params = {"delay_ms": f"{delay * 1000:g}"} if delay is not None else None
         self._call("POST", "/_control/reset", params=params)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        self.process.wait_ready(self.healthy, timeout=timeout, what="answering /_control/health")
-
-    def restart(self, *, crash: bool = False) -> None:
-        """Stop (SIGTERM: hypercorn closes its connections; ``crash``: SIGKILL, connections
-        drop) and start again on the same port, with the same keys; its records start empty."""
-        with self._lock:
-            if crash:
-                self.process.kill()
-            else:
-                self.process.stop()
-            self.process.start()
-            self.wait_ready()
-
-    def close(self) -> None:
-        self._http.close()
-        self.process.stop()
 
 
 def _write_key(folder: Path) -> tuple[Path, Path]:

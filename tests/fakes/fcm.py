@@ -49,11 +49,8 @@ import contextlib
 import json
 import re
 import secrets
-import signal
-import ssl
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -62,11 +59,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.fakes import FakeService, serve_tls
 from tests.harness.certs import make_certs
 from tests.harness.ports import free_port
 from tests.harness.processes import ManagedProcess
@@ -528,9 +525,6 @@ def make_app(state: FakeFcmState) -> Callable[[Scope, Receive, Send], Awaitable[
 
 # -- the process -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -547,29 +541,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     account = json.loads(Path(args.service_account).read_text())
     state = FakeFcmState(account, token_lifetime=args.token_lifetime, counting=args.counting)
-    config = Config()
-    config.bind = [f"{args.host}:{args.port}"]
-    config.certfile = args.certfile
-    config.keyfile = args.keyfile
-    config.alpn_protocols = ["h2", "http/1.1"]
-    config.keep_alive_timeout = 600  # Google keeps idle connections open for minutes
-    # hypercorn ends a connection after this many requests with a GOAWAY, and then abandons
-    # the streams still in flight (its h2 state is closed) and answers the next frames with
-    # GOAWAY PROTOCOL_ERROR: not what FCM does, so only when a test asks for it.
-    config.keep_alive_max_requests = args.max_requests
-    config.graceful_timeout = 2
-    config.accesslog = None
-    config.errorlog = "-"
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(f"fake FCM listening on https://{args.host}:{args.port}", flush=True)
-        await serve(make_app(state), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
-    asyncio.run(run())
+    # hypercorn ends a connection after --max-requests requests with a GOAWAY, and then
+    # abandons the streams still in flight (its h2 state is closed) and answers the next
+    # frames with GOAWAY PROTOCOL_ERROR: not what FCM does, so only when a test asks for it.
+    serve_tls(
+        make_app(state),
+        name="fake FCM",
+        host=args.host,
+        port=args.port,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        max_requests=args.max_requests,
+        graceful_timeout=2,
+    )
     return 0
 
 
@@ -604,8 +588,10 @@ def write_service_account(
     return account
 
 
-class FakeFcm:
+class FakeFcm(FakeService):
     """A running fake FCM and its control client (thread-safe: httpx)."""
+
+    label = "fake FCM"
 
     def __init__(
         self,
@@ -616,23 +602,13 @@ class FakeFcm:
         account: dict[str, Any],
         ca_file: Path,
     ) -> None:
-        self.process = process
-        self.port = port
+        super().__init__(process, port=port, ca_file=str(ca_file))
         self.endpoint = f"https://127.0.0.1:{port}"  # FCM_ENDPOINT
         self.token_uri: str = account["token_uri"]
         self.service_account_file = str(service_account_file)
         self.project_id: str = account["project_id"]
         self.client_email: str = account["client_email"]
         self.private_key_id: str = account["private_key_id"]
-        self.ca_file = str(ca_file)
-        self._http = httpx.Client(
-            http2=True,
-            verify=ssl.create_default_context(cafile=self.ca_file),
-            base_url=self.endpoint,
-            timeout=10.0,
-            trust_env=False,
-        )
-        self._lock = threading.Lock()
 
     def env(self, ca_bundle: str | None = None) -> dict[str, str]:
         """What a Beacon process needs to push here: FCM_* and the CA to trust (``ca_bundle``:
@@ -646,15 +622,6 @@ class FakeFcm:
             "CURL_CA_BUNDLE": bundle,
             "SSL_CERT_FILE": bundle,
         }
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise RuntimeError(f"fake FCM {method} {path}: {response.status_code} {response.text}")
-        return response.json()
-
-    def healthy(self) -> bool:
-        return bool(self._call("GET", "/_control/health").get("ok"))
 
     def script(
         self,
@@ -723,24 +690,6 @@ class FakeFcm:
         (counting mode only): seconds before each answer from now on."""
         params = {"delay_ms": f"{delay * 1000:g}"} if delay is not None else None
         self._call("POST", "/_control/reset", params=params)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        self.process.wait_ready(self.healthy, timeout=timeout, what="answering /_control/health")
-
-    def restart(self, *, crash: bool = False) -> None:
-        """Stop (``crash``: SIGKILL) and start again on the same port with the same account;
-        it starts with no access tokens granted (every cached one gets 401)."""
-        with self._lock:
-            if crash:
-                self.process.kill()
-            else:
-                self.process.stop()
-            self.process.start()
-            self.wait_ready()
-
-    def close(self) -> None:
-        self._http.close()
-        self.process.stop()
 
 
 @contextlib.contextmanager
