@@ -42,6 +42,7 @@ imports = (
     "workers.tasks.presence",
     "workers.tasks.push",
     "workers.tasks.webhooks",
+    "workers.tasks.email",
 )
 task_default_queue = "unread"
 task_routes = {
@@ -50,6 +51,8 @@ task_routes = {
     "beacon.push.*": {"queue": "push"},
     # A webhook receiver that hangs holds a slot of this queue's workers only.
     "beacon.webhooks.*": {"queue": "webhooks"},
+    # A slow SMTP server holds a slot of this queue's workers only.
+    "beacon.email.*": {"queue": "email"},
 }
 
 beat_schedule = {
@@ -63,6 +66,11 @@ beat_schedule = {
         "task": "beacon.unread.prune_markers",
         "schedule": 3600.0,
         "options": {"expires": 3600.0},
+    },
+    "email-digests": {
+        "task": "beacon.email.sweep",
+        "schedule": _settings.email_sweep_interval,
+        "options": {"expires": _settings.email_sweep_interval},
     },
     "reconcile-lost-work": {
         "task": "beacon.unread.reconcile",

@@ -161,6 +161,36 @@ class Settings:
     presence_heartbeat_interval: float = 10.0
     presence_heartbeat_ttl: int = 30
     presence_sweep_interval: float = 15.0
+    # A connection that reports nothing (set_presence, a message, a read) for this many
+    # seconds counts as idle; a user whose connections are all idle is pushed to as if offline
+    # (unless PUSH_WHEN_IDLE is off, or their push_when_idle preference is).
+    presence_idle_after: float = 300.0
+    push_when_idle: bool = True
+
+    # Missed-message email (off without SMTP_HOST and EMAIL_FROM). EMAIL_DELAY: seconds a
+    # missed message waits for its digest, for users who did not choose (their email_delay);
+    # beat looks for due digests every EMAIL_SWEEP_INTERVAL s; an address refused (5xx at
+    # RCPT) EMAIL_BOUNCE_LIMIT times in a row is marked failing and not written to again.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: float = 30.0
+    email_from: str | None = None
+    # The key that signs the one-click unsubscribe links (scripts/generate_secrets.py writes
+    # one to .env); without it email stays off.
+    email_link_secret: str | None = None
+    email_delay: int = 600
+    # Links in digests: to a topic ({topic_id}, {room_id}, {topic_external_id} are filled in)
+    # and to the user's settings; default: the demo page at APP_BASE_URL.
+    email_topic_url: str | None = None
+    email_preferences_url: str | None = None
+    email_sweep_interval: float = 10.0
+    email_bounce_limit: int = 3
+    # Development only (with DEV_LOGIN): the Maildir a local SMTP sink writes (run.sh), read by
+    # the demo page's "Emails" panel.
+    dev_mailbox: str | None = None
 
     # Per-user (and per-IP for connection attempts) rate limits; None disables one.
     rate_limit_send_message: RateLimit | None = RateLimit(30, 10.0)
@@ -171,6 +201,8 @@ class Settings:
     rate_limit_join_topic: RateLimit | None = RateLimit(60, 10.0)
     rate_limit_leave_topic: RateLimit | None = RateLimit(60, 10.0)
     rate_limit_mark_as_read: RateLimit | None = RateLimit(60, 10.0)
+    # set_presence: a page reports on changes (hidden, shown, quiet) and refreshes once a minute.
+    rate_limit_set_presence: RateLimit | None = RateLimit(30, 10.0)
     # Open connections per user, counted in Redis across web processes (0: no cap).
     max_connections_per_user: int = 20
     # Web process, per Engine.IO session with no authenticated Socket.IO connection: seconds
@@ -259,6 +291,10 @@ class Settings:
         return max(DEFAULT_PROCESSED_EVENTS_DAYS * 86400, self.processed_events_minimum)
 
     @property
+    def email_enabled(self) -> bool:
+        return bool(self.smtp_host and self.email_from and self.email_link_secret)
+
+    @property
     def webpush_enabled(self) -> bool:
         return bool(self.vapid_private_key and self.vapid_public_key)
 
@@ -286,6 +322,12 @@ class Settings:
     def push_enabled(self) -> bool:
         """Some channel can push: the pipeline (fan-out, coalescing, history) runs."""
         return bool(self.push_channels)
+
+    @property
+    def fanout_enabled(self) -> bool:
+        """Some channel (a push channel, or email) can reach away members: messages are
+        planned (``beacon.push.fan_out``)."""
+        return self.push_enabled or self.email_enabled
 
     @property
     def apns_origin(self) -> str:
@@ -374,6 +416,22 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         presence_sweep_interval=_float(
             env, "PRESENCE_SWEEP_INTERVAL", defaults.presence_sweep_interval
         ),
+        presence_idle_after=_float(env, "PRESENCE_IDLE_AFTER", defaults.presence_idle_after),
+        push_when_idle=_bool(env.get("PUSH_WHEN_IDLE"), defaults.push_when_idle),
+        smtp_host=env.get("SMTP_HOST") or None,
+        smtp_port=_int(env, "SMTP_PORT", defaults.smtp_port),
+        smtp_username=env.get("SMTP_USERNAME") or None,
+        smtp_password=env.get("SMTP_PASSWORD") or None,
+        smtp_starttls=_bool(env.get("SMTP_STARTTLS"), defaults.smtp_starttls),
+        smtp_timeout=_float(env, "SMTP_TIMEOUT", defaults.smtp_timeout),
+        email_from=env.get("EMAIL_FROM") or None,
+        email_link_secret=env.get("EMAIL_LINK_SECRET") or None,
+        email_delay=_int(env, "EMAIL_DELAY", defaults.email_delay),
+        email_topic_url=env.get("EMAIL_TOPIC_URL") or None,
+        email_preferences_url=env.get("EMAIL_PREFERENCES_URL") or None,
+        email_sweep_interval=_float(env, "EMAIL_SWEEP_INTERVAL", defaults.email_sweep_interval),
+        email_bounce_limit=_int(env, "EMAIL_BOUNCE_LIMIT", defaults.email_bounce_limit),
+        dev_mailbox=env.get("DEV_MAILBOX") or None,
         rate_limit_send_message=_rate(
             env, "RATE_LIMIT_SEND_MESSAGE", defaults.rate_limit_send_message
         ),
@@ -388,6 +446,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         rate_limit_mark_as_read=_rate(
             env, "RATE_LIMIT_MARK_AS_READ", defaults.rate_limit_mark_as_read
+        ),
+        rate_limit_set_presence=_rate(
+            env, "RATE_LIMIT_SET_PRESENCE", defaults.rate_limit_set_presence
         ),
         rate_limit_admin=_rate(env, "RATE_LIMIT_ADMIN", defaults.rate_limit_admin),
         webhook_allowed_hosts=_list(env.get("WEBHOOK_ALLOWED_HOSTS")),
@@ -462,6 +523,12 @@ def _check_dev_login(s: Settings) -> None:
 
 def _check_task_timing(s: Settings) -> None:
     """A visibility timeout shorter than a deliberate hold would run tasks twice."""
+    if s.presence_idle_after <= 0:
+        raise ValueError("PRESENCE_IDLE_AFTER must be a positive number of seconds")
+    if not (0 <= s.email_delay <= 7 * 86400) or s.email_bounce_limit < 1:
+        raise ValueError("EMAIL_DELAY must be 0 to 604800 seconds, EMAIL_BOUNCE_LIMIT at least 1")
+    if not (0 < s.smtp_timeout <= 600) or s.email_sweep_interval <= 0:
+        raise ValueError("SMTP_TIMEOUT must be 0 to 600 seconds, EMAIL_SWEEP_INTERVAL positive")
     if not (0 < s.push_request_timeout <= 600):
         raise ValueError("PUSH_REQUEST_TIMEOUT must be between 0 and 600 seconds")
     if not (1 <= s.push_batch_size <= 1000) or not (1 <= s.push_send_concurrency <= 1000):

@@ -77,7 +77,7 @@ _beacon_bootstrap() (
     }
     if [ -f scripts/generate_secrets.py ]; then
         if ! have_secret JWT_SECRET || ! have_secret VAPID_PRIVATE_KEY \
-            || ! have_secret VAPID_PUBLIC_KEY; then
+            || ! have_secret VAPID_PUBLIC_KEY || ! have_secret EMAIL_LINK_SECRET; then
             say "generating missing secrets into .env"
             .venv/bin/python scripts/generate_secrets.py >/dev/null
         fi

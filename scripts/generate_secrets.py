@@ -1,6 +1,6 @@
 """Create the secrets Beacon needs in the untracked ``.env`` (never overwriting existing ones).
 
-Writes JWT_SECRET (HS256) and a VAPID key pair (VAPID_PRIVATE_KEY / VAPID_PUBLIC_KEY) when
+Writes JWT_SECRET (HS256), EMAIL_LINK_SECRET (signs email unsubscribe links) and a VAPID key pair (VAPID_PRIVATE_KEY / VAPID_PUBLIC_KEY) when
 missing, and prints the VAPID public key: the ``applicationServerKey`` browsers subscribe with.
 ``--rotate-vapid`` replaces the VAPID pair (existing browser subscriptions then stop working).
 """
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if not known("JWT_SECRET"):
         set_key(str(env_file), "JWT_SECRET", secrets.token_urlsafe(48), quote_mode="never")
         print(f"wrote JWT_SECRET to {env_file}", file=sys.stderr)
+    if not known("EMAIL_LINK_SECRET"):
+        set_key(str(env_file), "EMAIL_LINK_SECRET", secrets.token_urlsafe(48), quote_mode="never")
+        print(f"wrote EMAIL_LINK_SECRET to {env_file}", file=sys.stderr)
     if args.rotate_vapid or not (known("VAPID_PRIVATE_KEY") and known("VAPID_PUBLIC_KEY")):
         private_key, public_key = generate_vapid_keypair()
         set_key(str(env_file), "VAPID_PRIVATE_KEY", private_key, quote_mode="never")

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The README's "run the whole service" command, for a laptop or a single box:
 #   Redis (private, unless one already answers on REDIS_URL), database migrations, then
-#   web (Flask-SocketIO on gevent), the `unread` worker, the `push` and `webhooks` workers
-#   (gevent pools) and exactly one beat — each line of output prefixed with the process name.
+#   web (Flask-SocketIO on gevent), the `unread` worker, the `push`, `webhooks` and `email`
+#   workers (gevent pools), exactly one beat, and a local SMTP sink for the demo's emails
+#   unless SMTP_HOST is set — each line of output prefixed with the process name.
 # Ctrl-C (SIGINT) or SIGTERM stops everything cleanly; if any process dies, the others are
 # stopped and the script exits non-zero. Runtime files (logs, Redis dir, beat schedule) go
 # under run/ (gitignored). Settings come from the environment and .env via config/ (the one
 # loader); DATABASE_URL unset means its SQLite default.
 #
-# Environment: REDIS_PORT (port for the private Redis; default: the port in REDIS_URL, else
-# 6379), STOP_TIMEOUT (seconds to wait for a graceful stop, default 30), READY_TIMEOUT
+# Environment: DEV_SMTP_PORT (the demo's SMTP sink, default 8025), REDIS_PORT (port for the
+# private Redis; default: the port in REDIS_URL, else 6379), STOP_TIMEOUT (seconds to wait for a graceful stop, default 30), READY_TIMEOUT
 # (seconds to wait for the web tier, default 90), DEV_LOGIN (default 1 here: the demo page at
 # / lets you pick a user; set DEV_LOGIN=0 for anything but a local demo), SEED_DEMO (default 1:
 # create demo users alice, bob, carol, dave and three topics when they are absent), and
@@ -73,6 +74,9 @@ values = {
     "CFG_DB_DISPLAY": db_display,
     # The local demo page needs a development login; the environment or .env can turn it off.
     "CFG_DEV_LOGIN": os.environ.get("DEV_LOGIN") or "1",
+    "CFG_SMTP_HOST": s.smtp_host or "",
+    "CFG_EMAIL_FROM": s.email_from or "Beacon demo <beacon@localhost>",
+    "CFG_EMAIL_DELAY": os.environ.get("EMAIL_DELAY") or "30",
 }
 for key, value in values.items():
     print(f"{key}={shlex.quote(value)}")
@@ -224,6 +228,18 @@ else
     say "Redis is up at $REDIS_URL"
 fi
 
+# -- email: a local SMTP sink for the demo when no SMTP server is configured -------------------
+if [ -z "$CFG_SMTP_HOST" ]; then
+    sink_port="${DEV_SMTP_PORT:-8025}"
+    mkdir -p "$RUN_DIR/mail"
+    start_service mail .venv/bin/python -m aiosmtpd -n -l "127.0.0.1:$sink_port" \
+        -c aiosmtpd.handlers.Mailbox "$RUN_DIR/mail"
+    export SMTP_HOST=127.0.0.1 SMTP_PORT="$sink_port" DEV_MAILBOX="$RUN_DIR/mail"
+    export EMAIL_FROM="$CFG_EMAIL_FROM" EMAIL_DELAY="$CFG_EMAIL_DELAY"
+    say "email: no SMTP_HOST, so a local sink on 127.0.0.1:$sink_port keeps what Beacon sends" \
+        "in run/mail (the page's Emails button); digests ${EMAIL_DELAY}s after a missed message"
+fi
+
 # -- database ---------------------------------------------------------------------------------
 say "database: $CFG_DB_DISPLAY"
 say "applying migrations (flask db upgrade)"
@@ -242,8 +258,8 @@ if [ "$SEED_DEMO" = 1 ]; then
         say "seeding demo users and topics (SEED_DEMO=0 skips this)"
         for spec in "alice:Alice Martin" "bob:Bob Chen" "carol:Carol Diaz" "dave:Dave Okafor"; do
             # create-user exits 1 when the user exists: that is fine here.
-            beacon_cli create-user "${spec%%:*}" --display-name "${spec#*:}" >/dev/null 2>&1 ||
-                true
+            beacon_cli create-user "${spec%%:*}" --display-name "${spec#*:}" \
+                --email "${spec%%:*}@example.test" >/dev/null 2>&1 || true
         done
         everyone=(--member alice --member bob --member carol --member dave)
         beacon_cli create-topic general announcements "${everyone[@]}" >/dev/null ||
@@ -262,6 +278,8 @@ start_service push .venv/bin/celery -A workers worker -Q push -P gevent -c 100 -
     --loglevel INFO
 start_service webhooks .venv/bin/celery -A workers worker -Q webhooks -P gevent -c 50 \
     -n "webhooks@%h" --loglevel INFO
+start_service email .venv/bin/celery -A workers worker -Q email -P gevent -c 20 -n "email@%h" \
+    --loglevel INFO
 start_service beat .venv/bin/celery -A workers beat --loglevel INFO \
     --schedule "$RUN_DIR/celerybeat-schedule"
 if [ -n "${FLOWER_BASIC_AUTH:-}" ] || grep -q '^FLOWER_BASIC_AUTH=.' .env 2>/dev/null; then

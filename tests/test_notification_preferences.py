@@ -47,6 +47,16 @@ def test_defaults_and_changes_are_the_callers_own(beacon):
         "snooze_until": None,
         "dnd_allow_mentions": False,
         "dnd_active": False,
+        "push_when_idle": True,
+        "email_level": "mentions",
+        "email_delay": None,
+        "email": {
+            "address": None,
+            "enabled": False,
+            "failing": False,
+            "failing_since": None,
+            "delay_default": 600,
+        },
         "rooms": [],
         "topics": [],
     }
@@ -74,9 +84,9 @@ def test_defaults_and_changes_are_the_callers_own(beacon):
     assert _put(beacon, alice, f"topics/{topic.topic_id}", "all")["level"] == "all"  # upsert
     prefs = beacon.api(alice, "GET", PREFS).json()
     assert prefs["topics"] == [
-        {"topic_id": topic.topic_id, "room_id": topic.room_id, "level": "all"}
+        {"topic_id": topic.topic_id, "room_id": topic.room_id, "level": "all", "email_level": None}
     ]
-    assert prefs["rooms"] == [{"room_id": topic.room_id, "level": "all"}]
+    assert prefs["rooms"] == [{"room_id": topic.room_id, "level": "all", "email_level": None}]
 
     # Partial updates keep the rest; null turns quiet hours and the snooze off.
     after = _patch(beacon, alice, {"quiet_hours": None, "snooze_until": None})
@@ -118,6 +128,13 @@ def test_bad_preferences_are_refused_with_a_reason(beacon):
         ({"snooze_minutes": True}, "invalid_snooze"),
         ({"snooze_minutes": 5, "snooze_until": None}, "invalid_snooze"),
         ({"dnd_allow_mentions": "yes"}, "invalid_dnd_allow_mentions"),
+        ({"push_when_idle": 1}, "invalid_push_when_idle"),
+        ({"email_level": "daily"}, "invalid_email_level"),
+        ({"email_level": None}, "invalid_email_level"),
+        ({"email_delay": -1}, "invalid_email_delay"),
+        ({"email_delay": 86401}, "invalid_email_delay"),
+        ({"email_delay": "600"}, "invalid_email_delay"),
+        ({"email_delay": 1.5}, "invalid_email_delay"),
         ([], "invalid_payload"),
     ]
     for body, code in cases:
@@ -149,6 +166,33 @@ def test_levels_only_for_topics_and_rooms_the_caller_is_in(beacon):
     assert beacon.api(alice, "GET", PREFS).json()["topics"][0]["level"] == "none"
     bad_level = _put(beacon, alice, f"topics/{topic.topic_id}", "sometimes", status=400)
     assert bad_level["error"] == "invalid_level"
+
+
+def test_email_levels_of_topics_are_set_and_cleared_apart_from_push_levels(beacon):
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    path = f"{PREFS}/topics/{topic.topic_id}"
+
+    def put(body: dict, status: int = 200) -> dict:
+        response = beacon.api(alice, "PUT", path, json=body)
+        assert response.status_code == status, response.text
+        return response.json()
+
+    assert put({"email_level": "all"})["level"] is None
+    assert put({"level": "none"}) == {
+        "topic_id": topic.topic_id,
+        "room_id": topic.room_id,
+        "level": "none",
+        "email_level": "all",
+    }
+    assert put({"email_level": None})["level"] == "none"
+    assert beacon.api(alice, "GET", PREFS).json()["topics"][0]["email_level"] is None
+    # Neither level left: the override is gone.
+    assert put({"level": None})["email_level"] is None
+    assert beacon.api(alice, "GET", PREFS).json()["topics"] == []
+    assert put({}, 400)["error"] == "invalid_level"
+    assert put({"email_level": "daily"}, 400)["error"] == "invalid_email_level"
+    assert put({"level": "all", "volume": 1}, 400)["error"] == "unknown_field"
 
 
 # -- levels in the fan-out -----------------------------------------------------------------------

@@ -42,6 +42,22 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
         cursor.close()
 
 
+def _check_email(settings: Settings) -> None:
+    """One warning when missed-message email cannot work, naming what is missing."""
+    if settings.email_enabled:
+        return
+    missing = [
+        name
+        for name, value in (
+            ("SMTP_HOST", settings.smtp_host),
+            ("EMAIL_FROM", settings.email_from),
+            ("EMAIL_LINK_SECRET", settings.email_link_secret),
+        )
+        if not value
+    ]
+    log.warning("missed-message email is off: %s not set (docs/EMAIL.md)", ", ".join(missing))
+
+
 def _check_push_keys(settings: Settings) -> None:
     """One clear warning per push channel that cannot work; everything else runs regardless."""
     for name, on, needs in (
@@ -163,4 +179,5 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
         if not settings.jwt_verify_key:
             log.warning("no JWT key configured: every connection and API call will be refused")
         _check_push_keys(settings)
+        _check_email(settings)
     return app

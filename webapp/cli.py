@@ -12,11 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from webapp.admin import keys
+from webapp.admin.provisioning import set_email
 from webapp.auth import issue_token
 from webapp.errors import BeaconError
 from webapp.extensions import db
 from webapp.messaging.topics import create_topic
 from webapp.models import User
+from webapp.platform.validation import parse_email
 
 beacon = AppGroup("beacon", help="Beacon administration.")
 
@@ -25,14 +27,22 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+def _email(value: str | None) -> str | None:
+    try:
+        return parse_email(value)
+    except BeaconError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
 @beacon.command("create-user")
 @click.argument("username")
 @click.option("--display-name", default=None, help="Name shown to other users.")
-def create_user(username: str, display_name: str | None) -> None:
+@click.option("--email", default=None, help="Where missed-message digests go.")
+def create_user(username: str, display_name: str | None, email: str | None) -> None:
     """Create a user and print its id."""
     if not 1 <= len(username) <= 64 or any(c.isspace() for c in username):
         _fail("username must be 1-64 characters without spaces")
-    user = User(username=username, display_name=display_name)
+    user = User(username=username, display_name=display_name, email=_email(email))
     db.session.add(user)
     try:
         db.session.commit()
@@ -56,16 +66,32 @@ def create_topic_cmd(channel: str, topic: str, members: tuple[str, ...]) -> None
     click.echo(f"{ch.id} {tp.id}")
 
 
-@beacon.command("token")
+@beacon.command("set-email")
 @click.argument("username")
-@click.option("--ttl", type=click.IntRange(min=1), default=None, help="Lifetime in seconds.")
-def token(username: str, ttl: int | None) -> None:
-    """Print a signed JWT for the user."""
+@click.argument("address", required=False)
+def set_email_cmd(username: str, address: str | None) -> None:
+    """Set (or, without ADDRESS, remove) the user's email address; print it."""
+    user = _user(username)
+    set_email(user, _email(address))
+    db.session.commit()
+    click.echo(user.email or "-")
+
+
+def _user(username: str) -> User:
     user = db.session.execute(
         select(User).where(User.username == username, User.deleted_at.is_(None))
     ).scalar_one_or_none()
     if user is None:
         _fail(f"no user named {username!r}")
+    return user
+
+
+@beacon.command("token")
+@click.argument("username")
+@click.option("--ttl", type=click.IntRange(min=1), default=None, help="Lifetime in seconds.")
+def token(username: str, ttl: int | None) -> None:
+    """Print a signed JWT for the user."""
+    user = _user(username)
     click.echo(issue_token(current_app.extensions["beacon_settings"], user.id, ttl))
 
 

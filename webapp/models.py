@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     false,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -44,7 +45,10 @@ def isoformat(value: datetime | None) -> str | None:
 class User(db.Model):
     __tablename__ = "users"
     # Unique indexes rather than constraints: SQLite adds them without rebuilding the table.
-    __table_args__ = (Index("uq_users_external_id", "external_id", unique=True),)
+    __table_args__ = (
+        Index("uq_users_external_id", "external_id", unique=True),
+        CheckConstraint("presence_status IN ('active', 'idle', 'offline')", name="presence_status"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     username: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
@@ -58,6 +62,17 @@ class User(db.Model):
     is_online: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
+    # ``active`` (some connection is in use), ``idle`` (every connection idle), ``offline``;
+    # stored with ``is_online`` under the same compare-and-set (presence.user_status).
+    presence_status: Mapped[str] = mapped_column(
+        String(8), nullable=False, default="offline", server_default="offline"
+    )
+    # Missed-message email: hard bounces (5xx at RCPT) in a row, and when they reached
+    # EMAIL_BOUNCE_LIMIT (no more email until the address changes).
+    email_bounces: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    email_failing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
@@ -203,17 +218,22 @@ class ProcessedEvent(db.Model):
     )
 
 
-# Push levels, most to least: every message, only @mentions, nothing.
+# Push and email levels, most to least: every message, only @mentions, nothing.
 NOTIFY_LEVELS = ("all", "mentions", "none")
-_LEVEL_CHECK = "level IN ({})".format(", ".join(f"'{level}'" for level in NOTIFY_LEVELS))
+_LEVELS = ", ".join(f"'{level}'" for level in NOTIFY_LEVELS)
+_LEVEL_CHECK = f"level IN ({_LEVELS})"
+_EMAIL_LEVEL_CHECK = f"email_level IN ({_LEVELS})"
 
 
 class NotificationSettings(db.Model):
-    """A user's push defaults and do-not-disturb; no row means the defaults (all, no DND)."""
+    """A user's push and email defaults and do-not-disturb; no row means the defaults (push
+    all, email mentions after EMAIL_DELAY, push when idle, no DND)."""
 
     __tablename__ = "notification_settings"
     __table_args__ = (
         CheckConstraint(_LEVEL_CHECK, name="level"),
+        CheckConstraint(_EMAIL_LEVEL_CHECK, name="email_level"),
+        CheckConstraint("email_delay >= 0", name="email_delay"),
         CheckConstraint("(quiet_start IS NULL) = (quiet_end IS NULL)", name="quiet_hours_complete"),
     )
 
@@ -234,17 +254,30 @@ class NotificationSettings(db.Model):
     dnd_allow_mentions: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
+    # Push to this user's devices while every connection of theirs is idle (PUSH_WHEN_IDLE
+    # can turn it off for everyone).
+    push_when_idle: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=True, server_default=true()
+    )
+    email_level: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="mentions", server_default="mentions"
+    )
+    # Seconds a missed message waits before it is emailed; None: EMAIL_DELAY.
+    email_delay: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
     )
 
 
 class NotificationOverride(db.Model):
-    """A user's push level for one channel or one topic (a topic's beats its channel's)."""
+    """A user's push and/or email level for one channel or one topic (a topic's beats its
+    channel's; None: not overridden here)."""
 
     __tablename__ = "notification_overrides"
     __table_args__ = (
         CheckConstraint(_LEVEL_CHECK, name="level"),
+        CheckConstraint(_EMAIL_LEVEL_CHECK, name="email_level"),
+        CheckConstraint("level IS NOT NULL OR email_level IS NOT NULL", name="some_level"),
         CheckConstraint("(channel_id IS NULL) <> (topic_id IS NULL)", name="one_scope"),
         UniqueConstraint(
             "user_id", "channel_id", name="uq_notification_overrides_user_id_channel_id"
@@ -260,7 +293,8 @@ class NotificationOverride(db.Model):
         ForeignKey("channels.id", ondelete="CASCADE")
     )
     topic_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"))
-    level: Mapped[str] = mapped_column(String(16), nullable=False)
+    level: Mapped[str | None] = mapped_column(String(16))
+    email_level: Mapped[str | None] = mapped_column(String(16))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
     )
@@ -367,3 +401,68 @@ class PublishedMessage(db.Model):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
+
+
+class PendingEmail(db.Model):
+    """A message a member missed (offline or idle when it came), waiting for their digest.
+
+    Written by the ``email`` worker for each away member whose email level allows the message
+    (at most once: the primary key); the digest takes every row of the user once the oldest
+    one's ``due_at`` passed, and drops the messages read meanwhile.
+    """
+
+    __tablename__ = "pending_emails"
+    __table_args__ = (Index("ix_pending_emails_due_at", "due_at"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    message_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    topic_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("topics.id", ondelete="CASCADE"), nullable=False
+    )
+    mentioned: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # Set when the sweep enqueued the user's digest (not picked again unless it is stale).
+    scheduled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+EMAIL_DIGEST_STATES = ("sending", "sent", "bounced", "failed", "dropped")
+
+
+class EmailDigest(db.Model):
+    """One digest email: built (its pending rows deleted in the same transaction), then sent.
+
+    ``sending`` until the SMTP server accepted it; a retry or a redelivered task sends the
+    same digest again (same Message-ID), never a second one. ``lease_until`` keeps two
+    workers from sending it at once.
+    """
+
+    __tablename__ = "email_digests"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ({})".format(", ".join(f"'{s}'" for s in EMAIL_DIGEST_STATES)),
+            name="state",
+        ),
+        Index("ix_email_digests_user_id_created_at", "user_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    # Space-separated message ids, oldest first.
+    message_ids: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="sending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -27,9 +27,11 @@ from webapp.extensions import db
 from webapp.messaging.topics import member_ids, topic_row
 from webapp.models import (
     Channel,
+    EmailDigest,
     Message,
     NotificationOverride,
     NotificationSettings,
+    PendingEmail,
     PushRecord,
     PushSubscription,
     Topic,
@@ -76,7 +78,9 @@ def user_payload(user: User) -> dict[str, Any]:
         "username": user.username,
         "display_name": user.display_name,
         "email": user.email,
+        "email_failing": user.email_failing_at is not None,
         "is_online": user.is_online,
+        "status": user.presence_status,
         "last_seen_at": isoformat(user.last_seen_at),
         "created_at": isoformat(user.created_at),
     }
@@ -97,7 +101,7 @@ def put_user(
         db.session.add(user)
     user.username = username
     user.display_name = display_name
-    user.email = email
+    set_email(user, email)
     try:
         db.session.commit()
     except IntegrityError:
@@ -115,6 +119,14 @@ def put_user(
     return user, created
 
 
+def set_email(user: User, email: str | None) -> None:
+    """A new address starts with a clean record (bounces counted for the old one are not its)."""
+    if email != user.email:
+        user.email = email
+        user.email_bounces = 0
+        user.email_failing_at = None
+
+
 def delete_user(external_id: str) -> None:
     """Erase the user: connections closed, memberships, devices, preferences, push history and
     unread state deleted, personal data cleared. The row stays (their messages keep a
@@ -123,7 +135,14 @@ def delete_user(external_id: str) -> None:
     uid = user.id
     # Read before the commit, so that with Redis away nothing changes (503, and a retry).
     sids = presence().sids_of(str(uid))
-    for model in (TopicMember, PushSubscription, NotificationSettings, NotificationOverride):
+    for model in (
+        TopicMember,
+        PushSubscription,
+        NotificationSettings,
+        NotificationOverride,
+        PendingEmail,
+        EmailDigest,
+    ):
         db.session.execute(delete(model).where(model.user_id == uid))
     db.session.execute(delete(PushRecord).where(PushRecord.user_id == uid))
     user.username = f"deleted-{uid.hex}"

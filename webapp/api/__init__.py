@@ -7,6 +7,7 @@ from webapp.api import (
     admin_webhooks,
     body,
     demo,
+    email,
     errors,
     health,
     metrics,
@@ -25,6 +26,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(users.bp)
     app.register_blueprint(notifications.bp)
     app.register_blueprint(demo.bp)
+    app.register_blueprint(email.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(admin_webhooks.bp)

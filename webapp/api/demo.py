@@ -2,19 +2,28 @@
 
 The page and the service worker are static files in ``webapp/static`` (the app's ``/static``
 route serves the rest). ``DEV_LOGIN=1`` adds two endpoints that let anyone become any user —
-for a laptop demo and the browser tests only; with it off (the default) they answer 404.
+for a laptop demo and the browser tests only; with it off (the default) they answer 404. With
+``DEV_MAILBOX`` too, the page shows the caller's missed-message emails from the Maildir a local
+SMTP sink writes, so the demo needs no real mail server.
 """
 
 from __future__ import annotations
 
+import email.policy
+import email.utils
 import logging
+import mailbox
+from datetime import UTC, datetime
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, jsonify, request, send_from_directory
 from sqlalchemy import or_, select
 
 from webapp.api.body import json_body
-from webapp.auth import issue_token
+from webapp.auth import bearer_token, issue_token, verify_token
 from webapp.errors import InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import User
@@ -27,6 +36,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DEV_TOKEN_TTL = 12 * 3600
 MAX_DEV_USERS = 200
+MAX_DEV_EMAILS = 10
 
 # The page loads nothing from other origins: scripts, styles and images are all ours.
 PAGE_CSP = (
@@ -129,3 +139,70 @@ def dev_token():
         raise NotFound("user_not_found", f"no user named {username!r}")
     token = issue_token(context.settings(), user.id, DEV_TOKEN_TTL)
     return jsonify({"token": token, "expires_in": DEV_TOKEN_TTL, "user": user_status_payload(user)})
+
+
+def _sent_at(headers: Message) -> datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(str(headers["Date"]))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _summary(message: EmailMessage) -> dict[str, Any]:
+    sent_at = _sent_at(message)
+    text, html = message.get_body(("plain",)), message.get_body(("html",))
+    unsubscribe = message["List-Unsubscribe"]
+    return {
+        "subject": str(message["Subject"] or ""),
+        "from": str(message["From"] or ""),
+        "to": str(message["To"] or ""),
+        "date": sent_at.isoformat() if sent_at else None,
+        "text": text.get_content() if text is not None else None,
+        "html": html.get_content() if html is not None else None,
+        "list_unsubscribe": str(unsubscribe) if unsubscribe is not None else None,
+    }
+
+
+def mailbox_emails(path: str, address: str, limit: int = MAX_DEV_EMAILS) -> list[dict[str, Any]]:
+    """The newest ``limit`` messages of a Maildir addressed to ``address`` (any case), newest
+    first by their Date, then by delivery (a Date has whole seconds); a missing Maildir holds
+    none. Every message is read: a development mailbox is small."""
+    try:
+        folder = mailbox.Maildir(path, create=False)
+        keys = folder.keys()
+    except (mailbox.NoSuchMailboxError, FileNotFoundError):
+        return []
+    address = address.lower()
+    found: list[tuple[datetime, float, str]] = []
+    for key in keys:
+        try:
+            entry = folder.get_message(key)  # with its delivery time
+        except KeyError:  # removed meanwhile
+            continue
+        recipients = email.utils.getaddresses([str(v) for v in entry.get_all("To", [])])
+        if any(addr.lower() == address for _, addr in recipients):
+            sent_at = _sent_at(entry) or datetime.min.replace(tzinfo=UTC)
+            found.append((sent_at, entry.get_date(), key))
+    found.sort(reverse=True)
+    parser = BytesParser(policy=email.policy.default)
+    emails = []
+    for _, _, key in found[:limit]:
+        try:
+            emails.append(_summary(parser.parsebytes(folder.get_bytes(key))))
+        except KeyError:
+            continue
+    return emails
+
+
+@bp.get("/api/demo/emails")
+def dev_emails():
+    """The caller's latest missed-message emails, newest first (development only: the Maildir
+    at ``DEV_MAILBOX`` a local SMTP sink writes; messages to the caller's email address)."""
+    _require_dev_login()
+    settings = context.settings()
+    user = verify_token(settings, bearer_token(request.headers))
+    if not settings.dev_mailbox:
+        raise NotFound("not_found", "there is no development mailbox (set DEV_MAILBOX)")
+    emails = mailbox_emails(settings.dev_mailbox, user.email) if user.email else []
+    return jsonify({"emails": emails, "address": user.email})

@@ -297,6 +297,18 @@ SCHEMAS: dict[str, Schema] = {
             ),
         }
     ),
+    "DevEmail": _obj(
+        {
+            "subject": STRING,
+            "from": STRING,
+            "to": STRING,
+            "date": _or_null(TIME),
+            "text": _or_null(STRING),
+            "html": _or_null(STRING),
+            "list_unsubscribe": _or_null(STRING),
+        },
+        description="An email as the development mailbox holds it (`GET /api/demo/emails`).",
+    ),
     "AdminUser": _obj(
         {
             "id": UUID,
@@ -1041,6 +1053,18 @@ def _admin_paths() -> dict[str, dict[str, Any]]:
 def _service_paths() -> dict[str, dict[str, Any]]:
     dev = "Development only: `404 not_found` unless the server runs with `DEV_LOGIN=1`."
     text = {"type": "string"}
+
+    def html(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"text/html": {"schema": text}}}
+
+    unsubscribe_auth = "No sign-in: the signed `token` of the link is the credential."
+    unsubscribe_token = {
+        "name": "token",
+        "in": "query",
+        "required": True,
+        "schema": text,
+        "description": "The signed token of the email's link (else `400`, an HTML page).",
+    }
     return {
         "/healthz": {
             "get": _op(
@@ -1108,6 +1132,52 @@ def _service_paths() -> dict[str, dict[str, Any]]:
                         "content": {"text/javascript": {"schema": text}},
                     }
                 },
+            )
+        },
+        "/api/email/unsubscribe": {
+            "get": _op(
+                "emailUnsubscribePage",
+                "The page an email's unsubscribe link opens: a button to confirm (changes nothing)",
+                tag="email",
+                auth=None,
+                description=unsubscribe_auth
+                + " A GET never unsubscribes: mail scanners and previews fetch links.",
+                params=[unsubscribe_token],
+                ok={200: html("Asks to confirm"), 400: html("The link is not valid")},
+            ),
+            "post": _op(
+                "emailUnsubscribe",
+                "Stop the token's user's missed-message emails (RFC 8058 one-click)",
+                tag="email",
+                auth=None,
+                description=unsubscribe_auth
+                + " Any body is taken and none is read (mail clients send `List-Unsubscribe="
+                "One-Click`, the page's form its button). A user who no longer exists gets the "
+                "same answer.",
+                params=[unsubscribe_token],
+                ok={200: html("The emails are off"), 400: html("The link is not valid")},
+            ),
+        },
+        "/api/demo/emails": {
+            "get": _op(
+                "devEmails",
+                "The caller's latest missed-message emails (development only)",
+                tag="development",
+                description=dev
+                + " And `DEV_MAILBOX` set: read from that Maildir (a local SMTP sink's), "
+                "addressed to the caller's email, newest first, at most 10.",
+                ok={
+                    200: _json(
+                        "The emails",
+                        _obj(
+                            {
+                                "emails": {"type": "array", "items": _ref("DevEmail")},
+                                "address": _or_null(STRING),
+                            }
+                        ),
+                    )
+                },
+                errors={404: "`not_found`: development login is off or there is no mailbox"},
             )
         },
         "/api/dev/users": {
@@ -1191,6 +1261,7 @@ def build_document() -> dict[str, Any]:
             {"name": "admin", "description": "The integration API, for a product's backend"},
             {"name": "operations", "description": "Probes, metrics, this document"},
             {"name": "demo", "description": "The browser demo"},
+            {"name": "email", "description": "Missed-message emails: their unsubscribe link"},
             {"name": "development", "description": "Development-only login (`DEV_LOGIN=1`)"},
         ],
         "paths": {**_user_paths(), **_admin_paths(), **_service_paths()},

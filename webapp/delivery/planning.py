@@ -1,18 +1,21 @@
 """Who is notified of a new message, and how the deliveries are grouped into send batches.
 
-The fan-out picks the members who are not the sender and have no live connection, whose
-preferences and do-not-disturb allow it (``rules``); coalescing (``coalescing``) then sends at
-once or holds for one push at the window's end; ``@username`` makes a member's push a
-``mention``. Deliveries go out in batches of ``PUSH_BATCH_SIZE``, each through one channel
-to one push service (a Web Push origin, FCM or APNs; ``batch`` sends and books them), so a big
-topic costs a task per hundred devices, not per device, and one slow push service never holds
+The fan-out picks the members who are not the sender and are away: no live connection, or
+only idle ones (unless PUSH_WHEN_IDLE or their ``push_when_idle`` says no), whose preferences
+and do-not-disturb allow it (``rules``); coalescing (``coalescing``) then sends at once or
+holds for one push at the window's end; ``@username`` makes a member's push a ``mention``.
+Away members whose email level allows the message get it held for their email digest
+(``digests``), written with the fan-out's marker.
+
+Deliveries go out in batches of ``PUSH_BATCH_SIZE``, each through one channel to one push
+service (a Web Push origin, FCM or APNs; ``batch`` sends and books them), so a big topic
+costs a task per hundred devices, not per device, and one slow push service never holds
 another's batch. Devices of a channel the deployment has no credentials for are left out.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -23,9 +26,10 @@ from urllib.parse import urlsplit
 from sqlalchemy import Select, select
 
 from webapp import metrics
-from webapp.delivery import coalescing, rules
+from webapp.delivery import coalescing, digests, rules
 from webapp.delivery.batch import Delivery, send_marker
 from webapp.extensions import db
+from webapp.messaging.mentions import mentioned_usernames
 from webapp.models import Message, PushSubscription, TopicMember, User, utcnow
 from webapp.platform import context
 from webapp.platform.idempotency import claim, claimed_among, is_claimed
@@ -33,12 +37,6 @@ from webapp.presence.store import presence
 from webapp.redis_client import get_redis
 
 log = logging.getLogger(__name__)
-
-MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.\-]{1,64})")
-
-
-def mentioned_usernames(body: str) -> set[str]:
-    return {m.lower().rstrip(".") for m in MENTION.findall(body)}
 
 
 @dataclass(frozen=True)
@@ -52,11 +50,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class FanoutPlan:
-    """The batches to send now, and the coalescing flushes to enqueue: (topic, delay in
-    seconds, users whose window ends then)."""
+    """The batches to send now, the coalescing flushes to enqueue: (topic, delay in seconds,
+    users whose window ends then), and the missed messages to hold for email digests."""
 
     batches: list[Batch] = field(default_factory=list)
     flushes: list[tuple[str, float, list[str]]] = field(default_factory=list)
+    emails: list[digests.Missed] = field(default_factory=list)
 
     @property
     def deliveries(self) -> int:
@@ -121,17 +120,18 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
     if not replan and is_claimed(f"fanout:{message_id}"):
         log.info("push fan-out of message %s skipped: already done", message_id)
         return FanoutPlan()
+    settings = context.settings()
     rows = db.session.execute(
-        select(User.id, User.username)
+        select(User.id, User.username, User.email, User.email_failing_at)
         .join(TopicMember, TopicMember.user_id == User.id)
         .where(TopicMember.topic_id == message.topic_id, User.id != message.sender_id)
     ).all()
-    members = {str(uid): username for uid, username in rows}
-    online = presence().online_among(list(members))
-    offline = [uuid.UUID(uid) for uid in members if uid not in online]
+    members = {str(r.id): r.username for r in rows}
+    online, active = presence().online_and_active_among(list(members))
+    away = [uuid.UUID(uid) for uid in members if uid not in active]
     subs_of: dict[uuid.UUID, list[tuple[str, Route]]] = {}  # user -> [(device id, route)]
-    if offline:
-        query = _devices_query(offline)
+    if away and settings.push_enabled:
+        query = _devices_query(away)
         if replan:
             query = query.where(PushSubscription.created_at <= message.created_at)
         found = db.session.execute(query).all()
@@ -140,14 +140,30 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
             if str(sub_id) not in ended:
                 subs_of.setdefault(user_id, []).append((str(sub_id), route(channel, endpoint)))
 
+    # Email goes to away members with a working address; not again on a replan (the first
+    # plan's held messages were written with the fan-out marker, and may be sent already).
+    mailable = set()
+    if settings.email_enabled and not replan:
+        away_ids = set(away)
+        mailable = {r.id for r in rows if r.id in away_ids and r.email and not r.email_failing_at}
     mentioned = mentioned_usernames(message.body)
-    is_mention = {uid: members[str(uid)].lower() in mentioned for uid in subs_of}
-    member_rules = rules.rules_for(list(subs_of), message.topic)
+    is_mention = {uid: members[str(uid)].lower() in mentioned for uid in subs_of.keys() | mailable}
+    member_rules = rules.rules_for(list(subs_of.keys() | mailable), message.topic)
     now = utcnow()
+    rules_of = {uid: member_rules.get(uid, rules.DEFAULT) for uid in is_mention}
+    idle_ok = settings.push_when_idle
     wanted = [
         (uid, is_mention[uid])
         for uid in subs_of
-        if member_rules.get(uid, rules.DEFAULT).allows(mentioned=is_mention[uid], now=now)
+        if (str(uid) not in online or (idle_ok and rules_of[uid].push_when_idle))
+        and rules_of[uid].allows(mentioned=is_mention[uid], now=now)
+    ]
+    emails = [
+        digests.Missed(
+            uid, message.id, message.topic_id, is_mention[uid], rules_of[uid].email_delay
+        )
+        for uid in mailable
+        if rules_of[uid].allows_email(mentioned=is_mention[uid])
     ]
     offers = coalescing.offer(message.id, message.topic_id, wanted, _now_ms())
 
@@ -163,7 +179,9 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
             (where, Delivery(sub_id, str(uid), message.id, kind, offer.count))
             for sub_id, where in subs_of[uid]
         )
-    plan = FanoutPlan(batches(message.id, planned), _flush_groups(str(message.topic_id), flushes))
+    plan = FanoutPlan(
+        batches(message.id, planned), _flush_groups(str(message.topic_id), flushes), emails
+    )
     silenced = len(subs_of) - len(wanted)
     held = sum(1 for o in offers.values() if not o.send)
     metrics.record_push_decisions(
@@ -171,13 +189,14 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
         {"sent": len(offers) - held, "silenced": silenced, "held": held},
     )
     log.info(
-        "push fan-out message=%s offline_members=%d silenced=%d held=%d batches=%d "
+        "push fan-out message=%s away_members=%d silenced=%d held=%d batches=%d emails=%d "
         "subscriptions=%d",
         message_id,
-        len(offline),
+        len(away),
         silenced,
         held,
         len(plan.batches),
+        len(emails),
         plan.deliveries,
     )
     return plan
@@ -220,7 +239,8 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
             select(Message).where(Message.id.in_({h.last_message_id for h in held_of.values()}))
         ).scalars()
     }
-    online = presence().online_among(list(held_of))
+    online, active = presence().online_and_active_among(list(held_of))
+    idle_ok = context.settings().push_when_idle
     topic = next(iter(messages.values())).topic if messages else None
     member_rules = rules.rules_for(uids, topic) if topic is not None else {}
     now = utcnow()
@@ -236,8 +256,12 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
         skip = None
         if message is None or uid not in read_up_to:
             skip = "the message or the membership is gone"
-        elif user_id in online:
-            skip = "the user is online"
+        elif user_id in active:
+            skip = "the user is active"
+        elif user_id in online and not (
+            idle_ok and member_rules.get(uid, rules.DEFAULT).push_when_idle
+        ):
+            skip = "the user is idle, and not pushed to when idle"
         elif (read_up_to[uid] or 0) >= message.id:
             skip = "the user read the topic"
         elif not member_rules.get(uid, rules.DEFAULT).allows(mentioned=held.mentioned, now=now):
@@ -285,7 +309,9 @@ def _subscriptions_of(uids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, 
     return found
 
 
-def mark_fanned_out(message_id: int) -> None:
-    """Record that a message's pushes are planned and enqueued (reconciliation looks for it)."""
+def mark_fanned_out(message_id: int, emails: list[digests.Missed]) -> None:
+    """Record that a message's pushes are planned and enqueued (reconciliation looks for it),
+    and hold its missed messages for the digests, in one transaction."""
+    digests.hold(emails)
     claim(f"fanout:{message_id}")
     db.session.commit()

@@ -1,4 +1,5 @@
-"""The caller's notification preferences over REST: levels, quiet hours and snooze.
+"""The caller's notification preferences over REST: push and email levels, quiet hours,
+snooze, pushing while idle, and the email address's state.
 
 Only ever the caller's own rows: every function takes the authenticated user, never an id.
 Each change is sent to the user's connected devices as ``preferences_updated`` (the whole
@@ -14,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from sqlalchemy import delete, exists, select
+from sqlalchemy import update as sql_update
 
 from webapp import realtime
 from webapp.delivery.rules import Rules
@@ -24,6 +26,7 @@ from webapp.models import (
     NOTIFY_LEVELS,
     NotificationOverride,
     NotificationSettings,
+    PendingEmail,
     Topic,
     TopicMember,
     User,
@@ -43,7 +46,11 @@ _SETTINGS_FIELDS = {
     "snooze_until",
     "snooze_minutes",
     "dnd_allow_mentions",
+    "push_when_idle",
+    "email_level",
+    "email_delay",
 }
+MAX_EMAIL_DELAY = 86400
 
 
 def get(user: User) -> dict[str, Any]:
@@ -56,22 +63,47 @@ def get(user: User) -> dict[str, Any]:
     ).all()
     return {
         **_settings_view(row),
+        "email": _email_view(user),
         "rooms": [
-            {"room_id": str(o.channel_id), "level": o.level}
+            {"room_id": str(o.channel_id), "level": o.level, "email_level": o.email_level}
             for o, _ in overrides
             if o.channel_id is not None
         ],
         "topics": [
-            {"topic_id": str(o.topic_id), "room_id": str(channel_id), "level": o.level}
+            {
+                "topic_id": str(o.topic_id),
+                "room_id": str(channel_id),
+                "level": o.level,
+                "email_level": o.email_level,
+            }
             for o, channel_id in overrides
             if o.topic_id is not None
         ],
     }
 
 
+def _email_view(user: User) -> dict[str, Any]:
+    """Where digests go and whether they can: read-only here (the address is set by the
+    integration API or the CLI)."""
+    settings = context.settings()
+    return {
+        "address": user.email,
+        "enabled": settings.email_enabled,
+        "failing": user.email_failing_at is not None,
+        "failing_since": isoformat(user.email_failing_at),
+        "delay_default": settings.email_delay,
+    }
+
+
 def _settings_view(row: NotificationSettings | None) -> dict[str, Any]:
     if row is None:
-        row = NotificationSettings(level="all", time_zone="UTC", dnd_allow_mentions=False)
+        row = NotificationSettings(
+            level="all",
+            time_zone="UTC",
+            dnd_allow_mentions=False,
+            push_when_idle=True,
+            email_level="mentions",
+        )
     quiet = None
     if row.quiet_start is not None and row.quiet_end is not None:
         quiet = {"start": _clock(row.quiet_start), "end": _clock(row.quiet_end)}
@@ -90,6 +122,9 @@ def _settings_view(row: NotificationSettings | None) -> dict[str, Any]:
         "snooze_until": isoformat(row.snooze_until) if snoozing else None,  # past: no snooze
         "dnd_allow_mentions": row.dnd_allow_mentions,
         "dnd_active": rules.dnd_active(now),
+        "push_when_idle": row.push_when_idle,
+        "email_level": row.email_level,
+        "email_delay": row.email_delay,
     }
 
 
@@ -113,6 +148,14 @@ def update(user: User, payload: Any) -> dict[str, Any]:
         if not isinstance(data["dnd_allow_mentions"], bool):
             raise InvalidInput("invalid_dnd_allow_mentions", "dnd_allow_mentions must be a boolean")
         values["dnd_allow_mentions"] = data["dnd_allow_mentions"]
+    if "push_when_idle" in data:
+        if not isinstance(data["push_when_idle"], bool):
+            raise InvalidInput("invalid_push_when_idle", "push_when_idle must be a boolean")
+        values["push_when_idle"] = data["push_when_idle"]
+    if "email_level" in data:
+        values["email_level"] = parse_level(data["email_level"], "email_level")
+    if "email_delay" in data:
+        values["email_delay"] = parse_email_delay(data["email_delay"])
     if values:
         values["updated_at"] = utcnow()
         # One statement, so two concurrent first updates cannot both insert.
@@ -140,18 +183,62 @@ def _announce(user: User) -> dict[str, Any]:
 
 def set_topic_level(user: User, topic_id: uuid.UUID, payload: Any) -> dict[str, Any]:
     topic, _ = member_topic(user.id, topic_id)
-    level = parse_level(require_object(payload, allowed={"level"}).get("level"))
-    _upsert_override(user.id, level, topic_id=topic.id)
+    levels = _parse_override(payload)
+    row = _upsert_override(user.id, levels, topic_id=topic.id)
     _announce(user)
-    return {"topic_id": str(topic.id), "room_id": str(topic.channel_id), "level": level}
+    return {"topic_id": str(topic.id), "room_id": str(topic.channel_id), **row}
 
 
 def set_room_level(user: User, room_id: uuid.UUID, payload: Any) -> dict[str, Any]:
     _require_room_member(user.id, room_id)
-    level = parse_level(require_object(payload, allowed={"level"}).get("level"))
-    _upsert_override(user.id, level, channel_id=room_id)
+    levels = _parse_override(payload)
+    row = _upsert_override(user.id, levels, channel_id=room_id)
     _announce(user)
-    return {"room_id": str(room_id), "level": level}
+    return {"room_id": str(room_id), **row}
+
+
+def _parse_override(payload: Any) -> dict[str, str | None]:
+    """``{level?, email_level?}``: at least one; null clears that one (back to the room's or
+    the user's)."""
+    data = require_object(payload, allowed={"level", "email_level"})
+    if not data:
+        raise InvalidInput("invalid_level", "give level, email_level or both")
+    return {
+        field: None if data[field] is None else parse_level(data[field], field)
+        for field in ("level", "email_level")
+        if field in data
+    }
+
+
+def stop_emails(user_id: uuid.UUID) -> bool:
+    """The one-click unsubscribe: no more digests (email level ``none`` everywhere, held
+    messages dropped). False when there is no such user."""
+    user = db.session.get(User, user_id)
+    if user is None or user.deleted_at is not None:
+        return False
+    now = utcnow()
+    db.session.execute(
+        insert(NotificationSettings)
+        .values(user_id=user_id, email_level="none", updated_at=now)
+        .on_conflict_do_update(
+            index_elements=["user_id"], set_={"email_level": "none", "updated_at": now}
+        )
+    )
+    # Overrides of the email level go (and an override with no push level with them).
+    db.session.execute(
+        delete(NotificationOverride).where(
+            NotificationOverride.user_id == user_id, NotificationOverride.level.is_(None)
+        )
+    )
+    db.session.execute(
+        sql_update(NotificationOverride)
+        .where(NotificationOverride.user_id == user_id)
+        .values(email_level=None)
+    )
+    db.session.execute(delete(PendingEmail).where(PendingEmail.user_id == user_id))
+    db.session.commit()
+    _announce(user)
+    return True
 
 
 def clear_topic_level(user: User, topic_id: uuid.UUID) -> None:
@@ -181,17 +268,59 @@ def _require_room_member(user_id: uuid.UUID, room_id: uuid.UUID) -> None:
         raise NotFound("room_not_found", "no such room among yours")
 
 
-def _upsert_override(user_id: uuid.UUID, level: str, **scope: uuid.UUID) -> None:
-    (column,) = scope
+def _upsert_override(
+    user_id: uuid.UUID, levels: dict[str, str | None], **scope: uuid.UUID
+) -> dict[str, str | None]:
+    """Set the given levels of the scope's override (the others keep theirs); an override
+    left with no level at all is deleted. Returns both levels as they are now."""
+    ((column, scope_id),) = scope.items()
     now = utcnow()
-    db.session.execute(
-        insert(NotificationOverride)
-        .values(user_id=user_id, level=level, updated_at=now, **scope)
-        .on_conflict_do_update(
-            index_elements=["user_id", column], set_={"level": level, "updated_at": now}
-        )
+    returning = (
+        NotificationOverride.id,
+        NotificationOverride.level,
+        NotificationOverride.email_level,
     )
+    if all(level is None for level in levels.values()):
+        # Only clearing: nothing to create, and an override left with no level goes.
+        current = db.session.execute(
+            select(*returning)
+            .where(
+                NotificationOverride.user_id == user_id,
+                getattr(NotificationOverride, column) == scope_id,
+            )
+            .with_for_update()
+        ).first()
+        if current is None:
+            db.session.commit()
+            return {"level": None, "email_level": None}
+        after = {"level": current.level, "email_level": current.email_level, **levels}
+        if after["level"] is None and after["email_level"] is None:
+            db.session.execute(
+                delete(NotificationOverride).where(NotificationOverride.id == current.id)
+            )
+        else:
+            db.session.execute(
+                sql_update(NotificationOverride)
+                .where(NotificationOverride.id == current.id)
+                .values(**levels, updated_at=now)
+            )
+        db.session.commit()
+        return after
+    row = db.session.execute(
+        insert(NotificationOverride)
+        .values(
+            user_id=user_id,
+            updated_at=now,
+            **{"level": None, "email_level": None, **levels},
+            **scope,
+        )
+        .on_conflict_do_update(
+            index_elements=["user_id", column], set_={**levels, "updated_at": now}
+        )
+        .returning(*returning)
+    ).one()
     db.session.commit()
+    return {"level": row.level, "email_level": row.email_level}
 
 
 def _delete_override(user_id: uuid.UUID, scope: Any) -> int:
@@ -202,9 +331,21 @@ def _delete_override(user_id: uuid.UUID, scope: Any) -> int:
     return deleted
 
 
-def parse_level(value: Any) -> str:
-    if value not in NOTIFY_LEVELS:
-        raise InvalidInput("invalid_level", f"level must be one of {', '.join(NOTIFY_LEVELS)}")
+def parse_level(value: Any, field: str = "level") -> str:
+    if not isinstance(value, str) or value not in NOTIFY_LEVELS:
+        raise InvalidInput(f"invalid_{field}", f"{field} must be one of {', '.join(NOTIFY_LEVELS)}")
+    return value
+
+
+def parse_email_delay(value: Any) -> int | None:
+    """Seconds a missed message waits for the digest; ``null``: the server's EMAIL_DELAY."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EMAIL_DELAY:
+        raise InvalidInput(
+            "invalid_email_delay",
+            f"email_delay must be a number of seconds from 0 to {MAX_EMAIL_DELAY}, or null",
+        )
     return value
 
 

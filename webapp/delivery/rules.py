@@ -1,14 +1,14 @@
-"""Whether a message may be pushed to a member: their levels and their do-not-disturb.
+"""Whether a message may be pushed or emailed to a member: their levels and do-not-disturb.
 
 The fan-out asks this before anything is enqueued, in one query per message for all its
-offline members. Unread counts never depend on it: a muted topic still counts.
+away members. Unread counts never depend on it: a muted topic still counts.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import or_, select
@@ -20,7 +20,8 @@ from webapp.models import NotificationOverride, NotificationSettings, Topic, Top
 
 @dataclass(frozen=True)
 class Rules:
-    """One user's rules for one topic, resolved (topic over channel over the user's level)."""
+    """One user's rules for one topic, resolved (topic over channel over the user's level,
+    for pushes and for email each)."""
 
     level: str = "all"
     quiet_start: int | None = None
@@ -28,6 +29,10 @@ class Rules:
     time_zone: str = "UTC"
     snooze_until: datetime | None = None
     dnd_allow_mentions: bool = False
+    push_when_idle: bool = True
+    email_level: str = "mentions"
+    # Seconds a missed message waits for the digest; None: EMAIL_DELAY.
+    email_delay: int | None = None
 
     def dnd_active(self, now: datetime) -> bool:
         if self.snooze_until is not None and now < _aware(self.snooze_until):
@@ -44,6 +49,30 @@ class Rules:
         if self.dnd_active(now):
             return mentioned and self.dnd_allow_mentions
         return True
+
+    def allows_email(self, *, mentioned: bool) -> bool:
+        """The email level only: do-not-disturb holds a digest, it does not drop it."""
+        return self.email_level == "all" or (self.email_level == "mentions" and mentioned)
+
+    def dnd_ends(self, now: datetime) -> datetime | None:
+        """When do-not-disturb is over (None: it is not on): the snooze's end or the next end
+        of quiet hours, whichever is later when both hold (a snooze that runs into quiet
+        hours is asked again then)."""
+        if not self.dnd_active(now):
+            return None
+        ends = []
+        if self.snooze_until is not None and now < _aware(self.snooze_until):
+            ends.append(_aware(self.snooze_until))
+        if self.quiet_start is not None and self.quiet_end is not None:
+            local = _aware(now).astimezone(zone(self.time_zone))
+            if in_quiet_hours(self.quiet_start, self.quiet_end, self.time_zone, now):
+                end = local.replace(
+                    hour=self.quiet_end // 60, minute=self.quiet_end % 60, second=0, microsecond=0
+                )
+                if end <= local:
+                    end += timedelta(days=1)
+                ends.append(end.astimezone(UTC))
+        return max(ends)
 
 
 DEFAULT = Rules()
@@ -99,8 +128,13 @@ def rules_for(user_ids: list[uuid.UUID], topic: Topic) -> dict[uuid.UUID, Rules]
             settings.time_zone,
             settings.snooze_until,
             settings.dnd_allow_mentions,
+            settings.push_when_idle,
+            settings.email_level,
+            settings.email_delay,
             for_topic.level,
             for_room.level,
+            for_topic.email_level,
+            for_room.email_level,
         )
         .select_from(TopicMember)
         .outerjoin(settings, settings.user_id == member)
@@ -129,8 +163,13 @@ def rules_for(user_ids: list[uuid.UUID], topic: Topic) -> dict[uuid.UUID, Rules]
         zone_name,
         snooze,
         allow,
+        when_idle,
+        email_level,
+        email_delay,
         topic_level,
         room_level,
+        topic_email,
+        room_email,
     ) in db.session.execute(query):
         if user_id not in wanted:
             continue
@@ -141,5 +180,8 @@ def rules_for(user_ids: list[uuid.UUID], topic: Topic) -> dict[uuid.UUID, Rules]
             time_zone=zone_name or "UTC",
             snooze_until=snooze,
             dnd_allow_mentions=bool(allow),
+            push_when_idle=when_idle is not False,
+            email_level=topic_email or room_email or email_level or "mentions",
+            email_delay=email_delay,
         )
     return rules

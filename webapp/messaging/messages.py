@@ -97,7 +97,7 @@ def post(
     realtime.emit(settings.redis_url, "global_message_alert", alert, to=alert_to)
     # The message is stored: the ack says so even if the hand-off fails now (beat's
     # reconciliation enqueues the work of messages whose tasks never ran).
-    queue.message_posted(message.id, sorted(exclude), push=settings.push_enabled)
+    queue.message_posted(message.id, sorted(exclude), push=settings.fanout_enabled)
     events.publish(
         "message.created",
         {

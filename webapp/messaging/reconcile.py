@@ -119,7 +119,7 @@ def reconcile() -> list[Missed]:
     from webapp.platform import queue
 
     settings = context.settings()
-    if settings.push_enabled and redis_lost_its_data():
+    if settings.fanout_enabled and redis_lost_its_data():
         replanned = fanned_out_recently()
         for message_id in replanned:
             queue.replan_pushes(message_id)
@@ -129,7 +129,7 @@ def reconcile() -> list[Missed]:
                 "(sends that already ended are skipped)",
                 len(replanned),
             )
-    missed = find_missed(push_enabled=settings.push_enabled)
+    missed = find_missed(push_enabled=settings.fanout_enabled)
     store = presence()
     for item in missed:
         exclude: list[str] | None = None

@@ -43,6 +43,7 @@ ACTIONS = {
     "join_topic": "topic joins",
     "leave_topic": "topic leaves",
     "mark_as_read": "read receipts",
+    "set_presence": "presence reports",
     "admin": "integration API requests with this key",
 }
 

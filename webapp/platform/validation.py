@@ -154,7 +154,12 @@ def parse_query_int(raw: str | None, field: str, default: int, lo: int, hi: int)
 # (its UUIDs, numbers, slugs, "team:42", e-mail-like ids). Not "." or "..": in a URL path they
 # are dot segments, which clients and proxies resolve ("/rooms/r/topics/.." is "/rooms/r").
 _EXTERNAL_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._:@+\-]{1,128}\Z")
-_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s.]+\Z")
+# An address that goes into a To header as it is: the local part's "atext" and dots (no
+# quoting, commas or angle brackets, which would name other recipients), an ASCII domain.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+\Z"
+)
 
 
 def parse_external_id(value: Any, field: str) -> str:

@@ -1,16 +1,20 @@
-"""Live connection bookkeeping in Redis: who is online, and who is looking at which topic.
+"""Live connection bookkeeping in Redis: who is online, who is paying attention, and who is
+looking at which topic.
 
-A user is online while at least one connection (tab, device, on any web process) is live.
-Counting happens in Lua scripts so that the first connect and the last disconnect are decided
-atomically, whatever the number of web processes. Each web process refreshes a heartbeat key;
-connections of a process whose heartbeat expired (it crashed, no disconnect fired) are removed
-by ``sweep_dead_processes``.
+A user is online while at least one connection (tab, device, on any web process) is live, and
+``active`` while at least one of them is not idle (a connection is idle once its client said
+so, or said nothing for PRESENCE_IDLE_AFTER: the web process decides that, ``attention``).
+Counting happens in Lua scripts so that a status change (first connect, last disconnect, last
+active connection going idle) is decided atomically, whatever the number of web processes.
+Each web process refreshes a heartbeat key; connections of a process whose heartbeat expired
+(it crashed, no disconnect fired) are removed by ``sweep_dead_processes``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -21,10 +25,15 @@ log = logging.getLogger(__name__)
 
 PREFIX = "beacon:presence"
 ONLINE = f"{PREFIX}:online"
+# Users with at least one connection that is not idle.
+ACTIVE = f"{PREFIX}:active"
 PROCESSES = f"{PREFIX}:procs"
+IDLE_PREFIX = f"{PREFIX}:idle:"
 
-# KEYS: user conns hash, online set, process conns set; ARGV: user id, sid, process id, the
-# user's connection cap (0: none). -1: refused, the user has that many connections already.
+# KEYS: user conns hash, online set, process conns set, user idle set, active set
+# ARGV: user id, sid, process id, the user's connection cap (0: none).
+# -1: refused, the user has that many connections already; 1: the user's status changed (a
+# new connection is active: offline or idle -> active); 0: it did not.
 _CONNECT = """
 local cap = tonumber(ARGV[4] or '0')
 if cap > 0 and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0
@@ -33,28 +42,77 @@ if cap > 0 and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0
 end
 local added = redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1] .. ' ' .. ARGV[2])
-if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then
-  redis.call('SADD', KEYS[2], ARGV[1])
-  return 1
+if added == 0 then
+  return 0
 end
-return 0
+redis.call('SREM', KEYS[4], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return redis.call('SADD', KEYS[5], ARGV[1])
 """
 
-# KEYS: user conns hash, online set, process conns set, sid topics set
-# ARGV: user id, sid, topic key prefix
+# KEYS: user conns hash, online set, process conns set, sid topics set, user idle set,
+# active set; ARGV: user id, sid, topic key prefix. 1: the user's status changed (offline, or
+# idle: their last active connection ended), 0: it did not.
 _DISCONNECT = """
 local removed = redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1] .. ' ' .. ARGV[2])
+redis.call('SREM', KEYS[5], ARGV[2])
 local topics = redis.call('SMEMBERS', KEYS[4])
 for _, topic in ipairs(topics) do
   redis.call('HDEL', ARGV[3] .. topic, ARGV[2])
 end
 redis.call('DEL', KEYS[4])
-if removed == 1 and redis.call('HLEN', KEYS[1]) == 0 then
+if removed == 0 then
+  return 0
+end
+local left = redis.call('HLEN', KEYS[1])
+if left == 0 then
   redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[5])
+  redis.call('SREM', KEYS[6], ARGV[1])
   return 1
 end
+if left == redis.call('SCARD', KEYS[5]) then
+  return redis.call('SREM', KEYS[6], ARGV[1])
+end
 return 0
+"""
+
+# KEYS: user conns hash, user idle set, active set; ARGV: user id, sid, "idle" or "active".
+# -1: the connection is not registered (it closed meanwhile); 1: the user's status changed.
+_SET_STATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
+  return -1
+end
+if ARGV[3] == 'idle' then
+  if redis.call('SADD', KEYS[2], ARGV[2]) == 1
+      and redis.call('SCARD', KEYS[2]) >= redis.call('HLEN', KEYS[1]) then
+    return redis.call('SREM', KEYS[3], ARGV[1])
+  end
+  return 0
+end
+if redis.call('SREM', KEYS[2], ARGV[2]) == 1 then
+  return redis.call('SADD', KEYS[3], ARGV[1])
+end
+return 0
+"""
+
+# KEYS: topic hash; ARGV: idle set key prefix. The users with a joined connection that is
+# not idle.
+_ACTIVE_IN_TOPIC = """
+local found = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local sid, user = entries[i], entries[i + 1]
+  if found[user] == nil and redis.call('SISMEMBER', ARGV[1] .. user, sid) == 0 then
+    found[user] = true
+  end
+end
+local users = {}
+for user, _ in pairs(found) do
+  users[#users + 1] = user
+end
+return users
 """
 
 # KEYS: user conns hash, topic hash, sid topics set; ARGV: user id, sid, topic id
@@ -83,6 +141,10 @@ def _proc_alive_key(proc_id: str) -> str:
     return f"{PREFIX}:proc:{proc_id}:alive"
 
 
+def _idle_key(user_id: str) -> str:
+    return f"{IDLE_PREFIX}{user_id}"
+
+
 def _sid_topics_key(sid: str) -> str:
     return f"{PREFIX}:sid:{sid}:topics"
 
@@ -106,6 +168,10 @@ class TooManyConnections(Exception):
 class LiveConnection:
     user_id: str
     topics: set[str] = field(default_factory=set)
+    idle: bool = False
+    # time.monotonic() of the client's last sign of attention (connect, set_presence active,
+    # a message, a read): idle once it is PRESENCE_IDLE_AFTER old.
+    active_at: float = field(default_factory=time.monotonic)
 
 
 class LocalConnections:
@@ -148,9 +214,34 @@ class LocalConnections:
             if conn is not None:
                 conn.topics.discard(topic_id)
 
+    def attend(self, sid: str, *, idle: bool) -> bool | None:
+        """Record the connection's attention; returns whether it was idle before (None: no
+        such connection). Active also restarts its idle timer."""
+        with self._lock:
+            conn = self._conns.get(sid)
+            if conn is None:
+                return None
+            was_idle, conn.idle = conn.idle, idle
+            if not idle:
+                conn.active_at = time.monotonic()
+            return was_idle
+
+    def gone_quiet(self, idle_after: float) -> list[tuple[str, str]]:
+        """(sid, user id) of the active connections that said nothing for ``idle_after`` s."""
+        cutoff = time.monotonic() - idle_after
+        with self._lock:
+            return [
+                (sid, c.user_id)
+                for sid, c in self._conns.items()
+                if not c.idle and c.active_at <= cutoff
+            ]
+
     def snapshot(self) -> dict[str, LiveConnection]:
         with self._lock:
-            return {sid: LiveConnection(c.user_id, set(c.topics)) for sid, c in self._conns.items()}
+            return {
+                sid: LiveConnection(c.user_id, set(c.topics), c.idle, c.active_at)
+                for sid, c in self._conns.items()
+            }
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -181,6 +272,8 @@ class Presence:
         self._connect = self.redis.register_script(_CONNECT)
         self._disconnect = self.redis.register_script(_DISCONNECT)
         self._join = self.redis.register_script(_JOIN)
+        self._set_state = self.redis.register_script(_SET_STATE)
+        self._active_in_topic = self.redis.register_script(_ACTIVE_IN_TOPIC)
 
     # processes -------------------------------------------------------------------------------
     def heartbeat(self, proc_id: str) -> bool:
@@ -199,39 +292,45 @@ class Presence:
     def rebuild(self, proc_id: str, live: dict[str, LiveConnection]) -> tuple[list[str], list[str]]:
         """Make Redis agree with a web process's own list of its live connections.
 
-        Connections Redis does not know are registered again (with the topics they joined);
-        connections Redis lists but the process no longer has are ended. Returns the user ids
-        that came online and went offline because of it. Idempotent, and safe against a
-        concurrent connect or disconnect: each step is the same atomic script they use.
+        Connections Redis does not know are registered again (with the topics they joined
+        and their idle state); connections Redis lists but the process no longer has are
+        ended. Returns the user ids whose status changed because of it: (came online or
+        active, went offline or idle). Idempotent, and safe against a concurrent connect or
+        disconnect: each step is the same atomic script they use.
         """
         registered: dict[str, str] = {}
         for member in self.redis.smembers(_proc_conns_key(proc_id)):
             user_id, _, sid = member.partition(" ")
             registered[sid] = user_id
-        came_online: list[str] = []
+        came: list[str] = []
         for sid, conn in live.items():
             if sid not in registered and self.connect(conn.user_id, sid, proc_id):
-                came_online.append(conn.user_id)
+                came.append(conn.user_id)
         pipe = self.redis.pipeline(transaction=False)
         for sid, conn in live.items():
             for topic_id in conn.topics:  # not for a connection that ended since the snapshot
                 keys = [_conns_key(conn.user_id), _topic_key(topic_id), _sid_topics_key(sid)]
                 self._join(keys=keys, args=[conn.user_id, sid, topic_id], client=pipe)
         pipe.execute()
-        went_offline = [
+        went = [
+            conn.user_id
+            for sid, conn in live.items()
+            if conn.idle and self.set_state(conn.user_id, sid, idle=True)
+        ]
+        went.extend(
             user_id
             for sid, user_id in registered.items()
             if sid not in live and self.disconnect(user_id, sid, proc_id)
-        ]
-        return came_online, went_offline
+        )
+        return came, went
 
     def sweep_dead_processes(self) -> list[str]:
         """End the connections of processes whose heartbeat expired.
 
-        Returns the user ids that went offline because of it. Safe to run concurrently from
-        several places: a connection is removed once, so each user goes offline once.
+        Returns the user ids whose status changed because of it (offline, or idle). Safe to
+        run concurrently from several places: a connection is removed once.
         """
-        offline: list[str] = []
+        changed: list[str] = []
         for proc_id in self.redis.smembers(PROCESSES):
             if self.redis.exists(_proc_alive_key(proc_id)):
                 continue
@@ -239,29 +338,55 @@ class Presence:
             for member in members:
                 user_id, _, sid = member.partition(" ")
                 if self.disconnect(user_id, sid, proc_id):
-                    offline.append(user_id)
+                    changed.append(user_id)
             if not self.redis.exists(_proc_alive_key(proc_id)):
                 self.redis.srem(PROCESSES, proc_id)
             log.info("presence sweep: process %s gone, %d connections ended", proc_id, len(members))
-        return offline
+        return changed
 
     # connections -----------------------------------------------------------------------------
     def connect(self, user_id: str, sid: str, proc_id: str, cap: int = 0) -> bool:
-        """Record a live connection; True when it is the user's first (they came online).
+        """Record a live connection (active); True when the user's status changed (they came
+        online, or were idle everywhere).
 
         With ``cap``, raise ``TooManyConnections`` (nothing recorded) when the user already
         has that many connections on all web processes: checked and added in one script.
         """
-        keys = [_conns_key(user_id), ONLINE, _proc_conns_key(proc_id)]
+        keys = [_conns_key(user_id), ONLINE, _proc_conns_key(proc_id), _idle_key(user_id), ACTIVE]
         result = int(self._connect(keys=keys, args=[user_id, sid, proc_id, cap]))
         if result < 0:
             raise TooManyConnections(cap)
         return bool(result)
 
     def disconnect(self, user_id: str, sid: str, proc_id: str) -> bool:
-        """Forget a connection; True when it was the user's last (they went offline)."""
-        keys = [_conns_key(user_id), ONLINE, _proc_conns_key(proc_id), _sid_topics_key(sid)]
+        """Forget a connection; True when the user's status changed (it was their last, or
+        their last active one)."""
+        keys = [
+            _conns_key(user_id),
+            ONLINE,
+            _proc_conns_key(proc_id),
+            _sid_topics_key(sid),
+            _idle_key(user_id),
+            ACTIVE,
+        ]
         return bool(self._disconnect(keys=keys, args=[user_id, sid, TOPIC_PREFIX]))
+
+    def set_state(self, user_id: str, sid: str, *, idle: bool) -> bool:
+        """Mark a live connection idle or active; True when the user's status changed
+        (nothing happens for a connection that is not registered)."""
+        keys = [_conns_key(user_id), _idle_key(user_id), ACTIVE]
+        state = "idle" if idle else "active"
+        return int(self._set_state(keys=keys, args=[user_id, sid, state])) == 1
+
+    def status(self, user_id: str) -> str:
+        """``active``, ``idle`` or ``offline``, from the live connections."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hlen(_conns_key(user_id))
+        pipe.scard(_idle_key(user_id))
+        connections, idle = pipe.execute()
+        if not connections:
+            return "offline"
+        return "idle" if idle >= connections else "active"
 
     def connection_count(self, user_id: str) -> int:
         return int(self.redis.hlen(_conns_key(user_id)))
@@ -294,8 +419,8 @@ class Presence:
         pipe.execute()
 
     def active_users(self, topic_id: str) -> set[str]:
-        """Users with a live connection joined to the topic."""
-        return set(self.redis.hvals(_topic_key(topic_id)))
+        """Users looking at the topic: a live connection joined to it that is not idle."""
+        return set(self._active_in_topic(keys=[_topic_key(topic_id)], args=[IDLE_PREFIX]))
 
     # queries ---------------------------------------------------------------------------------
     def online_user_ids(self) -> set[str]:
@@ -307,6 +432,26 @@ class Presence:
             return set()
         flags = self.redis.smismember(ONLINE, user_ids)
         return {uid for uid, flag in zip(user_ids, flags, strict=False) if flag}
+
+    def active_among(self, user_ids: list[str]) -> set[str]:
+        """The subset of ``user_ids`` with a connection that is not idle, in one round trip."""
+        if not user_ids:
+            return set()
+        flags = self.redis.smismember(ACTIVE, user_ids)
+        return {uid for uid, flag in zip(user_ids, flags, strict=False) if flag}
+
+    def online_and_active_among(self, user_ids: list[str]) -> tuple[set[str], set[str]]:
+        """``online_among`` and ``active_among`` in one round trip."""
+        if not user_ids:
+            return set(), set()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.smismember(ONLINE, user_ids)
+        pipe.smismember(ACTIVE, user_ids)
+        online, active = pipe.execute()
+        return (
+            {uid for uid, flag in zip(user_ids, online, strict=False) if flag},
+            {uid for uid, flag in zip(user_ids, active, strict=False) if flag},
+        )
 
 
 _instances: dict[str, Presence] = {}

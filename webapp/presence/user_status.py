@@ -1,12 +1,12 @@
 """Mirror presence transitions into ``users`` and announce them with ``user_status_change``.
 
-Redis decides *when* a user comes online or goes offline; this module persists the result and
-broadcasts it. Transitions of one user race (the last tab closes on one greenlet or process
-while a new tab opens on another), so each one, under a short per-user lock in Redis, reads the
-fresh connection count, stores it only if it differs from the stored status (compare-and-set),
-and announces exactly the flips it stored, in the order they were stored. A reconnect that
-overtakes a disconnect therefore changes nothing and says nothing; a real offline-then-online
-is announced as exactly that.
+Redis decides *when* a user's status (``active``, ``idle``, ``offline``) changes; this module
+persists the result and broadcasts it. Transitions of one user race (the last tab closes on
+one greenlet or process while a new tab opens on another), so each one, under a short per-user
+lock in Redis, reads the fresh status, stores it only if it differs from the stored one
+(compare-and-set), and announces exactly the changes it stored, in the order they were stored.
+A reconnect that overtakes a disconnect therefore changes nothing and says nothing; a real
+offline-then-online is announced as exactly that.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def user_status_payload(user: User) -> dict[str, Any]:
         "username": user.username,
         "display_name": user.name,
         "is_online": user.is_online,
+        "status": user.presence_status,
         "last_seen_at": isoformat(user.last_seen_at),
     }
 
@@ -75,11 +76,12 @@ def _transition_lock(user_id: str) -> Iterator[None]:
 
 
 def apply_transition(user_id: str) -> None:
-    """Store the user's current status (from the live count) and announce it if it flipped.
+    """Store the user's current status (from the live connections) and announce it if it
+    changed.
 
-    Called after a connect or disconnect changed the user's count to or from zero; the fresh
-    count read under the lock decides, so a transition that a newer one overtook stores and
-    says nothing.
+    Called after a connect, disconnect or attention change that changed the user's status;
+    the fresh status read under the lock decides, so a transition that a newer one overtook
+    stores and says nothing. Webhooks hear ``user.online``/``user.offline`` only (not idle).
     """
     uid = uuid.UUID(user_id)
     # End the caller's read transaction (e.g. the connect handler's token lookup) so that its
@@ -87,29 +89,38 @@ def apply_transition(user_id: str) -> None:
     # storm that exhausted the pool and refused handshakes.
     db.session.commit()
     with _transition_lock(user_id):
-        online_now = presence().connection_count(user_id) > 0
-        values: dict[str, Any] = {"is_online": online_now}
+        status = presence().status(user_id)
+        online_now = status != "offline"
+        was_online = db.session.execute(
+            select(User.is_online).where(User.id == uid, User.presence_status != status)
+        ).scalar()
+        if was_online is None:
+            return  # already stored (and announced) by an earlier transition
+        values: dict[str, Any] = {"is_online": online_now, "presence_status": status}
         if not online_now:
             values["last_seen_at"] = datetime.now(UTC)
         row = db.session.execute(
             update(User)
-            .where(User.id == uid, User.is_online.is_not(online_now))
+            .where(User.id == uid, User.presence_status != status)
             .values(**values)
             .returning(User.username, User.display_name, User.last_seen_at, User.external_id)
             .execution_options(synchronize_session=False)
         ).first()
         db.session.commit()
         if row is None:
-            return  # already stored (and announced) by an earlier transition
+            return
         payload = {
             "user_id": user_id,
             "username": row.username,
             "display_name": row.display_name or row.username,
             "is_online": online_now,
+            "status": status,
             "last_seen_at": isoformat(row.last_seen_at),
         }
         settings = context.settings()
         realtime.emit(settings.redis_url, "user_status_change", payload, to=_audience(uid))
+        if was_online == online_now:
+            return
         events.publish(
             "user.online" if online_now else "user.offline",
             {
@@ -132,7 +143,7 @@ def _audience(user_id: uuid.UUID) -> list[str] | None:
 
 
 def sweep_stale_connections() -> list[str]:
-    """End connections of dead web processes and announce the users who went offline."""
+    """End connections of dead web processes and announce the users whose status changed."""
     went_offline = presence().sweep_dead_processes()
     for user_id in went_offline:
         apply_transition(user_id)

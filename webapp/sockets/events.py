@@ -14,7 +14,7 @@ from flask import request
 from flask_socketio import emit, join_room, leave_room
 
 from webapp.delivery import coalescing
-from webapp.errors import Forbidden
+from webapp.errors import Forbidden, InvalidInput
 from webapp.extensions import db, socketio
 from webapp.messaging import messages, unread
 from webapp.messaging.topics import is_member, member_topic
@@ -26,6 +26,7 @@ from webapp.platform.validation import (
     parse_uuid,
     require_object,
 )
+from webapp.presence import attention
 from webapp.presence.store import presence
 from webapp.realtime import topic_room
 from webapp.sockets import heartbeat, tokens
@@ -82,6 +83,7 @@ def send_message(user: User, payload: Any) -> dict[str, Any]:
     body = parse_message_body(data.get("message"), settings.max_message_length)
     topic, _member = member_topic(user.id, topic_id, room_id)
     rate_limit.check("send_message", user.id, settings.rate_limit_send_message)
+    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
     return {"message": messages.post(user, topic, body)}
 
 
@@ -98,7 +100,24 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
     )
     # Caught up: the next push of the topic starts a new coalesced count.
     coalescing.reset(user.id, result["topic_id"])
+    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
     return result
+
+
+PRESENCE_STATES = {"active": False, "idle": True}
+
+
+@socketio.on("set_presence")
+@acked
+def set_presence(user: User, payload: Any) -> dict[str, Any]:
+    """The client's attention: ``active`` (input, page shown) or ``idle`` (hidden, quiet)."""
+    rate_limit.check("set_presence", user.id, context.settings().rate_limit_set_presence)
+    data = require_object(payload, allowed={"state"})
+    state = data.get("state")
+    if not isinstance(state, str) or state not in PRESENCE_STATES:
+        raise InvalidInput("invalid_state", "state must be 'active' or 'idle'")
+    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=PRESENCE_STATES[state])
+    return {"state": state, "status": presence().status(str(user.id))}
 
 
 @socketio.on("refresh_token")

@@ -16,6 +16,7 @@ from flask import Flask
 
 from webapp import metrics, realtime
 from webapp.extensions import db, socketio
+from webapp.presence import attention
 from webapp.presence.store import LocalConnections, presence
 from webapp.presence.user_status import (
     apply_transition,
@@ -68,6 +69,7 @@ def _loop(app: Flask) -> None:
                         len(came),
                         len(went),
                     )
+                attention.idle_quiet_connections(CONNECTIONS, settings.presence_idle_after)
                 if beats % sweep_every == 0:
                     sweep_stale_connections()
             except Exception:

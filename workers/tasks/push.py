@@ -24,7 +24,7 @@ def fan_out(message_id: int, replan: bool = False) -> int:
     _enqueue(plan.batches)
     for topic_id, delay, user_ids in plan.flushes:
         flush_held.apply_async(args=[topic_id, user_ids], countdown=delay)
-    planning.mark_fanned_out(message_id)
+    planning.mark_fanned_out(message_id, plan.emails)
     return plan.deliveries
 
 

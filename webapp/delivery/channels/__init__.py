@@ -40,4 +40,8 @@ def _build(name: str) -> Channel:
         from webapp.delivery.channels.apns import ApnsChannel
 
         return ApnsChannel.from_settings(settings)
+    if name == "email":
+        from webapp.delivery.channels.email import EmailChannel
+
+        return EmailChannel.from_settings(settings)
     raise ValueError(f"unknown delivery channel {name!r}")
