@@ -62,6 +62,7 @@ beat_schedule = {
     },
     "push-prune-failing": {"task": "beacon.push.prune_failing", "schedule": 3600.0},
     "push-prune-history": {"task": "beacon.push.prune_history", "schedule": 3600.0},
+    "email-prune-digests": {"task": "beacon.email.prune", "schedule": 3600.0},
     "unread-prune-markers": {
         "task": "beacon.unread.prune_markers",
         "schedule": 3600.0,

@@ -110,7 +110,7 @@ def test_no_flush_push_once_the_user_is_back(beacon):
     bob_client = beacon.client(bob)  # back online before the window ends
     bob_client.wait_for_event("user_status_change", lambda d: d.get("user_id") == bob.id)
     line = _flush_line(beacon, bob, topic)
-    assert "skipped: the user is online" in line, line
+    assert "skipped: the user is active" in line, line
     assert len(beacon.push.messages(sub)) == 1
     assert json.loads(beacon.push.messages(sub)[0]["payload"])["body"] == "first"
 

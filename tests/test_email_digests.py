@@ -285,3 +285,35 @@ def test_a_digest_is_sent_once_when_the_worker_dies_mid_send(beacon, sink):
         beacon.extra.pop("email-2").stop()
         beacon.start_worker("email", *EMAIL_WORKER)
         beacon.workers["email"] = beacon.extra.pop("email")
+
+
+def test_digests_older_than_the_history_are_pruned(beacon, sink):
+    from sqlalchemy import update
+
+    from webapp.delivery import digests
+    from webapp.extensions import db
+    from webapp.models import EmailDigest
+
+    alice, _ = _person(beacon, "alice")
+    bob, address = _person(beacon, "bob", email_level="all")
+    topic = beacon.topic(alice, bob)
+    _send(beacon, beacon.client(alice), topic, "old news")
+    sink.wait_for(1, to=address)
+    wait_until(lambda: [d[0] for d in _digests(beacon, bob)] == ["sent"])
+    with beacon.app.app_context():
+        db.session.execute(
+            update(EmailDigest)
+            .where(EmailDigest.user_id == uuid.UUID(bob.id))
+            .values(created_at=datetime.now(UTC) - timedelta(days=31))
+        )
+        db.session.commit()
+        assert digests.prune() >= 1
+    assert _digests(beacon, bob) == []
+
+
+def test_the_cli_refuses_an_address_that_would_name_other_recipients(beacon):
+    bob = beacon.user("bob")
+    for bad in ("a,b@example.test", "<x@example.test>", "x@localhost", '"x"@example.test'):
+        with pytest.raises(AssertionError, match="email must be an address"):
+            beacon.cli("set-email", bob.username, bad)
+    assert beacon.cli("set-email", bob.username) == "-"

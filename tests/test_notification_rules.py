@@ -96,3 +96,38 @@ def test_mentions_level_during_dnd_with_mentions_allowed():
     assert not rules.allows(mentioned=False, now=NOON)
     # "none" wins over the DND exception.
     assert not Rules(level="none", dnd_allow_mentions=True).allows(mentioned=True, now=NOON)
+
+
+@pytest.mark.parametrize(
+    ("level", "mentioned", "expected"),
+    [
+        ("all", False, True),
+        ("mentions", False, False),
+        ("mentions", True, True),
+        ("none", True, False),
+    ],
+)
+def test_email_levels_ignore_do_not_disturb(level, mentioned, expected):
+    snoozing = Rules(email_level=level, snooze_until=NOON + timedelta(hours=1))
+    assert snoozing.allows_email(mentioned=mentioned) is expected
+
+
+def test_do_not_disturb_ends_when_the_snooze_or_the_quiet_hours_end():
+    assert Rules().dnd_ends(NOON) is None
+    assert Rules(snooze_until=NOON + timedelta(minutes=5)).dnd_ends(NOON) == NOON + timedelta(
+        minutes=5
+    )
+    # 22:00-07:00 in Paris (UTC+2 in June): at 23:30 local, it ends at 07:00 local tomorrow.
+    night = Rules(quiet_start=22 * 60, quiet_end=7 * 60, time_zone="Europe/Paris")
+    late = datetime(2026, 6, 15, 21, 30, tzinfo=UTC)
+    assert night.dnd_ends(late) == datetime(2026, 6, 16, 5, 0, tzinfo=UTC)
+    early = datetime(2026, 6, 16, 3, 0, tzinfo=UTC)  # 05:00 local: ends at 07:00 today
+    assert night.dnd_ends(early) == datetime(2026, 6, 16, 5, 0, tzinfo=UTC)
+    # Both: the later end.
+    both = Rules(
+        quiet_start=22 * 60,
+        quiet_end=7 * 60,
+        time_zone="Europe/Paris",
+        snooze_until=datetime(2026, 6, 16, 9, 0, tzinfo=UTC),
+    )
+    assert both.dnd_ends(late) == datetime(2026, 6, 16, 9, 0, tzinfo=UTC)

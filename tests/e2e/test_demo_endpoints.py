@@ -60,6 +60,7 @@ def test_dev_login_when_enabled(beacon):
                 "username": alice.username,
                 "display_name": "Alice Martin",
                 "is_online": False,
+                "status": "offline",
                 "last_seen_at": None,
             }
         ],

@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 from webapp.admin.provisioning import MAX_TOKEN_TTL
 from webapp.delivery.devices import MAX_LABEL
 from webapp.delivery.history import OUTCOMES
-from webapp.delivery.preferences import MAX_SNOOZE
+from webapp.delivery.preferences import MAX_EMAIL_DELAY, MAX_SNOOZE
 from webapp.models import NOTIFY_LEVELS
 from webapp.platform.events import EVENTS
 from webapp.platform.outbound.addresses import MAX_URL_LENGTH
@@ -65,6 +65,12 @@ TIME: Schema = {"type": "string", "format": "date-time"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 ROW_ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_BIGINT}
 LEVEL: Schema = {"type": "string", "enum": list(NOTIFY_LEVELS)}
+PRESENCE_STATUS: Schema = {
+    "type": "string",
+    "enum": ["active", "idle", "offline"],
+    "description": "active: some connection in use; idle: every connection idle; offline.",
+}
+EMAIL_DELAY: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_EMAIL_DELAY}
 OUTCOME: Schema = {"type": "string", "enum": list(OUTCOMES)}
 CLOCK: Schema = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 # An integrating product's own id of a user, room or topic (webapp/platform/validation.py).
@@ -91,6 +97,7 @@ SCHEMAS: dict[str, Schema] = {
             "username": STRING,
             "display_name": {"type": "string", "description": "Falls back to the username."},
             "is_online": {"type": "boolean"},
+            "status": PRESENCE_STATUS,
             "last_seen_at": _or_null(TIME),
         },
         description="A user's status, as in the `user_status_change` event.",
@@ -207,8 +214,35 @@ SCHEMAS: dict[str, Schema] = {
         {"start": CLOCK, "end": CLOCK},
     )
     | {"description": "Local time in `time_zone`; a start after the end spans midnight."},
-    "RoomLevel": _obj({"room_id": UUID, "level": LEVEL}),
-    "TopicLevel": _obj({"topic_id": UUID, "room_id": UUID, "level": LEVEL}),
+    "RoomLevel": _obj({"room_id": UUID, "level": _or_null(LEVEL), "email_level": _or_null(LEVEL)}),
+    "TopicLevel": _obj(
+        {
+            "topic_id": UUID,
+            "room_id": UUID,
+            "level": _or_null(LEVEL),
+            "email_level": _or_null(LEVEL),
+        },
+        description="A topic's own levels; null: the room's (or the user's) applies.",
+    ),
+    "EmailState": _obj(
+        {
+            "address": {
+                "type": ["string", "null"],
+                "description": "Set by the integration API or the CLI.",
+            },
+            "enabled": {"type": "boolean", "description": "This server sends email."},
+            "failing": {
+                "type": "boolean",
+                "description": (
+                    "The address was refused EMAIL_BOUNCE_LIMIT times in a row: no more "
+                    "email until it changes."
+                ),
+            },
+            "failing_since": _or_null(TIME),
+            "delay_default": {"type": "integer", "description": "EMAIL_DELAY, in seconds."},
+        },
+        description="Where missed-message digests go (read-only).",
+    ),
     "Preferences": _obj(
         {
             "level": LEVEL,
@@ -223,10 +257,17 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "boolean",
                 "description": "A snooze or the quiet hours are in effect now.",
             },
+            "push_when_idle": {"type": "boolean"},
+            "email_level": LEVEL,
+            "email_delay": {
+                **_or_null(EMAIL_DELAY),
+                "description": "Null: the server's EMAIL_DELAY.",
+            },
+            "email": _ref("EmailState"),
             "rooms": {"type": "array", "items": _ref("RoomLevel")},
             "topics": {"type": "array", "items": _ref("TopicLevel")},
         },
-        description="The caller's push preferences and overrides.",
+        description="The caller's push and email preferences and overrides.",
     ),
     "PreferencesUpdate": _closed(
         {
@@ -245,6 +286,12 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "A snooze from now; 0 ends it.",
             },
             "dnd_allow_mentions": {"type": "boolean"},
+            "push_when_idle": {
+                "type": "boolean",
+                "description": "Push while every connection of the user is idle (default true).",
+            },
+            "email_level": LEVEL,
+            "email_delay": _or_null(EMAIL_DELAY),
         },
         optional=(
             "level",
@@ -253,13 +300,26 @@ SCHEMAS: dict[str, Schema] = {
             "snooze_until",
             "snooze_minutes",
             "dnd_allow_mentions",
+            "push_when_idle",
+            "email_level",
+            "email_delay",
         ),
     )
     | {
         "not": {"required": ["snooze_until", "snooze_minutes"]},
         "description": "Any of the fields; those left out keep their value.",
     },
-    "LevelInput": _closed({"level": LEVEL}),
+    "LevelInput": _closed(
+        {"level": _or_null(LEVEL), "email_level": _or_null(LEVEL)},
+        optional=("level", "email_level"),
+    )
+    | {
+        "minProperties": 1,
+        "description": (
+            "Either level or both; null clears that one (an override left with no level "
+            "is deleted)."
+        ),
+    },
     "PushRecord": _obj(
         {
             "id": ROW_ID,
@@ -316,7 +376,9 @@ SCHEMAS: dict[str, Schema] = {
             "username": STRING,
             "display_name": {"type": ["string", "null"]},
             "email": {"type": ["string", "null"]},
+            "email_failing": {"type": "boolean"},
             "is_online": {"type": "boolean"},
+            "status": PRESENCE_STATUS,
             "last_seen_at": _or_null(TIME),
             "created_at": TIME,
         },
@@ -756,7 +818,8 @@ def _notification_paths() -> dict[str, dict[str, Any]]:
                 ok={200: _json("The preferences after the change", _ref("Preferences"))},
                 errors={
                     400: "`unknown_field`, `invalid_level`, `invalid_quiet_hours`, "
-                    "`invalid_time_zone`, `invalid_snooze`, `invalid_dnd_allow_mentions`"
+                    "`invalid_time_zone`, `invalid_snooze`, `invalid_dnd_allow_mentions`, "
+                    "`invalid_push_when_idle`, `invalid_email_level`, `invalid_email_delay`"
                 },
             ),
         },
@@ -769,7 +832,8 @@ def _notification_paths() -> dict[str, dict[str, Any]]:
                 body=_ref("LevelInput"),
                 ok={200: _json(level_set, _ref("TopicLevel"))},
                 errors={
-                    400: "`invalid_topic_id`, `unknown_field`, `invalid_level`",
+                    400: "`invalid_topic_id`, `unknown_field`, `invalid_level`, "
+                    "`invalid_email_level`",
                     403: "`not_a_member`",
                     404: "`topic_not_found`",
                 },
@@ -792,7 +856,8 @@ def _notification_paths() -> dict[str, dict[str, Any]]:
                 body=_ref("LevelInput"),
                 ok={200: _json(level_set, _ref("RoomLevel"))},
                 errors={
-                    400: "`invalid_room_id`, `unknown_field`, `invalid_level`",
+                    400: "`invalid_room_id`, `unknown_field`, `invalid_level`, "
+                    "`invalid_email_level`",
                     404: "`room_not_found`: the caller has no topic in the room",
                 },
             ),

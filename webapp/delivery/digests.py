@@ -409,6 +409,16 @@ def _book(digest_id: uuid.UUID, user_id: uuid.UUID, outcome: Outcome, *, final: 
     log.info("digest %s of user %s: %s %s", digest_id, user_id, outcome.kind, outcome.reason)
 
 
+def prune() -> int:
+    """Delete the digests older than PUSH_HISTORY_DAYS that are done; how many."""
+    cutoff = utcnow() - timedelta(days=context.settings().push_history_days)
+    deleted = db.session.execute(
+        delete(EmailDigest).where(EmailDigest.created_at < cutoff, EmailDigest.state != "sending")
+    ).rowcount
+    db.session.commit()
+    return deleted
+
+
 def _finish(
     digest_id: uuid.UUID, state: str, *, status: int | None = None, reason: str = ""
 ) -> None:

@@ -15,6 +15,10 @@
   const SUBSCRIBE_TIMEOUT_MS = 20000;
   const SNOOZE_MINUTES = 60;
   const LEVEL_LABELS = { all: "All", mentions: "Mentions", none: "Nothing" };
+  const EMAIL_LEVEL_LABELS = { all: "All", mentions: "Mentions", none: "Never" };
+  const IDLE_AFTER_MS = 2 * 60 * 1000; // no input for this long (or the page hidden): idle
+  const PRESENCE_REFRESH_MS = 60 * 1000; // while in use, "still active" at most this often
+  const PRESENCE_RETRY_MS = 5000; // after a set_presence that failed
   const DEVICE_ICONS = {
     browser: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2Zm0 5v9h16V9H4Z"/></svg>',
     phone: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M7 1h10a2 2 0 0 1 2 2v18a2 2 0 0 1-2 2H7a2 2 0 0 1-2-2V3a2 2 0 0 1 2-2Zm0 4v14h10V5H7Zm5 15.1a1 1 0 1 0 0 2 1 1 0 0 0 0-2Z"/></svg>',
@@ -52,6 +56,14 @@
     prefs: null, // GET /api/notifications/preferences, kept current by preferences_updated
     snoozeTimer: null,
     devicesLoads: 0, // counts GET /api/notifications/subscriptions calls, so a stale answer is dropped
+    attention: "active", // this page: "active" (in use) or "idle" (hidden, or no input for IDLE_AFTER_MS)
+    lastInput: Date.now(),
+    pointerAt: null, // "x,y" of the last pointermove
+    idleTimer: null,
+    presenceSent: null, // {state, at, failed} of the last set_presence on this connection
+    presenceUnsupported: false, // the server answered unknown_event (an older server)
+    emailsAvailable: false, // GET /api/demo/emails answered (development mailbox)
+    emailsLoads: 0,
   };
 
   // ---------------------------------------------------------------- formatting helpers
@@ -73,6 +85,21 @@
 
   function lastSeen(iso) {
     return iso ? `Last seen ${ago(iso)}` : "Offline";
+  }
+
+  /** A person with `status` ("active" | "idle" | "offline"); from is_online if the server sent none. */
+  function withStatus(person) {
+    return { ...person, status: person.status || (person.is_online ? "active" : "offline") };
+  }
+
+  const STATUS_TEXT = { active: "Online", idle: "Idle" };
+
+  /** "30 seconds", "1 minute", "10 minutes", "1 hour" … */
+  function duration(seconds) {
+    const unit = [[3600, "hour"], [60, "minute"], [1, "second"]].find(([size]) => seconds % size === 0 && seconds >= size);
+    if (!unit) return "immediately";
+    const count = seconds / unit[0];
+    return `${count} ${unit[1]}${count === 1 ? "" : "s"}`;
   }
 
   function clock(iso) {
@@ -261,10 +288,15 @@
     renderTopicLevel();
     renderSnooze();
     closeDevices();
+    closeDialog("#settings-dialog");
+    closeDialog("#emails-dialog");
+    renderSettings();
+    state.emailsAvailable = false;
     $("#app-view").hidden = true;
     $("#me").hidden = true;
     $("#push-button").hidden = true;
     $("#devices-button").hidden = true;
+    $("#emails-button").hidden = true;
     $("#token-status").hidden = true;
     $("#login-view").hidden = false;
     setConnection("idle", "Not connected");
@@ -278,7 +310,7 @@
     const me = await api("GET", "/api/users/me");
     state.username = me.username;
     state.me = me;
-    state.people.set(me.user_id, { ...me, is_online: true });
+    state.people.set(me.user_id, withStatus({ ...me, is_online: true }));
     renderMe();
     $("#devices-button").hidden = false;
     $("#login-view").hidden = true;
@@ -286,6 +318,7 @@
     await Promise.all([loadTopics(), loadPeople(), refreshPreferences()]);
     connectSocket();
     setupPush();
+    probeEmails();
     const params = new URLSearchParams(location.search);
     const wanted = params.get("topic");
     if (wanted && state.topics.has(wanted)) openTopic(wanted);
@@ -318,11 +351,19 @@
       await loadDevUsers("");
       for (const user of state.devUsers) state.people.set(user.user_id, { ...user });
     }
-    // Redis is the live truth for who is online right now.
+    // Redis is the live truth for who is online right now (and active or idle).
     const onlineIds = new Set(online.users.map((u) => u.user_id));
-    for (const person of state.people.values()) person.is_online = onlineIds.has(person.user_id);
-    for (const user of online.users) state.people.set(user.user_id, { ...user, is_online: true });
-    if (state.me) state.people.get(state.me.user_id).is_online = true;
+    for (const person of state.people.values()) {
+      if (onlineIds.has(person.user_id)) continue;
+      person.is_online = false;
+      person.status = "offline";
+    }
+    for (const user of online.users) state.people.set(user.user_id, withStatus({ ...user, is_online: true }));
+    if (state.me) {
+      const me = state.people.get(state.me.user_id);
+      me.is_online = true;
+      if (me.status === "offline") me.status = "active";
+    }
     renderPeople();
   }
 
@@ -368,11 +409,12 @@
   }
 
   function renderPeople() {
+    const rank = { active: 0, idle: 1, offline: 2 };
     const people = [...state.people.values()].sort((a, b) => {
       if (state.me && (a.user_id === state.me.user_id) !== (b.user_id === state.me.user_id)) {
         return a.user_id === state.me.user_id ? -1 : 1;
       }
-      if (a.is_online !== b.is_online) return a.is_online ? -1 : 1;
+      if (a.status !== b.status) return rank[a.status] - rank[b.status];
       const seen = (b.last_seen_at || "").localeCompare(a.last_seen_at || "");
       return seen || displayName(a).localeCompare(displayName(b));
     });
@@ -384,14 +426,16 @@
       item.dataset.userId = person.user_id;
       item.dataset.username = person.username;
       item.dataset.online = String(Boolean(person.is_online));
+      item.dataset.status = person.status; // active: green dot; idle: hollow amber; offline: grey
       const face = avatar(person.user_id, displayName(person));
       const dot = el("span", "status-dot");
       face.append(dot);
       const names = el("span", "names");
       const name = el("span", "name", displayName(person));
       if (state.me && person.user_id === state.me.user_id) name.append(" ", el("span", "you", "(you)"));
-      const seen = el("span", "seen", person.is_online ? "Online" : lastSeen(person.last_seen_at));
-      if (person.last_seen_at) seen.title = new Date(person.last_seen_at).toLocaleString();
+      const seen = el("span", "seen", STATUS_TEXT[person.status] || lastSeen(person.last_seen_at));
+      if (person.status === "idle") seen.title = "Online, but not using Beacon right now";
+      else if (person.last_seen_at) seen.title = new Date(person.last_seen_at).toLocaleString();
       names.append(name, seen);
       item.append(face, names);
       item.setAttribute("aria-label", `${displayName(person)}: ${seen.textContent}`);
@@ -413,6 +457,7 @@
   }
 
   function stopSocket() {
+    state.presenceSent = null;
     if (state.socket) {
       state.socket.removeAllListeners();
       state.socket.disconnect();
@@ -506,6 +551,10 @@
   /** Every (re)connection: rooms are per connection, so join the open topic again and catch up. */
   async function onConnect() {
     setConnection("connected", "Live");
+    // A new connection starts active on the server: say so if this page is idle.
+    state.presenceSent = { state: "active", at: Date.now() };
+    state.presenceUnsupported = false;
+    sendPresence();
     try {
       await Promise.all([loadTopics(), loadPeople(), refreshPreferences()]); // changes missed offline
       if (state.current) await joinCurrent(true);
@@ -530,8 +579,12 @@
 
   function onUserStatus(payload) {
     const known = state.people.get(payload.user_id) || {};
-    state.people.set(payload.user_id, { ...known, ...payload });
-    if (state.me && payload.user_id === state.me.user_id) state.people.get(payload.user_id).is_online = true;
+    const person = withStatus({ ...known, ...payload, status: payload.status });
+    if (state.me && payload.user_id === state.me.user_id) {
+      person.is_online = true; // this page is connected, whatever an old event says
+      if (person.status === "offline") person.status = state.attention;
+    }
+    state.people.set(payload.user_id, person);
     renderPeople();
   }
 
@@ -640,7 +693,7 @@
     }
     await loadMessages();
     // Not fatal: if the connection drops meanwhile, the next "connect" marks the topic read.
-    await markRead().catch((err) => console.warn("mark_as_read failed:", err.message));
+    if (looking()) await markRead().catch((err) => console.warn("mark_as_read failed:", err.message));
   }
 
   /** Show a topic; called from clicks, toasts and the service worker, so it never rejects. */
@@ -701,8 +754,14 @@
     renderMessages({ scroll: !older });
   }
 
+  /** Visible and in use: the user sees the open topic. Idle, the server counts them away (unread
+   * goes up, pushes and emails go out), so the page must not read for them until they are back. */
+  function looking() {
+    return document.visibilityState === "visible" && state.attention === "active";
+  }
+
   function scheduleMarkRead() {
-    if (document.visibilityState !== "visible") return; // read when the tab is seen again
+    if (!looking()) return; // read when the user is back (see setAttention)
     clearTimeout(state.markTimer);
     state.markTimer = setTimeout(() => markRead().catch(() => {}), 150);
   }
@@ -828,17 +887,27 @@
 
   // ---------------------------------------------------------------- notification preferences
 
-  /** The level a topic inherits: its room's, else the user's default. */
-  function inheritedLevel(topic) {
+  /** The push level (field "level") or email level ("email_level") a topic inherits: its
+   * room's, else the user's default. An override may set one of the two (the other is null). */
+  function inheritedLevel(topic, field = "level") {
     const room = state.prefs.rooms.find((r) => r.room_id === topic.room_id);
-    return (room || state.prefs).level;
+    return (room && room[field]) || state.prefs[field];
+  }
+
+  function topicOverride(topic, field = "level") {
+    const own = state.prefs.topics.find((t) => t.topic_id === topic.topic_id);
+    return (own && own[field]) || null;
   }
 
   /** The level that decides pushes for a topic: its own override, else the inherited one. */
   function effectiveLevel(topic) {
     if (!state.prefs) return "all";
-    const own = state.prefs.topics.find((t) => t.topic_id === topic.topic_id);
-    return own ? own.level : inheritedLevel(topic);
+    return topicOverride(topic) || inheritedLevel(topic);
+  }
+
+  /** Email about missed messages can be sent: the server has it set up (older servers: no). */
+  function emailEnabled() {
+    return Boolean(state.prefs && state.prefs.email && state.prefs.email.enabled);
   }
 
   async function loadPreferences() {
@@ -865,17 +934,22 @@
     renderTopics();
     renderTopicLevel();
     renderSnooze();
+    renderSettings();
   }
 
+  /** The open topic's push level, and its email level when the server sends email. */
   function renderTopicLevel() {
     const topic = state.topics.get(state.current);
     const box = $("#topic-notify");
     box.hidden = !topic || !state.prefs;
+    $("#topic-email").hidden = box.hidden || !emailEnabled();
     if (box.hidden) return;
     const select = $("#notify-level");
-    const own = state.prefs.topics.find((t) => t.topic_id === topic.topic_id);
     select.options[0].textContent = `Default (${LEVEL_LABELS[inheritedLevel(topic)]})`;
-    select.value = own ? own.level : "";
+    select.value = topicOverride(topic) || "";
+    const email = $("#topic-email-level");
+    email.options[0].textContent = `Default (${EMAIL_LEVEL_LABELS[inheritedLevel(topic, "email_level")] || "Default"})`;
+    email.value = topicOverride(topic, "email_level") || "";
   }
 
   function renderSnooze() {
@@ -907,21 +981,266 @@
     }
   }
 
-  /** The open topic's select: Default removes the override (DELETE), a level sets it (PUT). */
-  async function setTopicLevel() {
+  /** The open topic's selects (field "level": push, "email_level": email): a level sets it (PUT),
+   * Default clears it (PUT null), or removes the override (DELETE) when nothing else is set. */
+  async function setTopicLevel(field = "level") {
     const topic = state.topics.get(state.current);
-    const level = $("#notify-level").value;
+    const level = $(field === "level" ? "#notify-level" : "#topic-email-level").value || null;
     if (!topic || !state.prefs) return;
+    const other = field === "level" ? "email_level" : "level";
     const path = `/api/notifications/preferences/topics/${encodeURIComponent(topic.topic_id)}`;
     try {
-      const override = level ? await api("PUT", path, { level }) : await api("DELETE", path);
+      const override = level || topicOverride(topic, other)
+        ? await api("PUT", path, { [field]: level })
+        : await api("DELETE", path);
       // PUT answers the override, DELETE nothing; preferences_updated brings the same news.
       const others = state.prefs.topics.filter((t) => t.topic_id !== topic.topic_id);
       onPreferences({ ...state.prefs, topics: override ? [...others, override] : others });
     } catch (err) {
-      toast({ kind: "error", title: "Could not change notifications", where: topic.topic_name, body: err.message });
+      const title = field === "level" ? "Could not change notifications" : "Could not change email notifications";
+      toast({ kind: "error", title, where: topic.topic_name, body: err.message });
       renderTopicLevel(); // back to the stored level
     }
+  }
+
+  // ---------------------------------------------------------------- settings: email and idle
+
+  function closeDialog(selector) {
+    const dialog = $(selector);
+    if (dialog.open) dialog.close();
+  }
+
+  function showSettingsMessage(text, { error = false } = {}) {
+    $("#settings-status").textContent = error ? "" : text;
+    const alert = $("#settings-error");
+    alert.textContent = error ? text : "";
+    alert.hidden = !error || !text;
+  }
+
+  function openSettings() {
+    const dialog = $("#settings-dialog");
+    if (!dialog.open) dialog.showModal();
+    showSettingsMessage("");
+    renderSettings();
+    loadPreferences().catch((err) => showSettingsMessage(`Could not load your settings: ${err.message}`, { error: true }));
+  }
+
+  /** The dialog from state.prefs (GET, PATCH or preferences_updated): the whole, current state. */
+  function renderSettings() {
+    const prefs = state.prefs;
+    $("#settings-button").hidden = !prefs;
+    if (!prefs) return;
+    const email = prefs.email || {};
+    const enabled = emailEnabled();
+    $("#email-disabled").hidden = enabled;
+    $("#email-address").textContent = email.address ? `Emails go to ${email.address}.` : "No email address on your account.";
+    const failing = $("#email-failing");
+    failing.hidden = !email.failing;
+    failing.textContent = email.failing
+      ? `Emails to ${email.address || "your address"} are being refused${email.failing_since ? ` since ${clock(email.failing_since)}` : ""}, so Beacon has stopped sending them. Check the address with your administrator.`
+      : "";
+
+    const level = $("#email-level");
+    if (prefs.email_level) level.value = prefs.email_level;
+    level.disabled = !enabled;
+
+    const delay = $("#email-delay");
+    const value = prefs.email_delay === null || prefs.email_delay === undefined ? "" : String(prefs.email_delay);
+    const fallback = delay.querySelector('option[value=""]');
+    fallback.textContent = email.delay_default !== undefined ? `Server default (${duration(email.delay_default)})` : "Server default";
+    delay.querySelectorAll("option.custom").forEach((option) => option.remove());
+    if (![...delay.options].some((option) => option.value === value)) {
+      const custom = el("option", "custom", duration(Number(value))); // set elsewhere (API, another client)
+      custom.value = value;
+      delay.insertBefore(custom, fallback);
+    }
+    delay.value = value;
+    delay.disabled = !enabled || prefs.email_level === "none";
+
+    const push = $("#push-when-idle");
+    push.checked = prefs.push_when_idle !== false;
+    push.disabled = prefs.push_when_idle === undefined; // an older server
+  }
+
+  /** PATCH one field as it changes; the answer is the whole state. On a refusal, show the stored one. */
+  async function saveSetting(fields) {
+    showSettingsMessage("Saving…");
+    try {
+      onPreferences(await api("PATCH", "/api/notifications/preferences", fields));
+      showSettingsMessage("Saved.");
+    } catch (err) {
+      showSettingsMessage(`Not saved: ${err.message}`, { error: true });
+      renderSettings();
+    }
+  }
+
+  // ---------------------------------------------------------------- emails (development mailbox)
+
+  /** The Emails button exists only when the server has a development mailbox; asked only when
+   * development login and email are on, so other servers see no 404 from this page. */
+  async function probeEmails() {
+    state.emailsAvailable = false;
+    if (state.devLogin && emailEnabled()) {
+      try {
+        await api("GET", "/api/demo/emails");
+        state.emailsAvailable = true;
+      } catch (_) { /* 404: no mailbox */ }
+    }
+    $("#emails-button").hidden = !state.emailsAvailable || !state.me;
+  }
+
+  function openEmails() {
+    const dialog = $("#emails-dialog");
+    if (!dialog.open) dialog.showModal();
+    loadEmails();
+  }
+
+  function showEmailsMessage(text, { error = false } = {}) {
+    const status = $("#emails-status");
+    const alert = $("#emails-error");
+    status.textContent = error ? "" : text;
+    status.hidden = error || !text;
+    alert.textContent = error ? text : "";
+    alert.hidden = !error || !text;
+  }
+
+  async function loadEmails() {
+    const load = (state.emailsLoads += 1);
+    const list = $("#emails-list");
+    list.setAttribute("aria-busy", "true");
+    showEmailsMessage("Loading emails…");
+    try {
+      const data = await api("GET", "/api/demo/emails");
+      if (load !== state.emailsLoads) return;
+      renderEmails(data);
+      showEmailsMessage(data.emails.length === 1 ? "1 email." : `${data.emails.length} emails.`);
+    } catch (err) {
+      if (load !== state.emailsLoads) return;
+      showEmailsMessage(`Could not load the emails: ${err.message}`, { error: true });
+    } finally {
+      if (load === state.emailsLoads) list.removeAttribute("aria-busy");
+    }
+  }
+
+  /** The http(s) URLs of a List-Unsubscribe header ("<https://…>, <mailto:…>"). */
+  function unsubscribeLinks(header) {
+    if (!header) return [];
+    const found = [...String(header).matchAll(/<([^>]+)>/g)].map((m) => m[1]);
+    return (found.length ? found : String(header).split(",")).map((url) => url.trim()).filter((url) => {
+      try {
+        return ["http:", "https:"].includes(new URL(url).protocol);
+      } catch (_) {
+        return false;
+      }
+    });
+  }
+
+  /** Subject, who and when, the text part and the unsubscribe link; the HTML part is never shown. */
+  function renderEmails(data) {
+    $("#emails-address").textContent = data.address || "you";
+    const list = $("#emails-list");
+    list.replaceChildren();
+    data.emails.forEach((email, index) => {
+      const item = el("li", "email");
+      const subject = el("h3", "email-subject", email.subject || "(no subject)");
+      subject.id = `email-subject-${index}`;
+      item.setAttribute("aria-labelledby", subject.id);
+      const meta = el("p", "email-meta", `From ${email.from || "?"} to ${email.to || "?"} · `);
+      if (email.date) {
+        const time = el("time", null, clock(email.date));
+        time.dateTime = email.date;
+        time.title = new Date(email.date).toLocaleString();
+        meta.append(time);
+      }
+      item.append(subject, meta, el("pre", "email-text", email.text || ""));
+      for (const url of unsubscribeLinks(email.list_unsubscribe)) {
+        const line = el("p", "email-unsubscribe", "Unsubscribe link: ");
+        const link = el("a", null, url);
+        link.href = url;
+        link.target = "_blank";
+        link.rel = "noopener noreferrer";
+        line.append(link);
+        item.append(line);
+      }
+      list.append(item);
+    });
+    $("#emails-empty").hidden = data.emails.length > 0;
+  }
+
+  // ---------------------------------------------------------------- attention: active or idle
+
+  /** What this page reports: hidden, or no input for IDLE_AFTER_MS, is idle. */
+  function currentAttention() {
+    if (document.visibilityState !== "visible") return "idle";
+    return Date.now() - state.lastInput >= IDLE_AFTER_MS ? "idle" : "active";
+  }
+
+  /** Pointer, keys, wheel, touch, focus, or the page shown: runs on every pointer move, so cheap. */
+  function onActivity() {
+    if (document.visibilityState !== "visible") return;
+    state.lastInput = Date.now();
+    setAttention("active");
+  }
+
+  /** Only a pointer that really moved: a layout change under a still mouse can fire moves. */
+  function onPointerMove(event) {
+    const at = `${event.screenX},${event.screenY}`;
+    if (at === state.pointerAt) return;
+    state.pointerAt = at;
+    onActivity();
+  }
+
+  function onVisibilityChange() {
+    if (document.visibilityState === "visible") onActivity();
+    else setAttention("idle");
+  }
+
+  function onIdleTimer() {
+    state.idleTimer = null;
+    setAttention(currentAttention()); // input meanwhile: still active, the timer is set again
+  }
+
+  function setAttention(next) {
+    const was = state.attention;
+    state.attention = next;
+    if (next === "idle") {
+      clearTimeout(state.idleTimer);
+      state.idleTimer = null;
+    } else if (!state.idleTimer) {
+      state.idleTimer = setTimeout(onIdleTimer, state.lastInput + IDLE_AFTER_MS - Date.now() + 50);
+    }
+    sendPresence();
+    // Back: the server counted the open topic's new messages as unread meanwhile.
+    if (next === "active" && was !== "active" && state.current) scheduleMarkRead();
+  }
+
+  /** set_presence on a change of state, and while active a "still active" every
+   * PRESENCE_REFRESH_MS at most (the server counts a silent connection idle after a while). */
+  function sendPresence() {
+    const socket = state.socket;
+    if (!socket || !socket.connected || state.presenceUnsupported) return;
+    const presence = state.attention;
+    const sent = state.presenceSent;
+    const elapsed = sent ? Date.now() - sent.at : Infinity;
+    const due = !sent || sent.state !== presence
+      || (sent.failed ? elapsed >= PRESENCE_RETRY_MS : presence === "active" && elapsed >= PRESENCE_REFRESH_MS);
+    if (!due) return;
+    const record = { state: presence, at: Date.now(), failed: false };
+    state.presenceSent = record;
+    emit("set_presence", { state: presence }).then((ack) => {
+      if (state.socket === socket) updateOwnStatus(ack.status);
+    }).catch((err) => {
+      if (err.code === "unknown_event") state.presenceUnsupported = true;
+      record.failed = true; // tried again on the next input, PRESENCE_RETRY_MS later
+    });
+  }
+
+  /** The ack's `status` is this user's overall one (another tab or device may still be active). */
+  function updateOwnStatus(status) {
+    const me = state.me && state.people.get(state.me.user_id);
+    if (!me || !status || me.status === status) return;
+    me.status = status;
+    renderPeople();
   }
 
   // ---------------------------------------------------------------- toasts
@@ -1278,7 +1597,24 @@
     $("#devices-dialog").addEventListener("click", (event) => {
       if (event.target === event.currentTarget) closeDevices(); // a click on the backdrop
     });
-    $("#notify-level").addEventListener("change", () => setTopicLevel());
+    $("#notify-level").addEventListener("change", () => setTopicLevel("level"));
+    $("#topic-email-level").addEventListener("change", () => setTopicLevel("email_level"));
+    $("#settings-button").addEventListener("click", () => openSettings());
+    $("#settings-close").addEventListener("click", () => closeDialog("#settings-dialog"));
+    $("#settings-form").addEventListener("submit", (event) => event.preventDefault());
+    $("#email-level").addEventListener("change", (event) => saveSetting({ email_level: event.target.value }));
+    $("#email-delay").addEventListener("change", (event) => {
+      saveSetting({ email_delay: event.target.value === "" ? null : Number(event.target.value) });
+    });
+    $("#push-when-idle").addEventListener("change", (event) => saveSetting({ push_when_idle: event.target.checked }));
+    $("#emails-button").addEventListener("click", () => openEmails());
+    $("#emails-refresh").addEventListener("click", () => loadEmails());
+    $("#emails-close").addEventListener("click", () => closeDialog("#emails-dialog"));
+    for (const selector of ["#settings-dialog", "#emails-dialog"]) {
+      $(selector).addEventListener("click", (event) => {
+        if (event.target === event.currentTarget) closeDialog(selector); // a click on the backdrop
+      });
+    }
     $("#people-more").addEventListener("click", () => { state.showAllPeople = !state.showAllPeople; renderPeople(); });
     const input = $("#composer-input");
     input.addEventListener("input", autoGrow);
@@ -1288,9 +1624,16 @@
         $("#composer").requestSubmit();
       }
     });
-    document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible" && state.current) scheduleMarkRead();
-    });
+    // Attention: input keeps the page active, hiding it makes it idle (see setAttention). Not
+    // "scroll": the page scrolls by itself when a message arrives (wheel, touch and keys cover
+    // the user's scrolling).
+    document.addEventListener("visibilitychange", onVisibilityChange);
+    for (const type of ["pointerdown", "keydown", "wheel", "touchstart", "focusin"]) {
+      document.addEventListener(type, onActivity, { capture: true, passive: true });
+    }
+    document.addEventListener("pointermove", onPointerMove, { capture: true, passive: true });
+    window.addEventListener("focus", onActivity);
+    setAttention(currentAttention());
     setInterval(() => { if (state.me) renderPeople(); }, 30000); // keep "last seen" fresh
     if ("serviceWorker" in navigator) {
       navigator.serviceWorker.addEventListener("message", onServiceWorkerMessage);

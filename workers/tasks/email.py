@@ -43,3 +43,9 @@ def send_digests(user_ids: list[str], attempt: int = 0) -> int:
             args=[later.busy], kwargs={"attempt": attempt}, countdown=later.busy_for
         )
     return len(later.retry) + len(later.busy)
+
+
+@celery.task(name="beacon.email.prune", **DB_RETRY)
+def prune() -> int:
+    """Beat, hourly: forget digests older than PUSH_HISTORY_DAYS."""
+    return digests.prune()
