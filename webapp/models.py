@@ -449,6 +449,8 @@ class EmailDigest(db.Model):
             name="state",
         ),
         Index("ix_email_digests_user_id_created_at", "user_id", "created_at"),
+        # The sweep looks for digests left sending; beat prunes old ones.
+        Index("ix_email_digests_state_created_at", "state", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -8,9 +8,67 @@ The table in docs/RELIABILITY.md is generated from what this test tried and saw.
 
 from __future__ import annotations
 
+import email.utils
+import mailbox
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
+import pytest
+import requests
+from flask import Flask
+
+from config import Settings
+from tests.conftest import start_web
+from tests.harness.ports import free_port
 from tests.harness.waiting import wait_until
+
+LINK_SECRET = "matrix-email-link-secret-" + "q" * 24
+
+
+@pytest.fixture(scope="module")
+def mail_web(stack, run_dir) -> Any:
+    """Another web process of the shared deployment (same database and Redis) that signs
+    unsubscribe links and shows a development mailbox: the shared web has neither
+    EMAIL_LINK_SECRET nor DEV_MAILBOX. Yields its URL and the Maildir."""
+    maildir = run_dir / f"matrix-mailbox-{stack.backend}"
+    env = {**stack.env, "EMAIL_LINK_SECRET": LINK_SECRET, "DEV_MAILBOX": str(maildir)}
+    port = free_port()
+    web = start_web(f"web-mail-{stack.backend}", env, port, run_dir)
+    yield f"http://127.0.0.1:{port}", maildir
+    web.stop()
+
+
+def _link_token(user_id: str, secret: str = LINK_SECRET) -> str:
+    """The token of a digest's unsubscribe link (the product's own signer)."""
+    from webapp.delivery.unsubscribe import token_for
+
+    app = Flask(__name__)
+    app.extensions["beacon_settings"] = Settings(email_link_secret=secret)
+    with app.app_context():
+        return token_for(uuid.UUID(user_id))
+
+
+def _set_email(beacon, user, address: str) -> None:
+    from webapp.extensions import db
+    from webapp.models import User
+
+    with beacon.app.app_context():
+        db.session.get(User, uuid.UUID(user.id)).email = address
+        db.session.commit()
+        db.session.remove()
+
+
+def _deliver(maildir: Path, to: str, subject: str) -> None:
+    """An email in the development mailbox, as the local SMTP sink writes it."""
+    message = EmailMessage()
+    message["From"] = "Beacon <beacon@localhost>"
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message.set_content(subject)
+    mailbox.Maildir(maildir, create=True).add(message)
 
 
 def _alice_world(beacon, alice, bob, topic) -> dict[str, Any]:
@@ -33,7 +91,7 @@ def _alice_world(beacon, alice, bob, topic) -> dict[str, Any]:
 PREFS = "/api/notifications/preferences"
 
 
-def test_nobody_touches_another_users_data(beacon, reliability):
+def test_nobody_touches_another_users_data(beacon, mail_web, reliability):
     alice, bob, mallory = beacon.user("alice"), beacon.user("bob"), beacon.user("mallory")
     topic = beacon.topic(alice, bob)
     own = beacon.topic(mallory)  # Mallory's own topic, in her own room
@@ -52,9 +110,19 @@ def test_nobody_touches_another_users_data(beacon, reliability):
     )
     assert created.status_code == 201
     sub_id = created.json()["id"]
+    # Alice's preferences away from every default, so that a change to any would show.
     for path in (f"topics/{topic.topic_id}", f"rooms/{topic.room_id}"):
-        muted = beacon.api(alice, "PUT", f"{PREFS}/{path}", json={"level": "mentions"})
+        muted = beacon.api(
+            alice, "PUT", f"{PREFS}/{path}", json={"level": "mentions", "email_level": "all"}
+        )
         assert muted.status_code == 200, muted.text
+    emails = {"email_level": "all", "push_when_idle": False, "email_delay": 120}
+    assert beacon.api(alice, "PATCH", PREFS, json=emails).status_code == 200
+    mail_url, maildir = mail_web
+    tag = uuid.uuid4().hex[:8]
+    for user in (alice, mallory):
+        _set_email(beacon, user, f"{user.username}@example.test")
+        _deliver(maildir, f"{user.username}@example.test", f"digest for {user.username} {tag}")
     before = _alice_world(beacon, alice, bob, topic)
 
     mallory_client = beacon.client(mallory, "mallory")
@@ -118,6 +186,48 @@ def test_nobody_touches_another_users_data(beacon, reliability):
         {"token": f"{header}.{alice_claims}.{signature}"},
         "invalid_token",
     )
+    # Attention is per connection: Mallory's set_presence turns her own status idle, never
+    # Alice's (online, active) nor Bob's; a payload naming someone else is refused.
+    watch = alice_client.mark()
+    ack = mallory_client.call("set_presence", {"state": "idle"})
+    assert ack == {"ok": True, "state": "idle", "status": "idle"}, ack
+    alice_client.wait_for_event(
+        "user_status_change",
+        lambda p: p["user_id"] == mallory.id and p["status"] == "idle",
+        after=watch,
+    )
+    moved = [
+        (p["user_id"], p["status"])
+        for p in alice_client.events("user_status_change", after=watch)
+        if p["user_id"] in (alice.id, bob.id)
+    ]
+    online = beacon.api(bob, "GET", "/api/users/online").json()["users"]
+    statuses = {u["user_id"]: u["status"] for u in online}
+    observed = (
+        f"ok; hers {statuses.get(mallory.id)}, Alice's {statuses.get(alice.id)}, "
+        f"other changes {moved or 'none'}"
+    )
+    reliability.matrix(
+        "set_presence",
+        "Alice's status (Alice connected, active)",
+        expected="ok; hers idle, Alice's active, other changes none",
+        observed=observed,
+    )
+    assert observed == "ok; hers idle, Alice's active, other changes none", observed
+    event(
+        "set_presence",
+        "Alice's user id in the payload",
+        {"state": "idle", "user_id": alice.id},
+        "unknown_field",
+    )
+    event(
+        "set_presence",
+        "Alice's connection id in the payload",
+        {"state": "idle", "sid": alice_client.sid},
+        "unknown_field",
+    )
+    assert mallory_client.call("set_presence", {"state": "active"})["status"] == "active"
+
     # Her own topic with Alice's message ids: allowed, but the foreign ids are ignored.
     ack = mallory_client.call("mark_as_read", own.ref(message_ids=message_ids))
     observed = f"ok, message_ids={ack.get('message_ids')}"
@@ -168,6 +278,71 @@ def test_nobody_touches_another_users_data(beacon, reliability):
     rest("PUT", f"{PREFS}/rooms/{r}", "room level", 404, "room_not_found", json={"level": "all"})
     rest("DELETE", f"{PREFS}/topics/{t}", "topic level (only her own row)", 204, "")
     rest("DELETE", f"{PREFS}/rooms/{r}", "room level (only her own row)", 204, "")
+    # The email level of an override is refused like the push level, clearing it too.
+    for target, body in (
+        ("topic email level", {"email_level": "none"}),
+        ("topic email level (clearing)", {"email_level": None}),
+    ):
+        rest("PUT", f"{PREFS}/topics/{t}", target, 403, "not_a_member", json=body)
+    for target, body in (
+        ("room email level", {"email_level": "none"}),
+        ("room email level (clearing)", {"email_level": None}),
+    ):
+        rest("PUT", f"{PREFS}/rooms/{r}", target, 404, "room_not_found", json=body)
+
+    # The unsubscribe link (no sign-in: the signed token is the credential). Mallory's own
+    # link turns off her emails alone; Alice's id under any other signature is a 400 page.
+    unsubscribe = f"{mail_url}/api/email/unsubscribe"
+    mine = _link_token(mallory.id)
+    alice_payload = _link_token(alice.id, "another-secret").rsplit(".", 1)[0]
+
+    def link(token: str, target: str, expected: str) -> None:
+        response = requests.post(unsubscribe, params={"token": token}, timeout=10)
+        page = "invalid link page" if "link is not valid" in response.text else "done page"
+        observed = f"{response.status_code} {page}"
+        reliability.matrix(
+            "POST /api/email/unsubscribe", target, expected=expected, observed=observed
+        )
+        assert observed == expected, (target, response.text)
+
+    link(
+        _link_token(alice.id, "another-secret"),
+        "Alice's id, another secret",
+        "400 invalid link page",
+    )
+    link(
+        f"{alice_payload}.{mine.rsplit('.', 1)[1]}",
+        "Alice's id with the signature of Mallory's link",
+        "400 invalid link page",
+    )
+    link(alice_payload, "Alice's id, unsigned", "400 invalid link page")
+    link(alice.id, "Alice's user id as the token", "400 invalid link page")
+    link(mine, "her own link: her emails off, none of Alice's", "200 done page")
+    hers = beacon.api(mallory, "GET", PREFS).json()
+    assert hers["email_level"] == "none", hers  # her own link did turn off her own emails
+    alice_now = beacon.api(alice, "GET", PREFS).json()
+    assert alice_now["email_level"] == "all"
+    assert {o["email_level"] for o in alice_now["topics"] + alice_now["rooms"]} == {"all"}
+
+    # The development mailbox shows the caller's emails only, whatever she asks.
+    for path, target in (
+        ("/api/demo/emails", "Alice's digest (in the same mailbox)"),
+        (f"/api/demo/emails?address={alice.username}@example.test", "Alice's address in the query"),
+    ):
+        response = requests.get(
+            mail_url + path, headers={"Authorization": f"Bearer {mallory.token}"}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        subjects = [e["subject"] for e in response.json()["emails"] if tag in e["subject"]]
+        observed = (
+            "200, only her own"
+            if subjects == [f"digest for {mallory.username} {tag}"]
+            else f"200, {subjects}"
+        )
+        reliability.matrix(
+            "GET /api/demo/emails", target, expected="200, only her own", observed=observed
+        )
+        assert observed == "200, only her own", subjects
 
     def listing(path: str, target: str, key: str, expected: list[str], field: str) -> None:
         response = beacon.api(mallory, "GET", path)

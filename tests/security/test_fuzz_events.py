@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections import Counter
 
@@ -27,6 +28,26 @@ from tests.security.strategies import (
 )
 
 EXPECTED = "error ack with a documented code; nothing stored; bystander unaffected"
+# The codes of every event's refusals: the shared ones and set_presence's own (FRONTEND_GUIDE.md).
+CODES = REFUSALS | {"invalid_state"}
+PRESENCE_STATES = ("active", "idle")
+# Near misses of the two states: case, spaces, NUL, look-alikes, other presence words.
+NOT_STATES = [
+    "Active",
+    "IDLE",
+    " idle",
+    "active ",
+    "idle\x00",
+    "active\n",
+    "\u0430ctive",  # Cyrillic a
+    "ａｃｔｉｖｅ",
+    "idle\u200d",
+    "offline",
+    "away",
+    "online",
+    "busy",
+    "",
+]
 
 
 def _tokens(h):
@@ -48,6 +69,10 @@ def _tokens(h):
 def _fields(h, event):
     if event == "refresh_token":
         return {"token": st.one_of(_tokens(h), texts, json_values)}
+    if event == "set_presence":
+        # Never a valid state: every case must be refused (the valid ones are tested below).
+        states = st.one_of(st.sampled_from(NOT_STATES), texts, huge_texts, json_values)
+        return {"state": states.filter(lambda v: v not in PRESENCE_STATES)}
     refs = {
         "topic_id": ids(h.topic.topic_id, h.topic.room_id, h.mallory.id),
         "room_id": ids(h.topic.room_id, h.topic.topic_id),
@@ -65,25 +90,89 @@ EVENTS = {
     "send_message": 200,
     "mark_as_read": 150,
     "refresh_token": 100,
+    "set_presence": 120,
 }
+
+
+def _senders(h, event):
+    """(user, connection) pairs a fuzzed event is sent from: Mallory's, and for
+    ``set_presence`` as many other signed-in attackers as its per-user limit asks for. That
+    limit is counted before the payload is read and the shared stack keeps its default
+    (30/10s), so a single sender would see only ``rate_limited`` after 30 cases; spread out, no
+    sender reaches it whatever the clock, and every payload is judged (test_limits.py tests
+    the limit itself). The topic events' limits are raised for the fuzz (tests/conftest.py
+    ``base_env``), and ``send_message`` counts only a member's sends."""
+    senders = [(h.mallory, h.client)]
+    if event != "set_presence":
+        return senders
+    limit = h.stack.app.extensions["beacon_settings"].rate_limit_set_presence
+    # Each sender keeps two calls spare: one for after the fuzz (its connection still works).
+    per_sender = EVENTS[event] if limit is None else limit.limit - 2
+    for i in range(math.ceil(EVENTS[event] / per_sender) - 1):
+        attacker = h.stack.user(f"mallory{i}")
+        senders.append((attacker, h.stack.client(attacker, f"mallory{i}")))
+    return senders
 
 
 @pytest.mark.parametrize("event", sorted(EVENTS))
 def test_fuzzed_payloads_are_refused(hostile, reliability, event):
     tally: Counter[str] = Counter()
+    senders = _senders(hostile, event)
+    if event == "set_presence":
+        # Every attacker is announced active before the fuzz; the mark is after that.
+        for user, _ in senders:
+            hostile.bystander.wait_for_event(
+                "user_status_change", lambda p, u=user: p["user_id"] == u.id and p["is_online"]
+            )
+    mark = hostile.bystander.mark()
+    sender = itertools.cycle([client for _, client in senders])
 
     @settings(settings.get_profile("beacon-security"), max_examples=EVENTS[event])
     @given(payloads(_fields(hostile, event)))
     def case(payload):
-        ack = hostile.client.call(event, payload, timeout=30)
-        # A known event is never answered as unknown (refresh_token once was).
-        tally[refusal(ack, REFUSALS - {"unknown_event"})] += 1
+        ack = next(sender).call(event, payload, timeout=30)
+        # A known event is never answered as unknown (refresh_token once was), and no sender
+        # goes over a rate limit (see _senders).
+        tally[refusal(ack, CODES - {"unknown_event", "rate_limited"})] += 1
 
     case()
-    assert hostile.client.connected
+    assert all(client.connected for _, client in senders)
+    if event == "set_presence":
+        _presence_still_works(hostile, senders, mark)
     reliability.record(
         "input", f"`{event}` payloads (hypothesis)", expected=EXPECTED, observed=tally
     )
+
+
+def _presence_still_works(h, senders, mark):
+    """After the refused set_presence cases: each sender's connection still serves the event,
+    every refusal left its user's status alone (the only change announced is the valid call's),
+    and nobody else's status moved (Bob, the bystander, stays active)."""
+    for _, client in senders:
+        assert client.call("set_presence", {"state": "idle"}) == {
+            "ok": True,
+            "state": "idle",
+            "status": "idle",
+        }
+    users = [user for user, _ in senders]
+    for user in users:
+        h.bystander.wait_for_event(
+            "user_status_change",
+            lambda p, u=user: p["user_id"] == u.id and p["status"] == "idle",
+            after=mark,
+        )
+    # (Alice's offline from the fixture's setup may still be on its way: not watched here.)
+    watched = {h.bob.id, *(u.id for u in users)}
+    changes = [
+        (p["user_id"], p["status"])
+        for p in h.bystander.events("user_status_change", after=mark)
+        if p["user_id"] in watched
+    ]
+    assert sorted(changes) == sorted((u.id, "idle") for u in users), changes
+    online = h.stack.api(h.bob, "GET", "/api/users/online").json()["users"]
+    statuses = {u["user_id"]: u["status"] for u in online}
+    assert statuses[h.bob.id] == "active"
+    assert all(statuses[u.id] == "idle" for u in users), statuses
 
 
 RESERVED = {"connect", "connect_error", "disconnect", *EVENTS}
@@ -151,6 +240,10 @@ def test_raw_packets_the_client_library_would_not_send(hostile, reliability):
         "event named connect_error": '["connect_error",{}]',
         "event named *": '["*"]',
         "event named * with a payload": '["*",{"topic_id":"x"}]',
+        "NaN state": '["set_presence",{"state":NaN}]',
+        "no state": '["set_presence"]',
+        "state nested 5000 deep": '["set_presence",{"state":' + "[" * 5000 + "]" * 5000 + "}]",
+        "state not JSON": '["set_presence",{"state":idle}]',
         "undecodable event named disconnect": '["disconnect",{',
     }
     outcomes: dict[str, str] = {}
@@ -159,7 +252,7 @@ def test_raw_packets_the_client_library_would_not_send(hostile, reliability):
         if ack is None:
             outcomes[name] = "no ack (packet dropped)"
         else:
-            code = refusal(ack, REFUSALS | {"unknown_event"})
+            code = refusal(ack, CODES)
             outcomes[name] = code
         answered[outcomes[name]] += 1
         assert hostile.client.connected, f"{name}: the sender was disconnected"

@@ -1,20 +1,32 @@
 """Property-based fuzzing of every REST route that takes input: bodies (JSON of every shape,
 raw bytes, invalid UTF-8, deep, oversized, any content type), path segments and query strings.
-Every answer must be a 2xx or a 4xx with a JSON ``{"error", "message"}`` body; never a 5xx,
-and no row may be stored for the attacker (checked by the ``hostile`` fixture)."""
+Every answer must be a 2xx or a 4xx with a JSON ``{"error", "message"}`` body (the email
+unsubscribe link, for people, answers with its HTML 400 page); never a 5xx, and no row may be
+stored for the attacker (checked by the ``hostile`` fixture)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections import Counter
+from typing import Any
 
+import pytest
 import requests
+from flask import Flask
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from itsdangerous import URLSafeSerializer
+from sqlalchemy import select
 
+from config import Settings
+from tests.conftest import JWT_SECRET, start_web
+from tests.harness.ports import free_port
 from tests.security.strategies import (
     CONTENT_TYPES,
     EDGE_STRINGS,
     HOSTILE_ENDPOINTS,
+    any_char,
     huge_texts,
     json_values,
     payloads,
@@ -38,8 +50,10 @@ def _answer(response: requests.Response, tally: Counter[str]) -> None:
         tally[str(response.status_code)] += 1
 
 
-def _call(h, method, path, **kwargs):
-    headers = {"Authorization": f"Bearer {h.mallory.token}", **kwargs.pop("headers", {})}
+def _call(h, method, path, *, user=None, **kwargs):
+    """A request as Mallory (or ``user``)."""
+    token = (user or h.mallory).token
+    headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
     return requests.request(method, h.stack.url + path, headers=headers, timeout=30, **kwargs)
 
 
@@ -353,5 +367,449 @@ def test_fuzzed_device_registrations_and_deletions(hostile, reliability):
         "(hypothesis)",
         expected="4xx JSON {error, message} (503 push_disabled for a well-formed device on a "
         "deployment without FCM/APNs); nothing stored; others' devices untouched",
+        observed=tally,
+    )
+
+
+# -- attention: idle pushes and missed-message email (issue 17) -----------------------------
+LEVELS = ("all", "mentions", "none")
+ATTENTION_FIELDS = ("level", "push_when_idle", "email_level", "email_delay")
+MAX_EMAIL_DELAY = 86400
+not_levels = st.one_of(
+    st.sampled_from(["ALL", "None", " none", "mentions\x00", "mention", "", "off", "\u0430ll"]),
+    json_values,
+)
+any_levels = st.one_of(st.sampled_from(LEVELS), not_levels)
+
+
+def _valid_level(value: Any) -> bool:
+    return isinstance(value, str) and value in LEVELS
+
+
+def _valid_setting(name: str, value: Any) -> bool:
+    if name == "push_when_idle":
+        return isinstance(value, bool)
+    if name == "email_delay":
+        return value is None or (
+            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_EMAIL_DELAY
+        )
+    return _valid_level(value)
+
+
+def _valid_settings_body(body: Any) -> bool:
+    return isinstance(body, dict) and all(
+        k in ATTENTION_FIELDS and _valid_setting(k, v) for k, v in body.items()
+    )
+
+
+def _parsed(body: bytes) -> Any:
+    """A raw body as the server reads it (UTF-8, then Python's JSON); None if it cannot."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _valid_override_body(body: Any) -> bool:
+    return (
+        isinstance(body, dict)
+        and bool(body)
+        and all(
+            k in ("level", "email_level") and (v is None or _valid_level(v))
+            for k, v in body.items()
+        )
+    )
+
+
+def _overrides(prefs: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The overrides of a GET of the preferences, by (scope, id)."""
+    return {
+        **{
+            ("rooms", r["room_id"]): {k: r[k] for k in ("level", "email_level")}
+            for r in prefs["rooms"]
+        },
+        **{
+            ("topics", t["topic_id"]): {k: t[k] for k in ("level", "email_level")}
+            for t in prefs["topics"]
+        },
+    }
+
+
+def test_fuzzed_attention_and_email_preferences(hostile, reliability):
+    """The fields issue 17 added: ``push_when_idle``, ``email_level``, ``email_delay`` (PATCH),
+    and ``email_level`` beside ``level`` in the topic and room overrides (PUT/DELETE). Carol, a
+    member of a topic of her own, sends them: her bodies reach the parsers (Mallory's would
+    stop at the membership check). Every answer is exactly what the documented rules say: a
+    valid body 2xx and stored as sent (a model of her preferences follows every answer and
+    must equal what she reads back), anything else 400 and nothing changed; Alice's topic and
+    room stay refused (403/404) whatever the body. Bob, with every new field set away from its
+    default, and Alice never change."""
+    stack, bob = hostile.stack, hostile.bob
+    carol = stack.user("carol")
+    own = stack.topic(carol)
+    prefs = "/api/notifications/preferences"
+    for method, path, body in (
+        ("PATCH", prefs, {"push_when_idle": False, "email_level": "all", "email_delay": 60}),
+        (
+            "PUT",
+            f"{prefs}/topics/{hostile.topic.topic_id}",
+            {"level": "mentions", "email_level": "none"},
+        ),
+        ("PUT", f"{prefs}/rooms/{hostile.topic.room_id}", {"email_level": "all"}),
+    ):
+        assert stack.api(bob, method, path, json=body).status_code == 200
+    bob_before = stack.api(bob, "GET", prefs).json()
+
+    start = stack.api(carol, "GET", prefs).json()
+    model = {k: start[k] for k in ATTENTION_FIELDS}
+    assert model == {
+        "level": "all",
+        "push_when_idle": True,
+        "email_level": "mentions",
+        "email_delay": None,
+    }
+    overrides: dict[tuple[str, str], dict[str, Any]] = {}
+    tally: Counter[str] = Counter()
+    delays = st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.integers(-2, MAX_EMAIL_DELAY + 2),
+        st.sampled_from([0, MAX_EMAIL_DELAY, MAX_EMAIL_DELAY + 1, -1, None, True, 1.0, 60.5, "60"]),
+        json_values,
+    )
+    flags = st.one_of(st.booleans(), st.sampled_from([0, 1, "true", "false", None]), json_values)
+    settings_body = payloads(
+        {
+            "level": any_levels,
+            "push_when_idle": flags,
+            "email_level": any_levels,
+            "email_delay": delays,
+        },
+        binary=False,
+    )
+    override_body = payloads(
+        {
+            "level": st.one_of(st.none(), any_levels),
+            "email_level": st.one_of(st.none(), any_levels),
+        },
+        binary=False,
+    )
+    targets = st.one_of(
+        st.sampled_from(["own", "own", "alice"]),
+        st.uuids().map(str),
+        st.sampled_from(EDGE_STRINGS),
+    )
+    raw_patches = st.one_of(
+        raw_bodies(),
+        st.sampled_from(
+            [
+                b'{"email_delay": 1e999}',
+                b'{"email_delay": NaN}',
+                b'{"email_delay": -0}',
+                b'{"email_delay": 9' + b"9" * 4000 + b"}",
+                b'{"email_delay": 60.0}',
+                b'{"push_when_idle": "true"}',
+                b'{"email_level": "none\\u0000"}',
+                b'{"email_level": "\\ud800"}',
+            ]
+        ),
+    )
+
+    @example(("patch", {"email_delay": MAX_EMAIL_DELAY + 1}))
+    @example(("patch", {"email_delay": True}))
+    @example(("patch", {"push_when_idle": 1}))
+    @example(
+        ("patch", {"email_level": "none", "email_delay": MAX_EMAIL_DELAY, "push_when_idle": False})
+    )
+    @example(("raw", b'{"email_delay": 1e999}'))
+    @example(("override", ("PUT", "topics", "alice", {"email_level": "none"})))
+    @example(("override", ("PUT", "rooms", "alice", {"email_level": None})))
+    @example(("override", ("PUT", "topics", "own", {"email_level": "none"})))
+    @example(("override", ("PUT", "topics", "own", {"email_level": None, "level": None})))
+    @example(("override", ("PUT", "rooms", "own", {})))
+    @settings(settings.get_profile("beacon-security"), max_examples=200)
+    @given(
+        st.one_of(
+            settings_body.map(lambda b: ("patch", b)),
+            raw_patches.map(lambda b: ("raw", b)),
+            st.tuples(
+                st.sampled_from(["PUT", "PUT", "DELETE"]),
+                st.sampled_from(["topics", "rooms"]),
+                targets,
+                override_body,
+            ).map(lambda t: ("override", t)),
+        )
+    )
+    def case(call):
+        kind, value = call
+        if kind == "patch":
+            response = _call(hostile, "PATCH", prefs, user=carol, json=value)
+            _answer(response, tally)
+            valid = _valid_settings_body(value)
+            assert response.status_code == (200 if valid else 400), (value, response.text)
+            if valid:
+                model.update(value)
+                assert {k: response.json()[k] for k in ATTENTION_FIELDS} == model, value
+            return
+        if kind == "raw":
+            response = _call(
+                hostile,
+                "PATCH",
+                prefs,
+                user=carol,
+                data=value,
+                headers={"Content-Type": "application/json"},
+            )
+            _answer(response, tally)
+            parsed = _parsed(value)
+            if _valid_settings_body(parsed):  # "{}", "-0", " {} "...: Python's JSON rules
+                assert response.status_code == 200, (value, response.text)
+                model.update(parsed)
+                assert {k: response.json()[k] for k in ATTENTION_FIELDS} == model, value
+            else:
+                assert response.status_code in (400, 413), (value, response.text)
+            return
+        method, scope, target, body = value
+        ids = {
+            "topics": (own.topic_id, hostile.topic.topic_id),
+            "rooms": (own.room_id, hostile.topic.room_id),
+        }
+        target = {"own": ids[scope][0], "alice": ids[scope][1]}.get(target, target)
+        response = _call(
+            hostile, method, f"{prefs}/{scope}/{segment(target)}", user=carol, json=body
+        )
+        _answer(response, tally)
+        if target == ids[scope][1] and method == "PUT":
+            # Refused: a body no route could read first (too deep, NUL or a lone surrogate:
+            # webapp/api/body.py), else not hers, whatever the levels say.
+            refused = (response.status_code, response.json()["error"])
+            assert refused in {
+                (400, "invalid_payload"),
+                (400, "invalid_text"),
+                (403, "not_a_member") if scope == "topics" else (404, "room_not_found"),
+            }, response.text
+        elif target == ids[scope][1]:
+            assert response.status_code == 204, response.text  # only her own row, none
+        elif target == ids[scope][0] and method == "DELETE":
+            assert response.status_code == 204, response.text
+            overrides.pop((scope, target), None)
+        elif target == ids[scope][0]:
+            valid = _valid_override_body(body)
+            assert response.status_code == (200 if valid else 400), (body, response.text)
+            if valid:
+                levels = {
+                    "level": None,
+                    "email_level": None,
+                    **overrides.get((scope, target), {}),
+                    **body,
+                }
+                if levels["level"] is None and levels["email_level"] is None:
+                    overrides.pop((scope, target), None)
+                else:
+                    overrides[(scope, target)] = levels
+                answer = response.json()
+                assert {k: answer[k] for k in ("level", "email_level")} == levels, (body, answer)
+                assert answer["room_id"] == own.room_id
+
+    case()
+    now = stack.api(carol, "GET", prefs).json()
+    assert {k: now[k] for k in ATTENTION_FIELDS} == model
+    assert _overrides(now) == overrides
+    assert stack.api(bob, "GET", prefs).json() == bob_before
+    reliability.record(
+        "input",
+        "`/api/notifications/preferences` attention fields: `push_when_idle`, `email_level`, "
+        "`email_delay`, override `email_level` on own, Alice's and unknown topics and rooms "
+        "(hypothesis)",
+        expected="valid bodies stored exactly as sent, anything else 400 JSON {error, message} "
+        "and nothing changed; Alice's topic 403 / room 404; never 5xx; Bob's and Alice's "
+        "preferences unchanged",
+        observed=tally,
+    )
+
+
+# -- the unsubscribe link (no sign-in: the signed token is the credential) ------------------
+LINK_SECRET = "fuzz-email-link-secret-" + "z" * 24
+INVALID_LINK = "This unsubscribe link is not valid"
+DONE = "You are unsubscribed"
+
+
+@pytest.fixture(scope="module")
+def links_web(stack, run_dir):
+    """Another web process of the shared deployment (same database and Redis) that signs
+    unsubscribe links: the shared web has no EMAIL_LINK_SECRET, so there every token is
+    refused, hostile or not, and a fuzz of it would prove nothing."""
+    port = free_port()
+    env = {**stack.env, "EMAIL_LINK_SECRET": LINK_SECRET}
+    web = start_web(f"web-links-{stack.backend}", env, port, run_dir)
+    yield f"http://127.0.0.1:{port}"
+    web.stop()
+
+
+def link_token(user_id: str, secret: str = LINK_SECRET) -> str:
+    """What the digest's link carries for ``user_id`` (the product's own signer)."""
+    from webapp.delivery.unsubscribe import token_for
+
+    app = Flask(__name__)
+    app.extensions["beacon_settings"] = Settings(email_link_secret=secret)
+    with app.app_context():
+        return token_for(uuid.UUID(user_id))
+
+
+def _signed(value: Any, secret: str = LINK_SECRET, salt: str | None = None) -> str:
+    from webapp.delivery.unsubscribe import SALT
+
+    return URLSafeSerializer(secret, salt=salt or SALT).dumps(value)
+
+
+def _email_state(stack) -> dict[str, list[tuple[str, ...]]]:
+    """Every row the unsubscribe link can change, for every user."""
+    from webapp.extensions import db
+    from webapp.models import NotificationOverride, NotificationSettings, PendingEmail
+
+    with stack.app.app_context():
+        state = {
+            model.__tablename__: sorted(
+                tuple(str(v) for v in row)
+                for row in db.session.execute(select(*model.__table__.columns))
+            )
+            for model in (NotificationSettings, NotificationOverride, PendingEmail)
+        }
+        db.session.remove()
+    return state
+
+
+def _is_invalid_link_page(response: requests.Response, query: list, tally: Counter[str]) -> None:
+    """The 400 page of a bad link (HTML, no script, the page's CSP). A NUL in the query string
+    meets the app-wide refusal first: 400 JSON ``invalid_text`` (webapp/api/body.py)."""
+    if any("\x00" in name or "\x00" in value for name, value in query):
+        assert response.status_code == 400, (response.status_code, response.text[:300])
+        assert response.json()["error"] == "invalid_text" and response.json()["message"]
+        tally["400 invalid_text (NUL in the query, JSON)"] += 1
+        return
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    assert response.headers["Content-Type"].startswith("text/html"), response.headers
+    assert INVALID_LINK in response.text and "<script" not in response.text
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"
+    tally["400 invalid link page"] += 1
+
+
+def test_fuzzed_unsubscribe_links(hostile, links_web, reliability):
+    """``GET``/``POST /api/email/unsubscribe?token=`` from nobody signed in: forged tokens for
+    Alice (another secret, another salt, the JWT secret, Mallory's signature on Alice's id,
+    unsigned), correctly signed values that are not a user id, those with unicode, NUL,
+    padding and separators around them, huge ones, random text, the token repeated or under
+    another name, and bodies of every kind (the token in the form, wrong types, raw bytes).
+    Every answer is the 400 page; no row of any user changes. Then Mallory's own link works:
+    the fuzz ran against a live route."""
+    alice, mallory = hostile.alice, hostile.mallory
+    mine = link_token(mallory.id)
+    mallory_signature = mine.rsplit(".", 1)[1]
+    alice_payload = link_token(alice.id, "another-secret").rsplit(".", 1)[0]
+    forged = [
+        link_token(alice.id, "another-secret"),
+        f"{alice_payload}.{mallory_signature}",
+        alice_payload,
+        alice_payload + ".",
+        alice.id,
+        _signed(alice.id, secret=JWT_SECRET),
+        _signed(alice.id, salt="itsdangerous"),
+        _signed(alice.id, salt="beacon-email-unsubscribe-x"),
+        mallory.token,  # her JWT: another credential
+        # Signed with the link secret, but not a user id.
+        _signed([alice.id]),
+        _signed({"user_id": alice.id}),
+        _signed(None),
+        _signed(7),
+        _signed(""),
+        _signed(alice.id + "x"),
+        _signed("x" * 300),
+        _signed(alice.id + "\x00"),
+    ]
+    edges = [*EDGE_STRINGS, "=", "==", ".", "..", "%00", "\u00e9", "\u202e", "\U0001f4a5"]
+    mutated = st.tuples(st.sampled_from(forged), st.sampled_from(edges), st.booleans()).map(
+        lambda t: t[1] + t[0] if t[2] else t[0] + t[1]
+    )
+    tokens = st.one_of(
+        st.sampled_from(forged),
+        mutated,
+        st.sampled_from(EDGE_STRINGS),
+        texts,
+        st.text(any_char, max_size=200),
+        st.integers(0, 300).map(lambda n: "A" * n),
+    )
+    queries = st.one_of(
+        tokens.map(lambda t: [("token", t)]),
+        st.integers(201, 6000).map(lambda n: [("token", "x" * n)]),
+        st.lists(tokens, min_size=2, max_size=3).map(lambda ts: [("token", t) for t in ts]),
+        st.tuples(st.sampled_from(["Token", "TOKEN", "token ", "token[]", "t", ""]), tokens).map(
+            lambda t: [t]
+        ),
+        st.just([]),
+    )
+    bodies = st.one_of(
+        st.none(),
+        st.just(("form", {"List-Unsubscribe": "One-Click"})),
+        st.dictionaries(
+            st.sampled_from(["List-Unsubscribe", "token", "user_id"]),
+            st.one_of(texts, st.lists(texts, max_size=3), st.sampled_from([mine, alice.id])),
+            max_size=3,
+        ).map(lambda d: ("form", d)),
+        json_values.map(lambda v: ("json", v)),
+        st.tuples(raw_bodies(), st.sampled_from(CONTENT_TYPES)).map(lambda t: ("raw", t)),
+    )
+    url = links_web + "/api/email/unsubscribe"
+    tally: Counter[str] = Counter()
+    before = _email_state(hostile.stack)
+
+    @example(("GET", [("token", forged[0])], None))
+    @example(("POST", [("token", forged[0])], ("form", {"List-Unsubscribe": "One-Click"})))
+    @example(("POST", [("token", forged[1])], None))
+    @example(("POST", [("token", "x" * 6000)], None))
+    @example(("POST", [("token", "\x00")], None))
+    @example(("POST", [("token", "\ud800")], None))
+    @example(("POST", [], ("form", {"token": mine})))  # the body is never read
+    @example(("GET", [], ("form", {"token": "", "user_id": "\ud800"})))
+    @example(("POST", [("Token", mine)], None))  # the name is "token"
+    @example(("POST", [("token", forged[1]), ("token", mine)], None))  # the first one counts
+    @settings(settings.get_profile("beacon-security"), max_examples=200)
+    @given(st.tuples(st.sampled_from(["GET", "POST"]), queries, bodies))
+    def case(call):
+        method, query, body = call
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kind, value = body
+            if kind == "form":  # as bytes: lone surrogates too
+                kwargs["data"] = {
+                    k: [raw(x) for x in v] if isinstance(v, list) else raw(v)
+                    for k, v in value.items()
+                }
+            elif kind == "json":
+                kwargs["json"] = value
+            else:
+                kwargs["data"], content_type = value
+                kwargs["headers"] = {"Content-Type": content_type} if content_type else {}
+        params = [(raw(name), raw(value)) for name, value in query]
+        response = requests.request(method, url, params=params, timeout=30, **kwargs)
+        _is_invalid_link_page(response, query, tally)
+
+    case()
+    assert _email_state(hostile.stack) == before, "a hostile link changed someone's emails"
+
+    # Mallory's own link: it works, and for her alone.
+    done = requests.post(url, params={"token": mine}, timeout=10)
+    assert done.status_code == 200 and DONE in done.text, done.text
+    after = _email_state(hostile.stack)
+    mallory_rows = [r for r in after["notification_settings"] if mallory.id in r]
+    assert len(mallory_rows) == 1 and "none" in mallory_rows[0], mallory_rows
+    assert {k: [r for r in v if mallory.id not in r] for k, v in after.items()} == before
+    reliability.record(
+        "input",
+        "`GET`/`POST /api/email/unsubscribe?token=` with no sign-in: forged tokens for Alice "
+        "(another secret, salt or signature, unsigned), signed non-ids, unicode, NUL, huge, "
+        "repeated or misnamed tokens, any body (hypothesis)",
+        expected="400 HTML page `This unsubscribe link is not valid` (NUL in the query: the "
+        "app-wide 400 JSON `invalid_text`); never 5xx; no user's email settings changed; "
+        "the caller's own link still works, for her alone",
         observed=tally,
     )

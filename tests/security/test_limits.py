@@ -27,6 +27,7 @@ LIMITS = {
     "RATE_LIMIT_JOIN_TOPIC": "3/10s",
     "RATE_LIMIT_LEAVE_TOPIC": "3/10s",
     "RATE_LIMIT_MARK_AS_READ": "3/10s",
+    "RATE_LIMIT_SET_PRESENCE": "3/10s",
     "PUSH_MAX_SUBSCRIPTIONS": "3",
     "TRUSTED_PROXIES": "1",
 }
@@ -93,22 +94,32 @@ def test_send_message_is_rate_limited_per_user_with_an_honest_hint(beacon, limit
     )
 
 
-@pytest.mark.parametrize("event", ["join_topic", "leave_topic", "mark_as_read"])
+@pytest.mark.parametrize("event", ["join_topic", "leave_topic", "mark_as_read", "set_presence"])
 def test_topic_events_are_rate_limited_per_user(beacon, limited, reliability, event):
+    """The topic events, and set_presence (a topic-free payload, counted the same way)."""
     reader, bystander = beacon.user("reader"), beacon.user("bystander")
     topic = beacon.topic(reader, bystander)
-    client, ok, _ = _connect(limited, reader, _address())
+
+    def payload(state: str = "idle") -> dict:
+        return {"state": state} if event == "set_presence" else topic.ref()
+
+    address = _address()
+    client, ok, _ = _connect(limited, reader, address)
     other, ok2, _ = _connect(limited, bystander, _address())
     try:
         assert ok and ok2
-        acks = [client.call(event, topic.ref()) for _ in range(4)]
+        acks = [client.call(event, payload()) for _ in range(3)]
+        acks.append(client.call(event, payload("active")))
         assert all(a["ok"] for a in acks[:3]), acks
         refused = acks[3]
         assert refused["ok"] is False and refused["error"] == "rate_limited", refused
         assert 0 < refused["retry_after"] <= 3.4 and "retry" in refused["message"], refused
-        assert other.call(event, topic.ref())["ok"]  # per user: the bystander is not limited
+        if event == "set_presence":  # the refused call changed nothing: the reader is idle
+            online = _rest(limited, bystander, "GET", "/api/users/online", address).json()
+            assert {u["user_id"]: u["status"] for u in online["users"]}[reader.id] == "idle"
+        assert other.call(event, payload())["ok"]  # per user: the bystander is not limited
         time.sleep(refused["retry_after"])  # honouring the hint is the behaviour under test
-        assert client.call(event, topic.ref())["ok"]
+        assert client.call(event, payload())["ok"]
     finally:
         client.disconnect()
         other.disconnect()

@@ -39,6 +39,7 @@ from webapp.models import (
     Channel,
     EmailDigest,
     Message,
+    NotificationOverride,
     NotificationSettings,
     PendingEmail,
     Topic,
@@ -167,12 +168,15 @@ def deliver_all(user_ids: list[str], *, final: bool) -> Later:
 def deliver(user_id: uuid.UUID, *, final: bool) -> Outcome | float | None:
     """Send the user's digest: the outcome, seconds until another worker's lease on it ends,
     or None when there was nothing to send (or it waits for do-not-disturb to end)."""
-    digest = _resumable(user_id) or _build(user_id)
-    if digest is None:
-        return None
-    lease = _lease(digest)
-    if lease is not None:
-        return lease
+    digest = _resumable(user_id)
+    if digest is not None:
+        lease = _lease(digest)
+        if lease is not None:
+            return lease
+    else:
+        digest = _build(user_id)  # leased as it is written
+        if digest is None:
+            return None
     user = db.session.get(User, user_id)
     view = _view(digest, user) if user is not None else None
     if user is None or view is None or not _mailable(user):
@@ -204,7 +208,8 @@ def _resumable(user_id: uuid.UUID) -> EmailDigest | None:
 def _build(user_id: uuid.UUID) -> EmailDigest | None:
     """Take every message the user holds into a new digest (None: nothing to send now)."""
     now = utcnow()
-    held_until = _dnd_end(user_id, now)
+    settings = db.session.get(NotificationSettings, user_id)
+    held_until = _dnd_end(settings, now)
     if held_until is not None:
         db.session.execute(
             update(PendingEmail)
@@ -218,68 +223,79 @@ def _build(user_id: uuid.UUID) -> EmailDigest | None:
     taken = db.session.execute(
         delete(PendingEmail)
         .where(PendingEmail.user_id == user_id)
-        .returning(PendingEmail.message_id, PendingEmail.topic_id)
-    ).all()
-    keep = _still_wanted(user_id, taken)
+        .returning(PendingEmail.message_id)
+    ).scalars()
+    keep = _still_wanted(user_id, list(taken), settings.email_level if settings else None)
     if not keep:
         db.session.commit()
         return None
-    digest = EmailDigest(user_id=user_id, message_ids=" ".join(map(str, sorted(keep))))
+    digest = EmailDigest(
+        user_id=user_id,
+        message_ids=" ".join(map(str, sorted(keep))),
+        lease_until=now + _lease_length(),
+        attempts=1,
+    )
     db.session.add(digest)
     db.session.commit()
     log.info("digest %s of user %s: %d messages", digest.id, user_id, len(keep))
     return digest
 
 
-def _dnd_end(user_id: uuid.UUID, now: datetime) -> datetime | None:
-    row = db.session.get(NotificationSettings, user_id)
-    if row is None:
+def _dnd_end(settings: NotificationSettings | None, now: datetime) -> datetime | None:
+    if settings is None:
         return None
     return rules.Rules(
-        quiet_start=row.quiet_start,
-        quiet_end=row.quiet_end,
-        time_zone=row.time_zone,
-        snooze_until=row.snooze_until,
+        quiet_start=settings.quiet_start,
+        quiet_end=settings.quiet_end,
+        time_zone=settings.time_zone,
+        snooze_until=settings.snooze_until,
     ).dnd_ends(now)
 
 
-def _still_wanted(user_id: uuid.UUID, taken: list[tuple[int, uuid.UUID]]) -> list[int]:
-    """The taken messages still unread, in topics the user is still in, at levels that still
-    allow email."""
+_FOR_TOPIC = aliased(NotificationOverride)
+_FOR_ROOM = aliased(NotificationOverride)
+
+
+def _still_wanted(user_id: uuid.UUID, taken: list[int], user_level: str | None) -> list[int]:
+    """The taken messages still unread, in topics the user is still in, whose email level
+    (the topic's, else the room's, else the user's) is not ``none`` now: one query."""
     if not taken:
         return []
-    ids = [message_id for message_id, _ in taken]
-    unread = db.session.execute(
-        select(Message.id, Message.topic_id)
+    rows = db.session.execute(
+        select(Message.id, _FOR_TOPIC.email_level, _FOR_ROOM.email_level)
         .join(
             TopicMember,
             (TopicMember.topic_id == Message.topic_id) & (TopicMember.user_id == user_id),
         )
+        .join(Topic, Topic.id == Message.topic_id)
+        .outerjoin(
+            _FOR_TOPIC,
+            (_FOR_TOPIC.user_id == user_id) & (_FOR_TOPIC.topic_id == Message.topic_id),
+        )
+        .outerjoin(
+            _FOR_ROOM,
+            (_FOR_ROOM.user_id == user_id) & (_FOR_ROOM.channel_id == Topic.channel_id),
+        )
         .where(
-            Message.id.in_(ids),
+            Message.id.in_(taken),
             or_(
                 TopicMember.last_read_message_id.is_(None),
                 TopicMember.last_read_message_id < Message.id,
             ),
         )
     ).all()
-    levels: dict[uuid.UUID, rules.Rules] = {}
-    for topic in db.session.execute(
-        select(Topic).where(Topic.id.in_({topic_id for _, topic_id in unread}))
-    ).scalars():
-        levels[topic.id] = rules.rules_for([user_id], topic).get(user_id, rules.DEFAULT)
+    default = user_level or rules.DEFAULT.email_level
     return [
         message_id
-        for message_id, topic_id in unread
-        if levels.get(topic_id, rules.DEFAULT).email_level != "none"
+        for message_id, topic_level, room_level in rows
+        if (topic_level or room_level or default) != "none"
     ]
 
 
 def _lease(digest: EmailDigest) -> float | None:
     """Take the digest's send lease; seconds until another worker's lease ends if held."""
     now = utcnow()
-    settings = context.settings()
-    until = now + timedelta(seconds=LEASE_TIMEOUTS * settings.smtp_timeout + 5)
+    until = now + _lease_length()
     taken = db.session.execute(
         update(EmailDigest)
         .where(
@@ -300,6 +316,10 @@ def _lease(digest: EmailDigest) -> float | None:
     if held.tzinfo is None:
         held = held.replace(tzinfo=now.tzinfo)
     return max(0.5, (held - now).total_seconds())
+
+
+def _lease_length() -> timedelta:
+    return timedelta(seconds=LEASE_TIMEOUTS * context.settings().smtp_timeout + 5)
 
 
 def _mailable(user: User) -> bool:
@@ -380,7 +400,9 @@ def _book(digest_id: uuid.UUID, user_id: uuid.UUID, outcome: Outcome, *, final: 
     """Write how the send ended; a bounce counts toward the address's failing mark."""
     if outcome.kind == "delivered":
         _finish(digest_id, "sent", status=outcome.status)
-        db.session.execute(update(User).where(User.id == user_id).values(email_bounces=0))
+        db.session.execute(
+            update(User).where(User.id == user_id, User.email_bounces != 0).values(email_bounces=0)
+        )
     elif outcome.kind == "expired":
         limit = context.settings().email_bounce_limit
         _finish(digest_id, "bounced", status=outcome.status, reason=outcome.reason)
