@@ -11,7 +11,7 @@ happen in one transaction, so two workers never build a digest from the same mes
 digest stays ``sending`` until the SMTP server accepted it; a retry or a redelivered task (the
 worker died mid-send) sends that same digest (same Message-ID) under a lease that keeps two
 workers from sending it at once. Only a death between the server's "250 OK" and the commit
-that follows can repeat it.
+that follows can repeat it. A task's digests (up to 20 users) go over one SMTP connection.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ MAX_SHOWN = 50
 # task was lost): harmless if it was only slow, the second finds nothing to take.
 RESCHEDULE_AFTER = timedelta(minutes=10)
 SWEEP_LIMIT = 10_000
-# A send lease lasts this many SMTP_TIMEOUTs (+5 s): the steps of one send (connect, TLS,
-# login, MAIL, RCPT, DATA) each wait at most SMTP_TIMEOUT, and a slow server rarely makes
-# more than three of them slow.
+# A send lease lasts this many SMTP_TIMEOUTs, one more per digest sent over the connection,
+# and 5 s: each step of a send (connect, TLS, login, MAIL, RCPT, DATA) waits at most
+# SMTP_TIMEOUT, and a slow server rarely makes more than three of them slow at once.
 LEASE_TIMEOUTS = 3
 _ROWS_PER_INSERT = 500
 
@@ -151,30 +151,40 @@ class Later:
 
 
 def deliver_all(user_ids: list[str], *, final: bool) -> Later:
-    """Build (or resume) and send each user's digest; ``final``: no retry after this one."""
+    """Build (or resume) each user's digest, send them all over one SMTP connection, book
+    each outcome; ``final``: no retry after this one."""
     later = Later()
+    ready: list[tuple[uuid.UUID, uuid.UUID, Item]] = []  # (digest, user, what to send)
     for user_id in user_ids:
-        result = deliver(uuid.UUID(user_id), final=final)
-        if isinstance(result, float):
+        prepared = _prepare(uuid.UUID(user_id), batch=len(user_ids))
+        if isinstance(prepared, float):
             later.busy.append(user_id)
-            later.busy_for = max(later.busy_for, result)
-        elif result is not None and result.kind == "retry":
-            later.retry.append(user_id)
-            if result.retry_after is not None:
-                later.retry_after = max(later.retry_after or 0.0, result.retry_after)
+            later.busy_for = max(later.busy_for, prepared)
+        elif prepared is not None:
+            ready.append(prepared)
+    if not ready:
+        return later
+    outcomes = channels.get("email").send([item for _, _, item in ready])
+    for (digest_id, user_id, _), outcome in zip(ready, outcomes, strict=True):
+        _book(digest_id, user_id, outcome, final=final)
+        if outcome.kind == "retry" and not final:
+            later.retry.append(str(user_id))
+            if outcome.retry_after is not None:
+                later.retry_after = max(later.retry_after or 0.0, outcome.retry_after)
     return later
 
 
-def deliver(user_id: uuid.UUID, *, final: bool) -> Outcome | float | None:
-    """Send the user's digest: the outcome, seconds until another worker's lease on it ends,
-    or None when there was nothing to send (or it waits for do-not-disturb to end)."""
+def _prepare(user_id: uuid.UUID, *, batch: int) -> tuple[uuid.UUID, uuid.UUID, Item] | float | None:
+    """The user's digest, leased and rendered: (digest, user, item); seconds until another
+    worker's lease on it ends; or None when there is nothing to send (or it waits for
+    do-not-disturb to end)."""
     digest = _resumable(user_id)
     if digest is not None:
-        lease = _lease(digest)
+        lease = _lease(digest, batch)
         if lease is not None:
             return lease
     else:
-        digest = _build(user_id)  # leased as it is written
+        digest = _build(user_id, batch)  # leased as it is written
         if digest is None:
             return None
     user = db.session.get(User, user_id)
@@ -189,10 +199,11 @@ def deliver(user_id: uuid.UUID, *, final: bool) -> Outcome | float | None:
         "List-Unsubscribe": f"<{view.unsubscribe_url}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
-    item = Item(user.email, Notification(payload, "normal", f"digest:{digest.id}"))
-    (outcome,) = channels.get("email").send([item])
-    _book(digest.id, user_id, outcome, final=final)
-    return outcome
+    return (
+        digest.id,
+        user_id,
+        Item(user.email, Notification(payload, "normal", f"digest:{digest.id}")),
+    )
 
 
 def _resumable(user_id: uuid.UUID) -> EmailDigest | None:
@@ -205,7 +216,7 @@ def _resumable(user_id: uuid.UUID) -> EmailDigest | None:
     ).scalar_one_or_none()
 
 
-def _build(user_id: uuid.UUID) -> EmailDigest | None:
+def _build(user_id: uuid.UUID, batch: int) -> EmailDigest | None:
     """Take every message the user holds into a new digest (None: nothing to send now)."""
     now = utcnow()
     settings = db.session.get(NotificationSettings, user_id)
@@ -232,7 +243,7 @@ def _build(user_id: uuid.UUID) -> EmailDigest | None:
     digest = EmailDigest(
         user_id=user_id,
         message_ids=" ".join(map(str, sorted(keep))),
-        lease_until=now + _lease_length(),
+        lease_until=now + _lease_length(batch),
         attempts=1,
     )
     db.session.add(digest)
@@ -292,10 +303,10 @@ def _still_wanted(user_id: uuid.UUID, taken: list[int], user_level: str | None) 
     ]
 
 
-def _lease(digest: EmailDigest) -> float | None:
+def _lease(digest: EmailDigest, batch: int) -> float | None:
     """Take the digest's send lease; seconds until another worker's lease ends if held."""
     now = utcnow()
-    until = now + _lease_length()
+    until = now + _lease_length(batch)
     taken = db.session.execute(
         update(EmailDigest)
         .where(
@@ -318,8 +329,10 @@ def _lease(digest: EmailDigest) -> float | None:
     return max(0.5, (held - now).total_seconds())
 
 
-def _lease_length() -> timedelta:
-    return timedelta(seconds=LEASE_TIMEOUTS * context.settings().smtp_timeout + 5)
+def _lease_length(batch: int) -> timedelta:
+    """Long enough for one send of ``batch`` digests over one connection."""
+    timeout = context.settings().smtp_timeout
+    return timedelta(seconds=(LEASE_TIMEOUTS + batch) * timeout + 5)
 
 
 def _mailable(user: User) -> bool:
