@@ -1,8 +1,9 @@
 """Create the secrets Beacon needs in the untracked ``.env`` (never overwriting existing ones).
 
-Writes JWT_SECRET (HS256), EMAIL_LINK_SECRET (signs email unsubscribe links) and a VAPID key pair (VAPID_PRIVATE_KEY / VAPID_PUBLIC_KEY) when
-missing, and prints the VAPID public key: the ``applicationServerKey`` browsers subscribe with.
-``--rotate-vapid`` replaces the VAPID pair (existing browser subscriptions then stop working).
+Writes JWT_SECRET (HS256), EMAIL_LINK_SECRET (signs email unsubscribe links) and a VAPID key
+pair (VAPID_PRIVATE_KEY / VAPID_PUBLIC_KEY) when missing, and prints the VAPID public key: the
+``applicationServerKey`` browsers subscribe with. ``--rotate-vapid`` replaces the VAPID pair
+(existing browser subscriptions then stop working).
 """
 
 from __future__ import annotations
