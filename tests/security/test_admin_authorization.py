@@ -135,12 +135,14 @@ def _rules(world: AdminWorld) -> list[tuple[str, str, str]]:
 
 
 # Routes that take no credential at all (probes, the demo page, this API's own description,
-# development login): everything else under /api must be a user route or an admin route.
+# development login; the email unsubscribe link, whose signed token is its credential):
+# everything else under /api must be a user route or an admin route.
 PUBLIC = {
     "/api/notifications/vapid-public-key",
     "/api/openapi.json",
     "/api/dev/token",
     "/api/dev/users",
+    "/api/email/unsubscribe",
 }
 
 

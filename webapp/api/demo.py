@@ -19,11 +19,11 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify, request, send_from_directory
+from flask import Blueprint, g, jsonify, request, send_from_directory
 from sqlalchemy import or_, select
 
 from webapp.api.body import json_body
-from webapp.auth import bearer_token, issue_token, verify_token
+from webapp.auth import issue_token, require_user
 from webapp.errors import InvalidInput, NotFound
 from webapp.extensions import db
 from webapp.models import User
@@ -196,13 +196,14 @@ def mailbox_emails(path: str, address: str, limit: int = MAX_DEV_EMAILS) -> list
 
 
 @bp.get("/api/demo/emails")
+@require_user
 def dev_emails():
     """The caller's latest missed-message emails, newest first (development only: the Maildir
     at ``DEV_MAILBOX`` a local SMTP sink writes; messages to the caller's email address)."""
     _require_dev_login()
     settings = context.settings()
-    user = verify_token(settings, bearer_token(request.headers))
     if not settings.dev_mailbox:
         raise NotFound("not_found", "there is no development mailbox (set DEV_MAILBOX)")
+    user = g.user
     emails = mailbox_emails(settings.dev_mailbox, user.email) if user.email else []
     return jsonify({"emails": emails, "address": user.email})
