@@ -42,14 +42,14 @@ def email_stack(backend: str, request: pytest.FixtureRequest, sink: SmtpSink) ->
         EMAIL_DELAY="2",
         EMAIL_SWEEP_INTERVAL="0.5",
         EMAIL_BOUNCE_LIMIT="2",
-        SMTP_TIMEOUT="3",
+        SMTP_TIMEOUT="1",
         PUSH_COALESCE_WINDOW="0",
         PUSH_RETRY_BASE="0.2",
         PUSH_RETRY_MAX="1",
-        PUSH_REQUEST_TIMEOUT="3",
+        PUSH_REQUEST_TIMEOUT="2",
         DB_RETRY_BACKOFF_MAX="2",
-        WEBHOOK_TIMEOUT="3",
-        BROKER_VISIBILITY_TIMEOUT="8",
+        WEBHOOK_TIMEOUT="2",
+        BROKER_VISIBILITY_TIMEOUT="4",
         **sink.env(),
     ) as stack:
         stack.start_beat()
@@ -77,6 +77,13 @@ def _send(beacon: Stack, client, topic, text: str) -> int:
     ack = client.call("send_message", topic.ref(message=text))
     assert ack["ok"], ack
     return ack["message"]["id"]
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def _text(message) -> str:
@@ -137,6 +144,9 @@ def test_one_digest_with_every_missed_message_after_the_delay(beacon, sink):
     assert "one more" in _text(mails[1]) and "general 0" not in _text(mails[1])
     assert [d[2] for d in _digests(beacon, bob)][1] == str(later)
     assert len(sink.messages(to=address)) == 2
+    metrics = requests.get(beacon.url + "/metrics", timeout=10).text
+    assert _metric(metrics, 'beacon_email_digests_total{outcome="sent"}') >= 2
+    assert 'beacon_queue_depth{queue="email"}' in metrics
 
 
 def test_mentions_only_by_default_and_nothing_for_members_who_are_active(beacon, sink):
@@ -171,7 +181,7 @@ def test_an_idle_member_gets_the_digest(beacon, sink):
 
 def test_reading_in_time_cancels_the_digest(beacon, sink):
     alice, _ = _person(beacon, "alice")
-    bob, address = _person(beacon, "bob", email_level="all", email_delay=4)
+    bob, address = _person(beacon, "bob", email_level="all", email_delay=3)
     topic, other = beacon.topic(alice, bob), beacon.topic(alice, bob)
     writer = beacon.client(alice)
     read_here = _send(beacon, writer, topic, "read in time")
@@ -227,7 +237,7 @@ def test_do_not_disturb_holds_the_digest_until_it_ends(beacon, sink):
     alice, _ = _person(beacon, "alice")
     bob, address = _person(beacon, "bob", email_level="all", email_delay=0)
     topic = beacon.topic(alice, bob)
-    until = datetime.now(UTC) + timedelta(seconds=6)
+    until = datetime.now(UTC) + timedelta(seconds=3)
     snooze = beacon.api(bob, "PATCH", PREFS, json={"snooze_until": until.isoformat()})
     assert snooze.status_code == 200
     _send(beacon, beacon.client(alice), topic, "during the snooze")
@@ -238,7 +248,7 @@ def test_do_not_disturb_holds_the_digest_until_it_ends(beacon, sink):
 
 def test_a_refused_address_is_marked_failing_after_the_bound(beacon, sink):
     alice, _ = _person(beacon, "alice")
-    bob, address = _person(beacon, "bob", email_level="all")
+    bob, address = _person(beacon, "bob", email_level="all", email_delay=0)
     topic = beacon.topic(alice, bob)
     sink.refuse(address, 550)
     writer = beacon.client(alice)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from webapp.extensions import db
 from webapp.models import Webhook
-from webapp.presence.store import ONLINE
+from webapp.presence.store import ACTIVE, ONLINE
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ TASKS_KEY = "beacon:metrics:tasks"  # field "<queue>|<task>|<outcome>"
 PUSH_KEY = "beacon:metrics:push"  # field "<status class>"
 DECISIONS_KEY = "beacon:metrics:push_decisions"  # field "<decision>"
 WEBHOOKS_KEY = "beacon:metrics:webhooks"  # field "<outcome>"
-QUEUES = ("unread", "push", "webhooks")
+EMAILS_KEY = "beacon:metrics:emails"  # field "<outcome>"
+QUEUES = ("unread", "push", "webhooks", "email")
 
 registry = CollectorRegistry(auto_describe=True)
 CONNECTIONS = Gauge(
@@ -90,6 +91,15 @@ def record_webhook(client: redis.Redis, outcome: str) -> None:
         log.debug("could not record webhook metric", exc_info=True)
 
 
+def record_email(client: redis.Redis, outcome: str) -> None:
+    """Count how a digest's send ended (sent, bounced, failed, retry, dropped); never
+    raises."""
+    try:
+        client.hincrby(EMAILS_KEY, outcome, 1)
+    except redis.RedisError:
+        log.debug("could not record email metric", exc_info=True)
+
+
 def _disabled_webhooks() -> int | None:
     """Webhooks disabled now (None when the database does not answer), on a connection of
     its own (the scraping request's session is left alone)."""
@@ -121,19 +131,29 @@ class ClusterCollector(Collector):
         try:
             pipe = self.client.pipeline()
             pipe.scard(ONLINE)
+            pipe.scard(ACTIVE)
             for queue in QUEUES:
                 pipe.llen(queue)
             pipe.hgetall(TASKS_KEY)
             pipe.hgetall(PUSH_KEY)
             pipe.hgetall(DECISIONS_KEY)
             pipe.hgetall(WEBHOOKS_KEY)
-            online, *rest = pipe.execute()
+            pipe.hgetall(EMAILS_KEY)
+            online, active, *rest = pipe.execute()
         except redis.RedisError:
             log.warning("metrics: Redis unavailable, cluster figures omitted")
             return
-        depths, (tasks, pushes, decisions, hooks) = rest[: len(QUEUES)], rest[len(QUEUES) :]
+        depths, (tasks, pushes, decisions, hooks, emails) = (
+            rest[: len(QUEUES)],
+            rest[len(QUEUES) :],
+        )
 
         yield GaugeMetricFamily("beacon_online_users", "Users with a live connection", online)
+        yield GaugeMetricFamily(
+            "beacon_active_users",
+            "Users with a connection that is not idle (the rest of the online users are idle)",
+            active,
+        )
         depth = GaugeMetricFamily("beacon_queue_depth", "Tasks waiting", labels=["queue"])
         for queue, value in zip(QUEUES, depths, strict=True):
             depth.add_metric([queue], value)
@@ -169,6 +189,15 @@ class ClusterCollector(Collector):
         for field, value in sorted(hooks.items()):
             deliveries.add_metric([field], float(value))
         yield deliveries
+        digests = CounterMetricFamily(
+            "beacon_email_digests",
+            "Missed-message digest sends by outcome: sent, bounced (address refused), failed "
+            "(for good), retry (tried again later), dropped (nothing left unread to send)",
+            labels=["outcome"],
+        )
+        for field, value in sorted(emails.items()):
+            digests.add_metric([field], float(value))
+        yield digests
 
 
 _collector: ClusterCollector | None = None

@@ -145,9 +145,13 @@ def upgrade():
         ["user_id", "created_at"],
         unique=False,
     )
+    op.create_index(
+        "ix_email_digests_state_created_at", "email_digests", ["state", "created_at"], unique=False
+    )
 
 
 def downgrade():
+    op.drop_index("ix_email_digests_state_created_at", table_name="email_digests")
     op.drop_index("ix_email_digests_user_id_created_at", table_name="email_digests")
     op.drop_table("email_digests")
     op.drop_index("ix_pending_emails_due_at", table_name="pending_emails")

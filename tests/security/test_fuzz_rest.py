@@ -526,7 +526,7 @@ def test_fuzzed_attention_and_email_preferences(hostile, reliability):
     @example(("override", ("PUT", "topics", "own", {"email_level": "none"})))
     @example(("override", ("PUT", "topics", "own", {"email_level": None, "level": None})))
     @example(("override", ("PUT", "rooms", "own", {})))
-    @settings(settings.get_profile("beacon-security"), max_examples=200)
+    @settings(settings.get_profile("beacon-security"), max_examples=120)
     @given(
         st.one_of(
             settings_body.map(lambda b: ("patch", b)),
@@ -772,7 +772,7 @@ def test_fuzzed_unsubscribe_links(hostile, links_web, reliability):
     @example(("GET", [], ("form", {"token": "", "user_id": "\ud800"})))
     @example(("POST", [("Token", mine)], None))  # the name is "token"
     @example(("POST", [("token", forged[1]), ("token", mine)], None))  # the first one counts
-    @settings(settings.get_profile("beacon-security"), max_examples=200)
+    @settings(settings.get_profile("beacon-security"), max_examples=120)
     @given(st.tuples(st.sampled_from(["GET", "POST"]), queries, bodies))
     def case(call):
         method, query, body = call

@@ -25,6 +25,7 @@ from email.utils import parseaddr
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import aliased
 
+from webapp import metrics
 from webapp.delivery import channels, rules, unsubscribe
 from webapp.delivery.channels.base import Item, Notification, Outcome
 from webapp.delivery.channels.email.render import (
@@ -49,6 +50,7 @@ from webapp.models import (
 )
 from webapp.platform import context
 from webapp.platform.dialect import insert
+from webapp.redis_client import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ MAX_SHOWN = 50
 RESCHEDULE_AFTER = timedelta(minutes=10)
 SWEEP_LIMIT = 10_000
 # A send lease lasts this many SMTP_TIMEOUTs, one more per digest sent over the connection,
-# and 5 s: each step of a send (connect, TLS, login, MAIL, RCPT, DATA) waits at most
+# and 2 s: each step of a send (connect, TLS, login, MAIL, RCPT, DATA) waits at most
 # SMTP_TIMEOUT, and a slow server rarely makes more than three of them slow at once.
 LEASE_TIMEOUTS = 3
 _ROWS_PER_INSERT = 500
@@ -192,6 +194,7 @@ def _prepare(user_id: uuid.UUID, *, batch: int) -> tuple[uuid.UUID, uuid.UUID, I
     if user is None or view is None or not _mailable(user):
         _finish(digest.id, "dropped", reason="nothing left to send (read, or no address)")
         db.session.commit()
+        _count("dropped")
         return None
     payload = render_digest(view)
     payload["headers"] = {
@@ -332,7 +335,7 @@ def _lease(digest: EmailDigest, batch: int) -> float | None:
 def _lease_length(batch: int) -> timedelta:
     """Long enough for one send of ``batch`` digests over one connection."""
     timeout = context.settings().smtp_timeout
-    return timedelta(seconds=(LEASE_TIMEOUTS + batch) * timeout + 5)
+    return timedelta(seconds=(LEASE_TIMEOUTS + batch) * timeout + 2)
 
 
 def _mailable(user: User) -> bool:
@@ -411,6 +414,7 @@ def _message_id(digest_id: uuid.UUID) -> str:
 
 def _book(digest_id: uuid.UUID, user_id: uuid.UUID, outcome: Outcome, *, final: bool) -> None:
     """Write how the send ended; a bounce counts toward the address's failing mark."""
+    _count(_OUTCOMES.get(outcome.kind, "failed") if outcome.kind != "retry" or final else "retry")
     if outcome.kind == "delivered":
         _finish(digest_id, "sent", status=outcome.status)
         db.session.execute(
@@ -442,6 +446,13 @@ def _book(digest_id: uuid.UUID, user_id: uuid.UUID, outcome: Outcome, *, final: 
         )
     db.session.commit()
     log.info("digest %s of user %s: %s %s", digest_id, user_id, outcome.kind, outcome.reason)
+
+
+_OUTCOMES = {"delivered": "sent", "expired": "bounced", "rejected": "failed"}
+
+
+def _count(outcome: str) -> None:
+    metrics.record_email(get_redis(context.settings().redis_url), outcome)
 
 
 def prune() -> int:
