@@ -120,6 +120,21 @@ def test_a_batch_is_delivered_over_one_connection(sink):
     assert other["Message-ID"].endswith("@localhost>")  # made when none is given
 
 
+def test_a_session_sends_one_at_a_time_over_one_connection(sink):
+    channel = channel_for(sink)
+    with channel.session() as session:
+        first = session.send(item("ann@example.test"))
+        # The first is stored before the second is even built: a caller books it at once.
+        assert first.kind == "delivered" and len(sink.wait_for(1)) == 1
+        assert session.send(item("bob@example.test")).kind == "delivered"
+    assert sink.connections() == 1 and len(sink.messages()) == 2
+    dead = channel_for(sink, smtp_port=free_port())
+    with dead.session() as session:
+        failed = session.send(item("ann@example.test"))
+        assert failed.kind == "retry"
+        assert session.send(item("bob@example.test")) == failed  # not tried again
+
+
 def test_a_refused_address_is_a_hard_bounce_and_the_batch_goes_on(sink):
     sink.refuse("gone@example.test", 550, "5.1.1 No such user")
     outcomes = channel_for(sink).send([item("gone@example.test"), item("carol@example.test")])

@@ -11,7 +11,8 @@ happen in one transaction, so two workers never build a digest from the same mes
 digest stays ``sending`` until the SMTP server accepted it; a retry or a redelivered task (the
 worker died mid-send) sends that same digest (same Message-ID) under a lease that keeps two
 workers from sending it at once. Only a death between the server's "250 OK" and the commit
-that follows can repeat it. A task's digests (up to 20 users) go over one SMTP connection.
+that follows can repeat it. A task's digests (up to 20 users) go over one SMTP connection,
+each built, leased, sent and booked in turn.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy.orm import aliased
 from webapp import metrics
 from webapp.delivery import channels, rules, unsubscribe
 from webapp.delivery.channels.base import Item, Notification, Outcome
+from webapp.delivery.channels.email import EmailChannel
 from webapp.delivery.channels.email.render import (
     DigestMessage,
     DigestTopic,
@@ -60,9 +62,9 @@ MAX_SHOWN = 50
 # task was lost): harmless if it was only slow, the second finds nothing to take.
 RESCHEDULE_AFTER = timedelta(minutes=10)
 SWEEP_LIMIT = 10_000
-# A send lease lasts this many SMTP_TIMEOUTs, one more per digest sent over the connection,
-# and 2 s: each step of a send (connect, TLS, login, MAIL, RCPT, DATA) waits at most
-# SMTP_TIMEOUT, and a slow server rarely makes more than three of them slow at once.
+# A send lease lasts this many SMTP_TIMEOUTs and 2 s: each step of a send (connect, TLS,
+# login, MAIL, RCPT, DATA) waits at most SMTP_TIMEOUT, and a slow server rarely makes more
+# than three of them slow at once.
 LEASE_TIMEOUTS = 3
 _ROWS_PER_INSERT = 500
 
@@ -153,40 +155,42 @@ class Later:
 
 
 def deliver_all(user_ids: list[str], *, final: bool) -> Later:
-    """Build (or resume) each user's digest, send them all over one SMTP connection, book
-    each outcome; ``final``: no retry after this one."""
+    """Build (or resume) each user's digest and send it, all over one SMTP connection, each
+    outcome booked as soon as the server gave it (a worker that dies mid-task resends nothing
+    that was accepted before); ``final``: no retry after this one."""
     later = Later()
-    ready: list[tuple[uuid.UUID, uuid.UUID, Item]] = []  # (digest, user, what to send)
-    for user_id in user_ids:
-        prepared = _prepare(uuid.UUID(user_id), batch=len(user_ids))
-        if isinstance(prepared, float):
-            later.busy.append(user_id)
-            later.busy_for = max(later.busy_for, prepared)
-        elif prepared is not None:
-            ready.append(prepared)
-    if not ready:
-        return later
-    outcomes = channels.get("email").send([item for _, _, item in ready])
-    for (digest_id, user_id, _), outcome in zip(ready, outcomes, strict=True):
-        _book(digest_id, user_id, outcome, final=final)
-        if outcome.kind == "retry" and not final:
-            later.retry.append(str(user_id))
-            if outcome.retry_after is not None:
-                later.retry_after = max(later.retry_after or 0.0, outcome.retry_after)
+    channel = channels.get("email")
+    assert isinstance(channel, EmailChannel)
+    with channel.session() as smtp:
+        for user_id in user_ids:
+            prepared = _prepare(uuid.UUID(user_id))
+            if isinstance(prepared, float):
+                later.busy.append(user_id)
+                later.busy_for = max(later.busy_for, prepared)
+                continue
+            if prepared is None:
+                continue
+            digest_id, uid, item = prepared
+            outcome = smtp.send(item)
+            _book(digest_id, uid, outcome, final=final)
+            if outcome.kind == "retry" and not final:
+                later.retry.append(user_id)
+                if outcome.retry_after is not None:
+                    later.retry_after = max(later.retry_after or 0.0, outcome.retry_after)
     return later
 
 
-def _prepare(user_id: uuid.UUID, *, batch: int) -> tuple[uuid.UUID, uuid.UUID, Item] | float | None:
+def _prepare(user_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID, Item] | float | None:
     """The user's digest, leased and rendered: (digest, user, item); seconds until another
     worker's lease on it ends; or None when there is nothing to send (or it waits for
     do-not-disturb to end)."""
     digest = _resumable(user_id)
     if digest is not None:
-        lease = _lease(digest, batch)
+        lease = _lease(digest)
         if lease is not None:
             return lease
     else:
-        digest = _build(user_id, batch)  # leased as it is written
+        digest = _build(user_id)  # leased as it is written
         if digest is None:
             return None
     user = db.session.get(User, user_id)
@@ -219,7 +223,7 @@ def _resumable(user_id: uuid.UUID) -> EmailDigest | None:
     ).scalar_one_or_none()
 
 
-def _build(user_id: uuid.UUID, batch: int) -> EmailDigest | None:
+def _build(user_id: uuid.UUID) -> EmailDigest | None:
     """Take every message the user holds into a new digest (None: nothing to send now)."""
     now = utcnow()
     settings = db.session.get(NotificationSettings, user_id)
@@ -246,7 +250,7 @@ def _build(user_id: uuid.UUID, batch: int) -> EmailDigest | None:
     digest = EmailDigest(
         user_id=user_id,
         message_ids=" ".join(map(str, sorted(keep))),
-        lease_until=now + _lease_length(batch),
+        lease_until=now + _lease_length(),
         attempts=1,
     )
     db.session.add(digest)
@@ -306,10 +310,10 @@ def _still_wanted(user_id: uuid.UUID, taken: list[int], user_level: str | None) 
     ]
 
 
-def _lease(digest: EmailDigest, batch: int) -> float | None:
+def _lease(digest: EmailDigest) -> float | None:
     """Take the digest's send lease; seconds until another worker's lease ends if held."""
     now = utcnow()
-    until = now + _lease_length(batch)
+    until = now + _lease_length()
     taken = db.session.execute(
         update(EmailDigest)
         .where(
@@ -332,10 +336,8 @@ def _lease(digest: EmailDigest, batch: int) -> float | None:
     return max(0.5, (held - now).total_seconds())
 
 
-def _lease_length(batch: int) -> timedelta:
-    """Long enough for one send of ``batch`` digests over one connection."""
-    timeout = context.settings().smtp_timeout
-    return timedelta(seconds=(LEASE_TIMEOUTS + batch) * timeout + 2)
+def _lease_length() -> timedelta:
+    return timedelta(seconds=LEASE_TIMEOUTS * context.settings().smtp_timeout + 2)
 
 
 def _mailable(user: User) -> bool:

@@ -23,7 +23,7 @@ from config import Settings
 from webapp.delivery.channels.base import Item, Outcome
 from webapp.platform.outbound.http import tls_context
 
-__all__ = ["EmailChannel", "build_message"]
+__all__ = ["EmailChannel", "EmailSession", "build_message"]
 
 REASON_MAX_CHARS = 300
 # Headers the channel writes itself: a payload cannot set them.
@@ -121,21 +121,13 @@ class EmailChannel:
     # -- public API ----------------------------------------------------------------------------
     def send(self, items: Sequence[Item]) -> list[Outcome]:
         """One outcome per item, in order, sent one after the other over one connection."""
-        if not items:
-            return []
-        try:
-            smtp = self._connect()
-        except _ConnectionFailed as failed:
-            return [failed.outcome] * len(items)
-        outcomes: list[Outcome] = []
-        try:
-            for item in items:
-                outcomes.append(self._send_one(smtp, item))
-        except _ConnectionFailed as failed:
-            outcomes += [failed.outcome] * (len(items) - len(outcomes))
-        finally:
-            _quit(smtp)
-        return outcomes
+        with self.session() as session:
+            return [session.send(item) for item in items]
+
+    def session(self) -> EmailSession:
+        """One connection for items sent one at a time, so that a caller can book each outcome
+        as soon as the server gave it (``with channel.session() as s: s.send(item)``)."""
+        return EmailSession(self)
 
     # -- internals -----------------------------------------------------------------------------
     def _connect(self) -> smtplib.SMTP:
@@ -213,6 +205,40 @@ class EmailChannel:
     @staticmethod
     def _clip(reason: str) -> str:
         return reason[:REASON_MAX_CHARS]
+
+
+class EmailSession:
+    """Items sent one by one over one connection, opened at the first send and closed on
+    exit; once it failed, every later item gets that failure (``retry`` for a network error)
+    without another try."""
+
+    def __init__(self, channel: EmailChannel) -> None:
+        self._channel = channel
+        self._smtp: smtplib.SMTP | None = None
+        self._failed: Outcome | None = None
+
+    def send(self, item: Item) -> Outcome:
+        if self._failed is not None:
+            return self._failed
+        try:
+            if self._smtp is None:
+                self._smtp = self._channel._connect()
+            return self._channel._send_one(self._smtp, item)
+        except _ConnectionFailed as failed:
+            self._failed = failed.outcome
+            self.close()
+            return failed.outcome
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            _quit(self._smtp)
+            self._smtp = None
+
+    def __enter__(self) -> EmailSession:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def _text(value: bytes | str) -> str:
