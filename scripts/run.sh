@@ -231,7 +231,7 @@ fi
 # -- email: a local SMTP sink for the demo when no SMTP server is configured -------------------
 if [ -z "$CFG_SMTP_HOST" ]; then
     sink_port="${DEV_SMTP_PORT:-8025}"
-    mkdir -p "$RUN_DIR/mail"
+    mkdir -p "$RUN_DIR/mail/tmp" "$RUN_DIR/mail/new" "$RUN_DIR/mail/cur" # a Maildir
     start_service mail .venv/bin/python -m aiosmtpd -n -l "127.0.0.1:$sink_port" \
         -c aiosmtpd.handlers.Mailbox "$RUN_DIR/mail"
     export SMTP_HOST=127.0.0.1 SMTP_PORT="$sink_port" DEV_MAILBOX="$RUN_DIR/mail"
