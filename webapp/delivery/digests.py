@@ -416,7 +416,8 @@ def _message_id(digest_id: uuid.UUID) -> str:
 
 def _book(digest_id: uuid.UUID, user_id: uuid.UUID, outcome: Outcome, *, final: bool) -> None:
     """Write how the send ended; a bounce counts toward the address's failing mark."""
-    _count(_OUTCOMES.get(outcome.kind, "failed") if outcome.kind != "retry" or final else "retry")
+    again = outcome.kind == "retry" and not final
+    _count("retry" if again else _OUTCOMES.get(outcome.kind, "failed"))
     if outcome.kind == "delivered":
         _finish(digest_id, "sent", status=outcome.status)
         db.session.execute(
@@ -450,6 +451,7 @@ def _book(digest_id: uuid.UUID, user_id: uuid.UUID, outcome: Outcome, *, final: 
     log.info("digest %s of user %s: %s %s", digest_id, user_id, outcome.kind, outcome.reason)
 
 
+# The metric's name for a channel outcome (a retry with none left is "failed").
 _OUTCOMES = {"delivered": "sent", "expired": "bounced", "rejected": "failed"}
 
 

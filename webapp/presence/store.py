@@ -388,9 +388,6 @@ class Presence:
             return "offline"
         return "idle" if idle >= connections else "active"
 
-    def connection_count(self, user_id: str) -> int:
-        return int(self.redis.hlen(_conns_key(user_id)))
-
     def sids_of(self, user_id: str) -> list[str]:
         """The user's live connections, on every web process."""
         return list(self.redis.hkeys(_conns_key(user_id)))
@@ -426,22 +423,9 @@ class Presence:
     def online_user_ids(self) -> set[str]:
         return set(self.redis.smembers(ONLINE))
 
-    def online_among(self, user_ids: list[str]) -> set[str]:
-        """The subset of ``user_ids`` that is online, in one round trip."""
-        if not user_ids:
-            return set()
-        flags = self.redis.smismember(ONLINE, user_ids)
-        return {uid for uid, flag in zip(user_ids, flags, strict=False) if flag}
-
-    def active_among(self, user_ids: list[str]) -> set[str]:
-        """The subset of ``user_ids`` with a connection that is not idle, in one round trip."""
-        if not user_ids:
-            return set()
-        flags = self.redis.smismember(ACTIVE, user_ids)
-        return {uid for uid, flag in zip(user_ids, flags, strict=False) if flag}
-
     def online_and_active_among(self, user_ids: list[str]) -> tuple[set[str], set[str]]:
-        """``online_among`` and ``active_among`` in one round trip."""
+        """The subsets of ``user_ids`` that are online and that are active (a connection
+        that is not idle), in one round trip."""
         if not user_ids:
             return set(), set()
         pipe = self.redis.pipeline(transaction=False)
