@@ -51,7 +51,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.stack import CLK_TCK, cpu_seconds, group_cpu_seconds  # noqa: E402
+from bench.stack import (  # noqa: E402
+    CLK_TCK,
+    children_cpu_seconds,
+    cpu_seconds,
+    group_cpu_seconds,
+)
 
 MESSAGES = (  # (topic index, body): three held messages per user, across two topics
     (0, "Deploy window moved to Thursday 14:00 UTC; the release notes are in the usual place."),
@@ -216,17 +221,7 @@ def postmaster_pid(database_url: str) -> int | None:
 
 def postgres_cpu(postmaster: int) -> float:
     """The cluster's CPU: the postmaster, its live backends, and the ones it reaped."""
-    total = cpu_seconds(postmaster, children=True)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
+    return cpu_seconds(postmaster, children=True) + children_cpu_seconds(postmaster)
 
 
 @dataclass

@@ -75,8 +75,9 @@ def cpu_seconds(pid: int, *, children: bool = False) -> float:
     return ticks / CLK_TCK
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time of every live process in a process group (a Celery worker and its pool)."""
+def _live_cpu_seconds(field: int, value: int) -> float:
+    """CPU time of every live process whose /proc stat ``field`` (after the command name:
+    1 the parent, 2 the process group) is ``value``."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -85,9 +86,19 @@ def group_cpu_seconds(pgid: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
+        if int(fields[field]) == value:
             total += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return total
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time of every live process in a process group (a Celery worker and its pool)."""
+    return _live_cpu_seconds(2, pgid)
+
+
+def children_cpu_seconds(ppid: int) -> float:
+    """CPU time of the live children of a process (PostgreSQL's backends)."""
+    return _live_cpu_seconds(1, ppid)
 
 
 def rss_bytes(pid: int) -> int:
