@@ -203,6 +203,11 @@ class Settings:
     rate_limit_mark_as_read: RateLimit | None = RateLimit(60, 10.0)
     # set_presence: a page reports on changes (hidden, shown, quiet) and refreshes once a minute.
     rate_limit_set_presence: RateLimit | None = RateLimit(30, 10.0)
+    # Catch-up snapshots (sync, GET /api/sync): a client syncs after each reconnect.
+    rate_limit_sync: RateLimit | None = RateLimit(20, 60.0)
+    rate_limit_mark_as_unread: RateLimit | None = RateLimit(30, 10.0)
+    # Read receipts (other members' read markers); false hides them from everyone.
+    read_receipts: bool = True
     # Open connections per user, counted in Redis across web processes (0: no cap).
     max_connections_per_user: int = 20
     # Web process, per Engine.IO session with no authenticated Socket.IO connection: seconds
@@ -450,6 +455,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         rate_limit_set_presence=_rate(
             env, "RATE_LIMIT_SET_PRESENCE", defaults.rate_limit_set_presence
         ),
+        rate_limit_sync=_rate(env, "RATE_LIMIT_SYNC", defaults.rate_limit_sync),
+        rate_limit_mark_as_unread=_rate(
+            env, "RATE_LIMIT_MARK_AS_UNREAD", defaults.rate_limit_mark_as_unread
+        ),
+        read_receipts=_bool(env.get("READ_RECEIPTS"), defaults.read_receipts),
         rate_limit_admin=_rate(env, "RATE_LIMIT_ADMIN", defaults.rate_limit_admin),
         webhook_allowed_hosts=_list(env.get("WEBHOOK_ALLOWED_HOSTS")),
         webhook_timeout=_float(env, "WEBHOOK_TIMEOUT", defaults.webhook_timeout),

@@ -95,6 +95,8 @@ def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
         "RATE_LIMIT_JOIN_TOPIC": "10000/10s",
         "RATE_LIMIT_LEAVE_TOPIC": "10000/10s",
         "RATE_LIMIT_MARK_AS_READ": "10000/10s",
+        "RATE_LIMIT_MARK_AS_UNREAD": "10000/10s",
+        "RATE_LIMIT_SYNC": "10000/10s",
         "LOG_LEVEL": "INFO",
         "DEV_LOGIN": "1",
         **extra,

@@ -64,7 +64,10 @@ def test_service_applies_increment_once_when_called_twice(beacon):
     with beacon.app.app_context():
         first = apply_increment(message_id, [alice.id])
         second = apply_increment(message_id, [alice.id])
-    assert first[0] is True and sorted(first[1]) == sorted([(bob.id, 1), (carol.id, 1)])
+    assert first[0] is True
+    assert sorted((c.user_id, c.unread_count) for c in first[1]) == [
+        tuple(pair) for pair in sorted([(bob.id, 1), (carol.id, 1)])
+    ]
     assert second[0] is False and sorted(second[1]) == sorted(first[1])
     assert [beacon.unread(u, topic) for u in (alice, bob, carol)] == [0, 1, 1]
 

@@ -141,6 +141,11 @@ class TopicMember(db.Model):
         Integer, nullable=False, default=0, server_default="0"
     )
     last_read_message_id: Mapped[int | None] = mapped_column(BigId)
+    # When the marker last moved (mark as read or unread): a read receipt's time.
+    last_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # +1 on every change of the count or the marker, in the statement that makes it: events
+    # carry it so that a client keeps the newest state whatever order they arrive in.
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     joined_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
@@ -261,6 +266,10 @@ class NotificationSettings(db.Model):
     )
     email_level: Mapped[str] = mapped_column(
         String(16), nullable=False, default="mentions", server_default="mentions"
+    )
+    # Show this user's read markers to the other members (and see theirs).
+    share_read_receipts: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=True, server_default=true()
     )
     # Seconds a missed message waits before it is emailed; None: EMAIL_DELAY.
     email_delay: Mapped[int | None] = mapped_column(Integer)

@@ -13,6 +13,7 @@ from webapp.api import (
     metrics,
     notifications,
     openapi,
+    sync,
     topics,
     users,
 )
@@ -23,6 +24,7 @@ def register(app: Flask) -> None:
     body.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(topics.bp)
+    app.register_blueprint(sync.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(notifications.bp)
     app.register_blueprint(demo.bp)

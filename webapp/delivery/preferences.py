@@ -49,7 +49,10 @@ _SETTINGS_FIELDS = {
     "push_when_idle",
     "email_level",
     "email_delay",
+    "share_read_receipts",
 }
+# The boolean settings; each refused as invalid_<name> when not a boolean.
+_FLAGS = ("dnd_allow_mentions", "push_when_idle", "share_read_receipts")
 MAX_EMAIL_DELAY = 86400
 
 
@@ -103,6 +106,7 @@ def _settings_view(row: NotificationSettings | None) -> dict[str, Any]:
             dnd_allow_mentions=False,
             push_when_idle=True,
             email_level="mentions",
+            share_read_receipts=True,
         )
     quiet = None
     if row.quiet_start is not None and row.quiet_end is not None:
@@ -125,6 +129,7 @@ def _settings_view(row: NotificationSettings | None) -> dict[str, Any]:
         "push_when_idle": row.push_when_idle,
         "email_level": row.email_level,
         "email_delay": row.email_delay,
+        "share_read_receipts": row.share_read_receipts,
     }
 
 
@@ -144,14 +149,11 @@ def update(user: User, payload: Any) -> dict[str, Any]:
         values["snooze_until"] = parse_snooze_until(data["snooze_until"])
     if "snooze_minutes" in data:
         values["snooze_until"] = parse_snooze_minutes(data["snooze_minutes"])
-    if "dnd_allow_mentions" in data:
-        if not isinstance(data["dnd_allow_mentions"], bool):
-            raise InvalidInput("invalid_dnd_allow_mentions", "dnd_allow_mentions must be a boolean")
-        values["dnd_allow_mentions"] = data["dnd_allow_mentions"]
-    if "push_when_idle" in data:
-        if not isinstance(data["push_when_idle"], bool):
-            raise InvalidInput("invalid_push_when_idle", "push_when_idle must be a boolean")
-        values["push_when_idle"] = data["push_when_idle"]
+    for flag in _FLAGS:
+        if flag in data:
+            if not isinstance(data[flag], bool):
+                raise InvalidInput(f"invalid_{flag}", f"{flag} must be a boolean")
+            values[flag] = data[flag]
     if "email_level" in data:
         values["email_level"] = parse_level(data["email_level"], "email_level")
     if "email_delay" in data:

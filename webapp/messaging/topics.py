@@ -51,7 +51,7 @@ def member_ids(topic_id: uuid.UUID) -> list[uuid.UUID]:
     )
 
 
-def _topic_rows(user_id: uuid.UUID, topic_id: uuid.UUID | None = None) -> Any:
+def topic_rows_query(user_id: uuid.UUID, topic_id: uuid.UUID | None = None) -> Any:
     query = (
         select(Topic, Channel, TopicMember)
         .join(Channel, Channel.id == Topic.channel_id)
@@ -65,17 +65,19 @@ def _topic_rows(user_id: uuid.UUID, topic_id: uuid.UUID | None = None) -> Any:
 
 def topics_of(user_id: uuid.UUID) -> list[dict[str, Any]]:
     """The caller's topics with their unread counts, busiest first."""
-    query = _topic_rows(user_id).order_by(TopicMember.unread_count.desc(), Channel.name, Topic.name)
-    return [_row(*row) for row in db.session.execute(query).all()]
+    query = topic_rows_query(user_id).order_by(
+        TopicMember.unread_count.desc(), Channel.name, Topic.name
+    )
+    return [topic_row_payload(*row) for row in db.session.execute(query).all()]
 
 
 def topic_row(user_id: uuid.UUID, topic_id: uuid.UUID) -> dict[str, Any] | None:
     """One topic as ``topics_of`` lists it, or None when the user is not a member."""
-    row = db.session.execute(_topic_rows(user_id, topic_id)).first()
-    return None if row is None else _row(*row)
+    row = db.session.execute(topic_rows_query(user_id, topic_id)).first()
+    return None if row is None else topic_row_payload(*row)
 
 
-def _row(topic: Topic, channel: Channel, member: TopicMember) -> dict[str, Any]:
+def topic_row_payload(topic: Topic, channel: Channel, member: TopicMember) -> dict[str, Any]:
     return {
         "topic_id": str(topic.id),
         "topic_name": topic.name,
@@ -83,6 +85,7 @@ def _row(topic: Topic, channel: Channel, member: TopicMember) -> dict[str, Any]:
         "room_name": channel.name,
         "unread_count": member.unread_count,
         "last_read_message_id": member.last_read_message_id,
+        "version": member.version,
     }
 
 

@@ -44,6 +44,9 @@ ACTIONS = {
     "leave_topic": "topic leaves",
     "mark_as_read": "read receipts",
     "set_presence": "presence reports",
+    "mark_as_unread": "marks as unread",
+    "sync": "sync requests",
+    "typing": "typing notices in this topic",
     "admin": "integration API requests with this key",
 }
 

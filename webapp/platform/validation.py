@@ -128,6 +128,13 @@ def parse_positive_int(value: Any, field: str) -> int:
     return value
 
 
+def parse_since(value: Any) -> int:
+    """A sync's ``since``: a message id already seen, 0 for none."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BIGINT:
+        raise InvalidInput("invalid_since", "since must be a message id (an integer >= 0)")
+    return value
+
+
 def parse_message_ids(value: Any) -> list[int]:
     if value is None:
         return []

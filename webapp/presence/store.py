@@ -415,6 +415,10 @@ class Presence:
         pipe.delete(key)
         pipe.execute()
 
+    def joined(self, topic_id: str) -> dict[str, str]:
+        """The connections joined to the topic, on every web process: sid -> user id."""
+        return dict(self.redis.hgetall(_topic_key(topic_id)))
+
     def active_users(self, topic_id: str) -> set[str]:
         """Users looking at the topic: a live connection joined to it that is not idle."""
         return set(self._active_in_topic(keys=[_topic_key(topic_id)], args=[IDLE_PREFIX]))

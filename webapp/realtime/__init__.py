@@ -76,17 +76,25 @@ def _writer(redis_url: str) -> SocketIO:
     return writer
 
 
-def emit(redis_url: str, event: str, data: Any, *, to: str | list[str] | None = None) -> None:
-    """Emit ``event`` to a room (or rooms, or everyone when ``to`` is None).
+def emit(
+    redis_url: str,
+    event: str,
+    data: Any,
+    *,
+    to: str | list[str] | None = None,
+    skip: list[str] | None = None,
+) -> None:
+    """Emit ``event`` to a room (or rooms, or everyone when ``to`` is None), except to the
+    connections (sids) in ``skip``.
 
     An empty room list reaches nobody (python-socketio would take it for "everyone").
     """
     if to is not None and not to:
         return
     if getattr(socketio, "server", None) is not None:
-        socketio.emit(event, data, to=to)
+        socketio.emit(event, data, to=to, skip_sid=skip or None)
     else:
-        _writer(redis_url).emit(event, data, to=to)
+        _writer(redis_url).emit(event, data, to=to, skip_sid=skip or None)
 
 
 def _server(redis_url: str) -> Any:

@@ -13,16 +13,19 @@ from typing import Any
 from flask import request
 from flask_socketio import emit, join_room, leave_room
 
-from webapp.delivery import coalescing
+from config import RateLimit
+from webapp.delivery import coalescing, preferences
 from webapp.errors import Forbidden, InvalidInput
 from webapp.extensions import db, socketio
-from webapp.messaging import messages, unread
+from webapp.messaging import messages, sync, unread
 from webapp.messaging.topics import is_member, member_topic
 from webapp.models import User
 from webapp.platform import context, rate_limit
 from webapp.platform.validation import (
     parse_message_body,
     parse_message_ids,
+    parse_positive_int,
+    parse_since,
     parse_uuid,
     require_object,
 )
@@ -102,6 +105,59 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
     coalescing.reset(user.id, result["topic_id"])
     attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
     return result
+
+
+@socketio.on("mark_as_unread")
+@acked
+def mark_as_unread(user: User, payload: Any) -> dict[str, Any]:
+    rate_limit.check("mark_as_unread", user.id, context.settings().rate_limit_mark_as_unread)
+    data = require_object(payload, allowed={"room_id", "topic_id", "message_id"})
+    return unread.mark_as_unread(
+        user,
+        parse_uuid(data.get("topic_id"), "topic_id"),
+        parse_uuid(data.get("room_id"), "room_id", required=False),
+        parse_positive_int(data.get("message_id"), "message_id"),
+    )
+
+
+@socketio.on("sync")
+@acked
+def sync_state(user: User, payload: Any) -> dict[str, Any]:
+    """What the client missed while away (``messaging.sync``); call it after reconnecting."""
+    rate_limit.check("sync", user.id, context.settings().rate_limit_sync)
+    data = require_object(payload, allowed={"since"})
+    since = data.get("since")
+    return sync.snapshot(user, 0 if since is None else parse_since(since), preferences.get)
+
+
+# One typing notice per user and topic every 2 s; clients drop the indicator after
+# TYPING_EXPIRES_IN s without a repeat (a typing client repeats every 2-3 s).
+TYPING_LIMIT = RateLimit(1, 2.0)
+TYPING_EXPIRES_IN = 6
+
+
+@socketio.on("typing")
+@acked
+def typing(user: User, payload: Any) -> dict[str, Any]:
+    """``user_typing`` to the topic's other joined connections: never stored or pushed."""
+    data = require_object(payload, allowed={"topic_id", "room_id"})
+    topic_id = parse_uuid(data.get("topic_id"), "topic_id")
+    room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
+    topic, _member = member_topic(user.id, topic_id, room_id)
+    rate_limit.check("typing", f"{user.id}:{topic.id}", TYPING_LIMIT)
+    emit(
+        "user_typing",
+        {
+            "topic_id": str(topic.id),
+            "room_id": str(topic.channel_id),
+            "user_id": str(user.id),
+            "display_name": user.name,
+            "expires_in": TYPING_EXPIRES_IN,
+        },
+        to=topic_room(topic.id),
+        include_self=False,
+    )
+    return {"topic_id": str(topic.id)}
 
 
 PRESENCE_STATES = {"active": False, "idle": True}
