@@ -120,3 +120,23 @@ FAKE_PUSH_MANAGER = """
   PushManager.prototype.getSubscription = async function () { return current; };
 })();
 """
+
+
+# What a topic screen shows, to compare two pages: the open topic's title and messages (id,
+# text), every topic's unread badge (null: none), and the "Seen by" lines by message.
+SCREEN_STATE = """
+() => ({
+  topic: document.querySelector("#topic-title").textContent,
+  messages: [...document.querySelectorAll("#messages .message")]
+    .map((m) => [m.dataset.messageId, m.querySelector(".body").textContent]),
+  badges: Object.fromEntries([...document.querySelectorAll("#topic-list .topic")]
+    .map((t) => [t.dataset.topicId, t.querySelector(".badge")?.textContent ?? null])),
+  seen: [...document.querySelectorAll("#messages .message .receipt")]
+    .map((r) => [r.closest(".message").dataset.messageId, r.textContent]),
+})
+"""
+
+
+def screen_state(page: Any) -> dict[str, Any]:
+    """What ``page`` shows of its topics (see ``SCREEN_STATE``)."""
+    return page.evaluate(SCREEN_STATE)

@@ -19,6 +19,12 @@
   const IDLE_AFTER_MS = 2 * 60 * 1000; // no input for this long (or the page hidden): idle
   const PRESENCE_REFRESH_MS = 60 * 1000; // while in use, "still active" at most this often
   const PRESENCE_RETRY_MS = 5000; // after a set_presence that failed
+  const TYPING_SEND_MS = 2500; // while the user types, `typing` at most this often (the server allows one per 2 s)
+  const TYPING_EXPIRES_S = 6; // how long "is typing" stays without a repeat, when the event does not say
+  const SYNC_AFTER_HIDDEN_MS = 60 * 1000; // hidden longer than this: catch up when shown again
+  const GAP_PAGE = 100; // messages per page when filling a gap after a sync…
+  const GAP_PAGES = 5; // …and how many pages before reloading the topic instead
+  const RECEIPTS_LIMIT = 100;
   const DEVICE_ICONS = {
     browser: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2Zm0 5v9h16V9H4Z"/></svg>',
     phone: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M7 1h10a2 2 0 0 1 2 2v18a2 2 0 0 1-2 2H7a2 2 0 0 1-2-2V3a2 2 0 0 1 2-2Zm0 4v14h10V5H7Zm5 15.1a1 1 0 1 0 0 2 1 1 0 0 0 0-2Z"/></svg>',
@@ -49,8 +55,20 @@
     current: null, // topic_id of the open topic
     messages: [], // the open topic's messages, oldest first
     nextBefore: null,
-    readers: new Map(), // topic_id -> Map(user_id -> last_read_message_id), from messages_read
+    readers: new Map(), // topic_id -> Map(user_id -> {last_read_message_id, version}): "Seen by"
+    receiptsEnabled: null, // false: no read receipts for this user (server setting or their choice); null: not known
+    receiptsEpoch: 0, // bumped when sharing is switched, so a receipts answer from before is dropped
+    names: new Map(), // user_id -> display name, for readers not in state.people
     markTimer: null,
+    readHold: null, // topic_id the user marked unread: not read automatically while it stays open
+    cursor: null, // the `cursor` of the last sync: the next one's `since`
+    connects: 0, // "connect" events of this socket: after the first, each is a reconnection
+    syncing: null, // the sync under way (a Promise), and whether another is due after it
+    syncAgain: false,
+    hiddenAt: null, // when the page was hidden (Date.now()), null while visible
+    typing: new Map(), // user_id -> {name, timer}: who is typing in the open topic
+    typingSent: null, // {topicId, at} of the last `typing` this page sent
+    typingUnsupported: false, // the server answered unknown_event (an older server)
     pushSupported: "serviceWorker" in navigator && "PushManager" in window && "Notification" in window,
     registration: null,
     prefs: null, // GET /api/notifications/preferences, kept current by preferences_updated
@@ -284,6 +302,11 @@
     state.me = null;
     state.current = null;
     state.prefs = null;
+    state.cursor = null; // the next user starts from a sync of their own
+    state.readers = new Map();
+    state.receiptsEnabled = null;
+    state.readHold = null;
+    clearTyping();
     clearTimeout(state.snoozeTimer);
     renderTopicLevel();
     renderSnooze();
@@ -339,7 +362,7 @@
       const changes = state.topicChanges;
       const data = await api("GET", "/api/topics");
       if (changes !== state.topicChanges && attempt < 3) continue;
-      state.topics = new Map(data.topics.map((t) => [t.topic_id, t]));
+      state.topics = new Map(data.topics.map((t) => [t.topic_id, topicRow(t)]));
       renderTopics();
       return;
     }
@@ -365,6 +388,36 @@
       if (me.status === "offline") me.status = "active";
     }
     renderPeople();
+  }
+
+  /** Is a change with ``version`` as new as the state held (``held``)? Every change of a
+   * member's unread count or read marker gets a higher version; events, acks and lists can
+   * arrive out of order, so the highest wins. Without versions (an older server): yes. */
+  function isCurrent(version, held) {
+    return version === undefined || version === null || held === undefined || held === null || version >= held;
+  }
+
+  /** A topic row (GET /api/topics, sync, topic_added) to hold: the count and marker the page
+   * already has win when they are newer (an event that overtook the answer). */
+  function topicRow(row) {
+    const clean = { ...row };
+    for (const key of ["messages", "has_more", "next_before", "receipts"]) delete clean[key]; // sync's extras
+    const held = state.topics.get(row.topic_id);
+    if (held && !isCurrent(clean.version, held.version)) {
+      return { ...clean, unread_count: held.unread_count, last_read_message_id: held.last_read_message_id, version: held.version };
+    }
+    return clean;
+  }
+
+  /** This user's own count and marker in a topic (unread_update, their messages_read, the mark
+   * acks): applied unless older than what the page holds. Returns whether it was applied. */
+  function applyOwnState(update) {
+    const topic = state.topics.get(update.topic_id);
+    if (!topic || !isCurrent(update.version, topic.version)) return false;
+    if (update.unread_count !== undefined) topic.unread_count = update.unread_count;
+    if (update.last_read_message_id !== undefined) topic.last_read_message_id = update.last_read_message_id;
+    if (update.version !== undefined) topic.version = update.version;
+    return true;
   }
 
   function renderTopics() {
@@ -471,6 +524,7 @@
     // The auth callback runs on every (re)connection, so a refreshed token is picked up.
     const socket = io({ auth: (cb) => cb({ token: state.token }) });
     state.socket = socket;
+    state.connects = 0;
 
     socket.on("connect", onConnect);
     socket.on("disconnect", (reason) => {
@@ -504,6 +558,7 @@
     socket.on("preferences_updated", onPreferences);
     socket.on("topic_added", onTopicAdded);
     socket.on("topic_removed", onTopicRemoved);
+    socket.on("user_typing", onUserTyping);
     socket.on("token_expiring", onTokenExpiring);
     socket.on("token_expired", () => onTokenExpired(socket));
     socket.on("access_revoked", (payload) => {
@@ -548,19 +603,145 @@
     else socket.connect();
   }
 
-  /** Every (re)connection: rooms are per connection, so join the open topic again and catch up. */
+  /** Every (re)connection: rooms are per connection, so join the open topic again, then catch
+   * up with one `sync` (on the first connection too: it closes the gap between the page's REST
+   * loads and the socket, and gives the cursor the next sync starts from). */
   async function onConnect() {
     setConnection("connected", "Live");
+    state.connects += 1;
+    const reconnected = state.connects > 1;
     // A new connection starts active on the server: say so if this page is idle.
     state.presenceSent = { state: "active", at: Date.now() };
     state.presenceUnsupported = false;
     sendPresence();
     try {
-      await Promise.all([loadTopics(), loadPeople(), refreshPreferences()]); // changes missed offline
-      if (state.current) await joinCurrent(true);
+      // Join first, then take the snapshot: whatever is committed after it arrives live.
+      if (state.current) await joinTopic(state.current);
+      // sync's `users` are the people who share a topic with this user; the panel lists
+      // everyone online, so a reconnection asks for that list too.
+      await Promise.all([catchUp(), reconnected ? loadPeople() : null]);
+      if (state.current && mayAutoRead()) await markRead().catch((err) => console.warn("mark_as_read failed:", err.message));
     } catch (err) {
       toast({ kind: "error", title: "Could not refresh", body: err.message });
     }
+  }
+
+  // ---------------------------------------------------------------- catching up (sync)
+
+  /** Catch up with what this page missed: one `sync` at a time; asked for during one, another
+   * runs right after it (its snapshot may predate what prompted the second). */
+  function catchUp() {
+    if (state.syncing) {
+      state.syncAgain = true;
+      return state.syncing;
+    }
+    state.syncing = (async () => {
+      try {
+        do {
+          state.syncAgain = false;
+          await syncOnce();
+        } while (state.syncAgain && state.socket && state.socket.connected);
+      } finally {
+        state.syncing = null;
+      }
+    })();
+    return state.syncing;
+  }
+
+  /** The newest message id this page has seen, as `since` for a first sync: then the answer
+   * brings only what is newer (typically the unread messages), not every topic's history. */
+  function knownNewest() {
+    const ids = [...state.topics.values()].map((t) => t.last_read_message_id || 0);
+    if (state.messages.length) ids.push(state.messages[state.messages.length - 1].id);
+    const newest = Math.max(0, ...ids);
+    return newest > 0 ? newest : null;
+  }
+
+  async function syncOnce() {
+    const since = state.cursor !== null ? state.cursor : knownNewest();
+    const changes = state.topicChanges;
+    let answer;
+    try {
+      answer = await emit("sync", since === null ? {} : { since });
+    } catch (err) {
+      if (!state.socket || !state.socket.connected) return; // the next "connect" syncs
+      // Refused (rate_limited; unknown_event from an older server) or no answer: reload what a
+      // fresh page loads. The cursor stays: the next sync starts from it.
+      console.warn(`sync failed (${err.code || err.message}): reloading`);
+      await Promise.all([loadTopics(), refreshPreferences(), state.current ? loadMessages() : null]);
+      if (state.current) await loadReceipts(state.current);
+      return;
+    }
+    await applySync(answer);
+    // A topic_added or topic_removed during the sync may be newer than its snapshot.
+    if (changes !== state.topicChanges) await loadTopics();
+  }
+
+  /** Make the page what a fresh load would show: the topic list (a topic missing from it was
+   * removed), counts and markers (the highest version wins), receipts, people, preferences, and
+   * the open topic's messages merged by id. */
+  async function applySync(answer) {
+    if (answer.cursor !== null && answer.cursor !== undefined) state.cursor = answer.cursor;
+    if (answer.preferences) onPreferences(answer.preferences);
+    const rows = new Map(answer.topics.map((t) => [t.topic_id, topicRow(t)]));
+    const open = state.current;
+    const gone = open && !rows.has(open) ? state.topics.get(open) : null;
+    state.topics = rows;
+    if (open && !rows.has(open)) {
+      closeTopic();
+      toast({ title: "Topic closed", body: gone ? `${gone.topic_name} is no longer one of your topics.` : "It is no longer one of your topics." });
+    }
+    // receipts_enabled: the server's setting and this user's share_read_receipts together.
+    state.receiptsEnabled = answer.receipts_enabled !== false;
+    if (!state.receiptsEnabled) state.readers = new Map();
+    else for (const t of answer.topics) replaceReceipts(t.topic_id, t.receipts || []);
+    renderSettings(); // receipts off on the server: the switch says so
+    for (const user of answer.users || []) mergePerson(user);
+    renderTopics();
+    renderPeople();
+    const entry = answer.topics.find((t) => t.topic_id === state.current);
+    if (entry) await mergeSynced(entry);
+    else renderMessages({});
+  }
+
+  /** The open topic after a sync: its new messages (id > since, newest first) merged by id. With
+   * `has_more`, the answer left out messages between what the page showed and its oldest one:
+   * page them in (GET …/messages?before=), or, past GAP_PAGES pages, reload the topic as a fresh
+   * page shows it. */
+  async function mergeSynced(entry) {
+    const topicId = entry.topic_id;
+    const shownNewest = state.messages.length ? state.messages[state.messages.length - 1].id : null;
+    addMessages(entry.messages);
+    // Nothing shown before: the answer's messages are the newest, and older ones are left to
+    // "Load earlier messages". Otherwise the hole is between the two.
+    if (entry.has_more && shownNewest === null) state.nextBefore = state.messages.length ? state.messages[0].id : null;
+    let closed = !entry.has_more || shownNewest === null || entry.next_before <= shownNewest + 1;
+    let before = entry.next_before;
+    for (let pages = 0; !closed && pages < GAP_PAGES; pages += 1) {
+      const page = await api("GET", `/api/topics/${encodeURIComponent(topicId)}/messages?limit=${GAP_PAGE}&before=${before}`);
+      if (state.current !== topicId) return;
+      addMessages(page.messages);
+      closed = page.next_before === null || page.messages.some((m) => m.id <= shownNewest);
+      before = page.next_before;
+    }
+    if (state.current !== topicId) return;
+    if (!closed) { // a long gap: start again from the newest page
+      state.messages = [];
+      state.nextBefore = null;
+      await loadMessages();
+      return;
+    }
+    renderMessages({});
+  }
+
+  /** Merge messages into the open topic by id (one can arrive both in an answer and live). */
+  function addMessages(list) {
+    const known = new Set(state.messages.map((m) => m.id));
+    const fresh = list.filter((m) => m.topic_id === state.current && !known.has(m.id));
+    if (!fresh.length) return;
+    state.messages = [...state.messages, ...fresh].sort((a, b) => a.id - b.id);
+    // "Load earlier messages" continues below the oldest shown (null: the whole topic is shown).
+    if (state.nextBefore !== null) state.nextBefore = state.messages[0].id;
   }
 
   function emit(event, payload) {
@@ -577,7 +758,8 @@
     });
   }
 
-  function onUserStatus(payload) {
+  /** A user_status_change (or a user of a sync answer) over what the page knows of them. */
+  function mergePerson(payload) {
     const known = state.people.get(payload.user_id) || {};
     const person = withStatus({ ...known, ...payload, status: payload.status });
     if (state.me && payload.user_id === state.me.user_id) {
@@ -585,6 +767,10 @@
       if (person.status === "offline") person.status = state.attention;
     }
     state.people.set(payload.user_id, person);
+  }
+
+  function onUserStatus(payload) {
+    mergePerson(payload);
     renderPeople();
   }
 
@@ -605,6 +791,7 @@
 
   function onNewMessage(message) {
     if (message.topic_id !== state.current) return;
+    stopTyping(message.sender.id); // they sent what they were typing
     if (state.messages.some((m) => m.id === message.id)) return;
     state.messages.push(message);
     renderMessages({ scroll: true });
@@ -617,7 +804,7 @@
       loadTopics().catch(() => {}); // added to a new topic since the page loaded
       return;
     }
-    topic.unread_count = update.unread_count;
+    if (!applyOwnState(update)) return; // older than what the page holds
     renderTopics();
     if (update.topic_id === state.current && update.unread_count > 0) scheduleMarkRead();
   }
@@ -625,7 +812,7 @@
   /** The integration API made this user a member: the row is as GET /api/topics lists it. */
   function onTopicAdded(row) {
     state.topicChanges += 1;
-    state.topics.set(row.topic_id, row);
+    state.topics.set(row.topic_id, topicRow(row));
     renderTopics();
     // Sent only for a new membership, which a list fetched meanwhile may already show.
     toast({
@@ -653,6 +840,8 @@
     state.current = null;
     state.messages = [];
     state.nextBefore = null;
+    state.readHold = null;
+    clearTyping();
     const url = new URL(location.href);
     url.searchParams.delete("room");
     url.searchParams.delete("topic");
@@ -666,34 +855,175 @@
 
   function onMessagesRead(receipt) {
     if (state.me && receipt.user_id === state.me.user_id) {
-      // This user read it, maybe on another tab or device.
-      const topic = state.topics.get(receipt.topic_id);
-      if (topic) {
-        topic.unread_count = 0;
-        if (receipt.last_read_message_id) topic.last_read_message_id = receipt.last_read_message_id;
-        renderTopics();
-      }
+      // This user read it (or marked it unread), maybe on another tab or device.
+      if (!applyOwnState({ unread_count: 0, ...receipt })) return;
+      // A count above 0 is a mark_as_unread: if the topic is open here too, do not read it
+      // back at once; the user's next interaction with it does (see markUnread).
+      if (receipt.unread_count > 0 && receipt.topic_id === state.current) state.readHold = receipt.topic_id;
+      renderTopics();
+      if (receipt.topic_id === state.current) renderMessages({});
       return;
     }
-    if (!state.readers.has(receipt.topic_id)) state.readers.set(receipt.topic_id, new Map());
-    state.readers.get(receipt.topic_id).set(receipt.user_id, receipt.last_read_message_id);
-    if (receipt.topic_id === state.current) renderMessages({});
+    if (state.receiptsEnabled === false) return; // receipts are off for this user: none shown
+    if (applyReceipt(receipt.topic_id, receipt) && receipt.topic_id === state.current) renderMessages({});
+  }
+
+  // ---------------------------------------------------------------- read receipts
+
+  /** Another member's marker, unless the page holds a newer one for them. */
+  function applyReceipt(topicId, receipt) {
+    if (!state.readers.has(topicId)) state.readers.set(topicId, new Map());
+    const readers = state.readers.get(topicId);
+    const held = readers.get(receipt.user_id);
+    if (held && !isCurrent(receipt.version, held.version)) return false;
+    readers.set(receipt.user_id, { last_read_message_id: receipt.last_read_message_id, version: receipt.version });
+    return true;
+  }
+
+  /** A topic's receipts as the server lists them (GET …/receipts, sync) replace the held ones;
+   * a live event newer than the answer is kept. */
+  function replaceReceipts(topicId, receipts) {
+    const held = state.readers.get(topicId) || new Map();
+    const next = new Map();
+    for (const receipt of receipts) {
+      const mine = held.get(receipt.user_id);
+      next.set(receipt.user_id, mine && !isCurrent(receipt.version, mine.version)
+        ? mine
+        : { last_read_message_id: receipt.last_read_message_id, version: receipt.version });
+    }
+    state.readers.set(topicId, next);
+  }
+
+  /** "Seen by" for a topic as the server has it now; messages_read keeps it live after. Never
+   * rejects: without receipts the page still works. */
+  async function loadReceipts(topicId) {
+    if (state.receiptsEnabled === false) return; // off (sync or the preference said so)
+    const epoch = state.receiptsEpoch;
+    try {
+      const data = await api("GET", `/api/topics/${encodeURIComponent(topicId)}/receipts?limit=${RECEIPTS_LIMIT}`);
+      if (epoch !== state.receiptsEpoch) return; // sharing was switched meanwhile
+      state.receiptsEnabled = data.enabled !== false;
+      if (!state.receiptsEnabled) {
+        state.readers = new Map();
+      } else {
+        for (const row of data.receipts) state.names.set(row.user_id, displayName(row));
+        replaceReceipts(topicId, data.receipts);
+      }
+      if (topicId === state.current) renderMessages({});
+      renderSettings();
+    } catch (err) {
+      console.warn("could not load read receipts:", err.message);
+    }
+  }
+
+  /** share_read_receipts switched (here, or on another device: preferences_updated). Off: the
+   * server sends this user no receipts and hides theirs, so show none at once. On: ask again. */
+  function onSharingChanged(sharing) {
+    state.receiptsEpoch += 1;
+    state.readers = new Map();
+    state.receiptsEnabled = sharing ? null : false;
+    renderMessages({});
+    if (sharing && state.current) loadReceipts(state.current);
+  }
+
+  // ---------------------------------------------------------------- mark as unread
+
+  /** "Mark unread" on someone else's message: it and everything after it count as unread again.
+   * While the topic stays open the page must not read it straight back (a new message, the page
+   * becoming active again, the unread_update this causes, a reconnection would all mark it read):
+   * `readHold` stops that until the user opens a topic or sends a message, the two things that
+   * say "I am reading this now". Scrolling and pointer moves do not: they happen while glancing. */
+  async function markUnread(message) {
+    const topic = state.topics.get(message.topic_id);
+    if (!topic) return;
+    state.readHold = topic.topic_id; // before sending: the unread_update may come before the ack
+    clearTimeout(state.markTimer);
+    try {
+      const ack = await emit("mark_as_unread", { topic_id: topic.topic_id, room_id: topic.room_id, message_id: message.id });
+      applyOwnState(ack);
+      renderTopics();
+      if (topic.topic_id === state.current) renderMessages({});
+    } catch (err) {
+      if (state.readHold === topic.topic_id) state.readHold = null;
+      toast({ kind: "error", title: "Could not mark as unread", where: topic.topic_name, body: err.message });
+    }
+  }
+
+  // ---------------------------------------------------------------- typing
+
+  /** The user types in the composer: tell the topic, at most every TYPING_SEND_MS. Others show
+   * "… is typing" for `expires_in` seconds after the last one, so that is often enough. */
+  function sendTyping() {
+    const topic = state.topics.get(state.current);
+    if (!topic || state.typingUnsupported || !state.socket || !state.socket.connected) return;
+    if (!$("#composer-input").value.trim()) return; // cleared: not writing anything
+    const last = state.typingSent;
+    if (last && last.topicId === topic.topic_id && Date.now() - last.at < TYPING_SEND_MS) return;
+    state.typingSent = { topicId: topic.topic_id, at: Date.now() };
+    emit("typing", { topic_id: topic.topic_id, room_id: topic.room_id }).catch((err) => {
+      if (err.code === "unknown_event") state.typingUnsupported = true; // an older server
+    });
+  }
+
+  /** Someone types in the open topic: shown until `expires_in` seconds pass without a repeat,
+   * or their message arrives (onNewMessage). */
+  function onUserTyping(event) {
+    if (state.me && event.user_id === state.me.user_id) return; // this user, on another tab or device
+    if (event.topic_id !== state.current) return;
+    const held = state.typing.get(event.user_id);
+    if (held) clearTimeout(held.timer);
+    const person = state.people.get(event.user_id);
+    const name = event.display_name || (person ? displayName(person) : "Someone");
+    const timer = setTimeout(() => stopTyping(event.user_id), (event.expires_in || TYPING_EXPIRES_S) * 1000);
+    state.typing.set(event.user_id, { name, timer });
+    renderTyping();
+  }
+
+  function stopTyping(userId) {
+    const held = state.typing.get(userId);
+    if (!held) return;
+    clearTimeout(held.timer);
+    state.typing.delete(userId);
+    renderTyping();
+  }
+
+  function clearTyping() {
+    for (const { timer } of state.typing.values()) clearTimeout(timer);
+    state.typing.clear();
+    renderTyping();
+  }
+
+  function renderTyping() {
+    const names = [...state.typing.values()].map((t) => t.name);
+    const node = $("#typing");
+    node.hidden = names.length === 0;
+    if (names.length === 0) node.textContent = "";
+    else if (names.length === 1) node.textContent = `${names[0]} is typing…`;
+    else if (names.length <= 3) node.textContent = `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]} are typing…`;
+    else node.textContent = "Several people are typing…";
   }
 
   // ---------------------------------------------------------------- topics and messages
 
-  async function joinCurrent(quiet) {
-    const topic = state.topics.get(state.current);
-    if (!topic) return;
+  /** join_topic on this connection: new_message and typing from then on, and the user counts
+   * as active in the topic. Returns whether it worked. */
+  async function joinTopic(topicId, quiet = true) {
+    const topic = state.topics.get(topicId);
+    if (!topic) return false;
     try {
       await emit("join_topic", { topic_id: topic.topic_id, room_id: topic.room_id });
+      return true;
     } catch (err) {
       if (!quiet) showComposerError(`Could not join the topic: ${err.message}`);
-      return;
+      return false;
     }
+  }
+
+  async function joinCurrent(quiet) {
+    if (!(await joinTopic(state.current, quiet))) return;
     await loadMessages();
     // Not fatal: if the connection drops meanwhile, the next "connect" marks the topic read.
-    if (looking()) await markRead().catch((err) => console.warn("mark_as_read failed:", err.message));
+    if (mayAutoRead()) await markRead().catch((err) => console.warn("mark_as_read failed:", err.message));
   }
 
   /** Show a topic; called from clicks, toasts and the service worker, so it never rejects. */
@@ -714,6 +1044,8 @@
     state.current = topicId;
     state.messages = [];
     state.nextBefore = null;
+    state.readHold = null; // opening a topic is reading it (see markUnread)
+    if (previous !== topicId) clearTyping();
     const url = new URL(location.href);
     url.searchParams.set("room", topic.room_id);
     url.searchParams.set("topic", topic.topic_id);
@@ -726,11 +1058,13 @@
     renderTopics();
     renderTopicLevel();
     renderMessages({});
+    const receipts = loadReceipts(topicId); // beside the messages; it never rejects
     if (state.socket && state.socket.connected) {
       await joinCurrent(false);
     } else {
       await loadMessages(); // the connect handler joins once the socket is up
     }
+    await receipts;
     if (highlightId) {
       const node = document.querySelector(`.message[data-message-id="${CSS.escape(String(highlightId))}"]`);
       if (node) {
@@ -760,10 +1094,16 @@
     return document.visibilityState === "visible" && state.attention === "active";
   }
 
+  /** Read the open topic for the user: looking at it, and not a topic they marked unread. */
+  function mayAutoRead() {
+    return looking() && state.readHold !== state.current;
+  }
+
   function scheduleMarkRead() {
-    if (!looking()) return; // read when the user is back (see setAttention)
+    if (!mayAutoRead()) return; // read when the user is back (see setAttention)
     clearTimeout(state.markTimer);
-    state.markTimer = setTimeout(() => markRead().catch(() => {}), 150);
+    // Checked again when it fires: a "mark unread" (here or on another device) may come between.
+    state.markTimer = setTimeout(() => { if (mayAutoRead()) markRead().catch(() => {}); }, 150);
   }
 
   async function markRead() {
@@ -772,9 +1112,9 @@
     const after = topic.last_read_message_id || 0;
     const ids = state.messages.filter((m) => m.id > after).map((m) => m.id).slice(-1000);
     const ack = await emit("mark_as_read", { topic_id: topic.topic_id, room_id: topic.room_id, message_ids: ids });
-    topic.unread_count = 0;
-    if (ack.last_read_message_id) topic.last_read_message_id = ack.last_read_message_id;
+    if (!applyOwnState({ unread_count: 0, ...ack })) return; // a newer change (mark unread) won
     renderTopics();
+    if (topic.topic_id === state.current) renderMessages({});
   }
 
   function renderBody(text) {
@@ -809,21 +1149,34 @@
       placeholder.append(el("p", null, "No messages yet. Say hello!"));
       box.append(placeholder);
     }
-    // Who has read how far: "Seen by" goes under the newest message each reader has read.
-    const readers = state.readers.get(state.current) || new Map();
+    // Who has read how far: "Seen by" goes under the newest message each reader has read. None
+    // at all when receipts are off for this user (they do not share theirs, or the server).
+    const readers = state.receiptsEnabled === false ? new Map() : state.readers.get(state.current) || new Map();
     const seenAt = new Map();
-    for (const [userId, lastRead] of readers) {
+    for (const [userId, { last_read_message_id: lastRead }] of readers) {
+      if (lastRead === null || lastRead === undefined) continue;
       const upTo = [...state.messages].reverse().find((m) => m.id <= lastRead && m.sender.id !== userId);
       if (!upTo) continue;
       if (!seenAt.has(upTo.id)) seenAt.set(upTo.id, []);
-      seenAt.get(upTo.id).push(displayName(state.people.get(userId) || { username: "someone" }));
+      const person = state.people.get(userId);
+      seenAt.get(upTo.id).push(person ? displayName(person) : state.names.get(userId) || "Someone");
     }
+    // Marked unread and still open: a line above the first unread message.
+    const topic = state.topics.get(state.current);
+    const held = state.readHold === state.current && topic && topic.unread_count > 0;
+    const firstUnread = held
+      ? state.messages.find((m) => m.id > (topic.last_read_message_id || 0) && !(state.me && m.sender.id === state.me.user_id))
+      : null;
     let previous = null;
     for (const message of state.messages) {
       const created = new Date(message.created_at);
       const day = dayFormat.format(created);
       if (!previous || dayFormat.format(new Date(previous.created_at)) !== day) {
         box.append(el("div", "day-divider", day));
+        previous = null;
+      }
+      if (firstUnread && message.id === firstUnread.id) {
+        box.append(el("div", "unread-divider", "Unread"));
         previous = null;
       }
       const continued = previous && previous.sender.id === message.sender.id && created - new Date(previous.created_at) < 5 * 60 * 1000;
@@ -839,6 +1192,16 @@
       meta.append(el("span", "sender", message.sender.name), time);
       content.append(meta, renderBody(message.body));
       item.append(avatar(message.sender.id, message.sender.name), content);
+      if (state.me && message.sender.id !== state.me.user_id) {
+        // Someone else's message: "Mark unread" from here (shown on hover and keyboard focus).
+        const actions = el("div", "message-actions");
+        const unread = el("button", "btn small", "Mark unread");
+        unread.type = "button";
+        unread.title = "Mark this message and the ones after it as unread";
+        unread.addEventListener("click", () => markUnread(message));
+        actions.append(unread);
+        item.append(actions);
+      }
       if (seenAt.has(message.id)) {
         const receipt = el("div", "receipt");
         receipt.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="m9 16.2-3.5-3.5L4 14.2l5 5 11-11-1.4-1.4z"/></svg>';
@@ -868,6 +1231,7 @@
     showComposerError("");
     try {
       const ack = await emit("send_message", { topic_id: topic.topic_id, room_id: topic.room_id, message: text });
+      if (state.readHold === topic.topic_id) state.readHold = null; // answering is reading (see markUnread)
       input.value = "";
       autoGrow();
       onNewMessage(ack.message); // new_message usually arrives first; duplicates are dropped
@@ -923,7 +1287,10 @@
 
   /** The whole preferences (GET, PATCH or preferences_updated from any device): show them. */
   function onPreferences(prefs) {
+    const wasSharing = state.prefs ? state.prefs.share_read_receipts !== false : null;
     state.prefs = prefs;
+    const sharing = prefs.share_read_receipts !== false;
+    if (wasSharing === null ? !sharing : sharing !== wasSharing) onSharingChanged(sharing);
     clearTimeout(state.snoozeTimer);
     if (prefs.snooze_until) {
       // Nothing is sent when a snooze runs out: ask again then. At least 5 s (this clock may be
@@ -1060,6 +1427,13 @@
     const push = $("#push-when-idle");
     push.checked = prefs.push_when_idle !== false;
     push.disabled = prefs.push_when_idle === undefined; // an older server
+
+    // Sharing, and still no receipts: READ_RECEIPTS is off on the server, for everyone.
+    const share = $("#share-read-receipts");
+    const serverOff = state.receiptsEnabled === false && prefs.share_read_receipts !== false;
+    share.checked = prefs.share_read_receipts !== false;
+    share.disabled = prefs.share_read_receipts === undefined || serverOff; // undefined: an older server
+    $("#receipts-disabled").hidden = !serverOff;
   }
 
   /** PATCH one field as it changes; the answer is the whole state. On a refusal, show the stored one. */
@@ -1191,8 +1565,19 @@
   }
 
   function onVisibilityChange() {
-    if (document.visibilityState === "visible") onActivity();
-    else setAttention("idle");
+    if (document.visibilityState !== "visible") {
+      if (state.hiddenAt === null) state.hiddenAt = Date.now();
+      setAttention("idle");
+      return;
+    }
+    const away = state.hiddenAt === null ? 0 : Date.now() - state.hiddenAt;
+    state.hiddenAt = null;
+    onActivity();
+    // Hidden for long, a tab may have been frozen or throttled by the browser, or its connection
+    // replaced without this page noticing everything: catch up as after a reconnection.
+    if (away > SYNC_AFTER_HIDDEN_MS && state.socket && state.socket.connected) {
+      catchUp().then(() => { if (state.current) scheduleMarkRead(); }).catch(() => {});
+    }
   }
 
   function onIdleTimer() {
@@ -1607,6 +1992,7 @@
       saveSetting({ email_delay: event.target.value === "" ? null : Number(event.target.value) });
     });
     $("#push-when-idle").addEventListener("change", (event) => saveSetting({ push_when_idle: event.target.checked }));
+    $("#share-read-receipts").addEventListener("change", (event) => saveSetting({ share_read_receipts: event.target.checked }));
     $("#emails-button").addEventListener("click", () => openEmails());
     $("#emails-refresh").addEventListener("click", () => loadEmails());
     $("#emails-close").addEventListener("click", () => closeDialog("#emails-dialog"));
@@ -1618,6 +2004,7 @@
     $("#people-more").addEventListener("click", () => { state.showAllPeople = !state.showAllPeople; renderPeople(); });
     const input = $("#composer-input");
     input.addEventListener("input", autoGrow);
+    input.addEventListener("input", sendTyping);
     input.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
