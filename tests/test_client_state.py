@@ -112,7 +112,8 @@ def _insert_messages(beacon: Any, sender: Any, topics: list[Any], rounds: int) -
 def test_sync_pages_with_has_more_and_keeps_the_newest_thousand(beacon):
     alice, bob = beacon.user("alice"), beacon.user("bob")
     topics = [beacon.topic(alice, bob) for _ in range(6)]
-    quiet = beacon.topic(alice, bob)
+    quiet, old = beacon.topic(alice, bob), beacon.topic(alice, bob)
+    older = _insert_messages(beacon, bob, [old], 5)  # left out by the 1,000 newer ones
     stored = _insert_messages(beacon, bob, topics, 210)  # 1,260 messages after since
     client = beacon.client(alice)
     answer = _sync(client, 0)
@@ -120,11 +121,12 @@ def test_sync_pages_with_has_more_and_keeps_the_newest_thousand(beacon):
     returned = [m["id"] for t in answer["topics"] for m in t["messages"]]
     newest = sorted((i for i, _ in stored), reverse=True)
     assert sorted(returned, reverse=True) == newest[:1000]
-    for topic in topics:
+    for topic in [*topics, old]:
         row = _topic(answer, topic)
         ids = [m["id"] for m in row["messages"]]
-        assert ids == sorted(ids, reverse=True) and 0 < len(ids) <= 200
-        assert row["has_more"] is True and row["next_before"] == ids[-1]
+        assert ids == sorted(ids, reverse=True) and len(ids) <= 200
+        assert row["has_more"] is True
+        assert row["next_before"] == (ids[-1] if ids else max(i for i, _ in older) + 1)
         # The rest, through the messages route, down to ``since``.
         before, paged = row["next_before"], list(ids)
         while before is not None:
@@ -133,7 +135,7 @@ def test_sync_pages_with_has_more_and_keeps_the_newest_thousand(beacon):
             ).json()
             paged += [m["id"] for m in page["messages"]]
             before = page["next_before"]
-        assert paged == sorted((i for i, t in stored if t == topic.topic_id), reverse=True)
+        assert paged == sorted((i for i, t in older + stored if t == topic.topic_id), reverse=True)
     assert _topic(answer, quiet) == {**_topic(answer, quiet), "messages": [], "has_more": False}
     assert answer["cursor"] == newest[0]
     assert _sync(client, answer["cursor"])["cursor"] == answer["cursor"]
@@ -141,6 +143,10 @@ def test_sync_pages_with_has_more_and_keeps_the_newest_thousand(beacon):
     assert client.call("sync", {"since": "1"})["error"] == "invalid_since"
     assert client.call("sync", {"since": 1, "more": 1})["error"] == "unknown_field"
     assert beacon.api(alice, "GET", "/api/sync?since=x").json()["error"] == "invalid_since"
+    loner = beacon.user("loner")
+    alone = beacon.api(loner, "GET", "/api/sync").json()
+    assert alone == {**alone, "cursor": None, "topics": []}
+    assert [u["user_id"] for u in alone["users"]] == [loner.id]
 
 
 def test_a_message_sent_during_the_sync_is_seen_exactly_once(beacon):

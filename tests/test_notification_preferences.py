@@ -50,6 +50,7 @@ def test_defaults_and_changes_are_the_callers_own(beacon):
         "push_when_idle": True,
         "email_level": "mentions",
         "email_delay": None,
+        "share_read_receipts": True,
         "email": {
             "address": None,
             "enabled": False,
@@ -129,6 +130,7 @@ def test_bad_preferences_are_refused_with_a_reason(beacon):
         ({"snooze_minutes": 5, "snooze_until": None}, "invalid_snooze"),
         ({"dnd_allow_mentions": "yes"}, "invalid_dnd_allow_mentions"),
         ({"push_when_idle": 1}, "invalid_push_when_idle"),
+        ({"share_read_receipts": "yes"}, "invalid_share_read_receipts"),
         ({"email_level": "daily"}, "invalid_email_level"),
         ({"email_level": None}, "invalid_email_level"),
         ({"email_delay": -1}, "invalid_email_delay"),

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import func, or_, select, union_all
 
 from webapp.extensions import db
 from webapp.messaging import receipts
@@ -61,14 +61,17 @@ def _read(
     seen = receipts.receipts_by_topic(user_id, list(topics)) if sharing else {}
 
     answer_topics = []
-    for topic, channel, member, _newest in rows:
+    for topic, channel, member, newest_id in rows:
         ids = kept.get(topic.id, [])
+        more = topic.id in cut
         answer_topics.append(
             {
                 **topic_row_payload(topic, channel, member),
                 "messages": [by_id[i] for i in ids],
-                "has_more": topic.id in cut,
-                "next_before": ids[-1] if topic.id in cut and ids else None,
+                "has_more": more,
+                # Where the messages route continues: below the oldest returned, or from the
+                # newest when the 1,000 in all left none of this topic's.
+                "next_before": (ids[-1] if ids else newest_id + 1) if more else None,
                 "receipts": seen.get(str(topic.id), []),
             }
         )
@@ -135,7 +138,10 @@ def _users(user_id: uuid.UUID) -> list[User]:
     return list(
         db.session.execute(
             select(User)
-            .where(User.id.in_(select(others.c.user_id)), User.deleted_at.is_(None))
+            .where(
+                or_(User.id == user_id, User.id.in_(select(others.c.user_id))),
+                User.deleted_at.is_(None),
+            )
             .order_by(
                 (User.presence_status == "offline").asc(),
                 User.last_seen_at.desc().nulls_last(),

@@ -44,7 +44,7 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
     topic_id = parse_uuid(data.get("topic_id"), "topic_id")
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     topic, member = member_topic(user.id, topic_id, room_id)
-    unread_count = member.unread_count
+    unread_count, version = member.unread_count, member.version
     presence().join_topic(str(user.id), request.sid, str(topic_id))
     heartbeat.CONNECTIONS.join(request.sid, str(topic_id))
     join_room(topic_room(topic_id))
@@ -55,7 +55,7 @@ def join_topic(user: User, payload: Any) -> dict[str, Any]:
     if not is_member(user_id, topic_id):
         _leave(request.sid, topic_id)
         raise Forbidden("not_a_member", "you are not a member of this topic")
-    return {"topic_id": str(topic_id), "unread_count": unread_count}
+    return {"topic_id": str(topic_id), "unread_count": unread_count, "version": version}
 
 
 def _leave(sid: str, topic_id: uuid.UUID) -> None:
@@ -112,12 +112,14 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
 def mark_as_unread(user: User, payload: Any) -> dict[str, Any]:
     rate_limit.check("mark_as_unread", user.id, context.settings().rate_limit_mark_as_unread)
     data = require_object(payload, allowed={"room_id", "topic_id", "message_id"})
-    return unread.mark_as_unread(
+    result = unread.mark_as_unread(
         user,
         parse_uuid(data.get("topic_id"), "topic_id"),
         parse_uuid(data.get("room_id"), "room_id", required=False),
         parse_positive_int(data.get("message_id"), "message_id"),
     )
+    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
+    return result
 
 
 @socketio.on("sync")
@@ -145,6 +147,7 @@ def typing(user: User, payload: Any) -> dict[str, Any]:
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     topic, _member = member_topic(user.id, topic_id, room_id)
     rate_limit.check("typing", f"{user.id}:{topic.id}", TYPING_LIMIT)
+    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
     emit(
         "user_typing",
         {
