@@ -422,3 +422,88 @@ def test_integration_api_answers_match_the_documented_schemas(live_app):
     assert send("get", hook, webhook_id=hook_id).get_json()["enabled"] is False
     assert send("delete", hook, webhook_id=hook_id).status_code == 204
     assert send("get", hook, webhook_id=hook_id).status_code == 404
+
+
+def test_client_state_answers_match_the_documented_schemas(live_app):
+    """Issue 18's routes (catch-up, mark as unread, read receipts) and the
+    ``share_read_receipts`` preference, with a real Redis (the marks announce through it)."""
+    from webapp.auth import issue_token
+    from webapp.extensions import db
+    from webapp.models import Channel, Message, Topic, TopicMember, User
+
+    alice, bob, carol = User(username="alice"), User(username="bob"), User(username="carol")
+    room = Channel(name="general")
+    db.session.add_all([alice, bob, carol, room])
+    db.session.flush()
+    topic = Topic(channel_id=room.id, name="launch")
+    db.session.add(topic)
+    db.session.flush()
+    messages = [Message(topic_id=topic.id, sender_id=bob.id, body=f"m{i}") for i in range(3)]
+    db.session.add_all(
+        [*messages, *(TopicMember(topic_id=topic.id, user_id=u.id) for u in (alice, bob))]
+    )
+    db.session.commit()
+    settings = live_app.extensions["beacon_settings"]
+    token = {u.username: issue_token(settings, u.id) for u in (alice, bob, carol)}
+    first = min(m.id for m in messages)
+    topic_id = str(topic.id)
+    client = live_app.test_client()
+    document = _served_document(client)
+    send = functools.partial(_send, client, document)
+    unread, receipts = "/api/topics/{topic_id}/unread", "/api/topics/{topic_id}/receipts"
+
+    def call(method: str, path: str, user: str, **kw: Any):
+        return send(method, path, token=token[user], **kw)
+
+    def body(method: str, path: str, user: str, **kw: Any) -> Any:
+        return call(method, path, user, **kw).get_json()
+
+    # Bob (the sender) moves his marker to just before the last message, then Alice marks
+    # everything unread from the first (a marker of 0 when the first message is id 1). The
+    # messages were stored here, not sent: no increment counts them (the unread count is the
+    # pipeline's, not this test's).
+    last = max(m.id for m in messages)
+    marked = body("post", unread, "bob", json={"message_id": last}, topic_id=topic_id)
+    assert marked["last_read_message_id"] == last - 1 and marked["unread_count"] == 0
+    state = body("post", unread, "alice", json={"message_id": first}, topic_id=topic_id)
+    assert state["last_read_message_id"] == first - 1
+    assert body("get", "/api/topics", "alice")["topics"][0]["version"] == state["version"]
+    schema = document["paths"][unread]["post"]["requestBody"]["content"][JSON]["schema"]
+    for sent, code in (
+        ({"message_id": 0}, "invalid_message_id"),
+        ({"message_id": "1"}, "invalid_message_id"),
+        ({"message_id": first, "topic_id": topic_id}, "unknown_field"),
+    ):
+        refused = call("post", unread, "alice", json=sent, topic_id=topic_id)
+        assert (refused.status_code, refused.get_json()["error"]) == (400, code), sent
+        assert _refused(document, schema, sent), sent
+    far = {"message_id": 10**12}
+    assert body("post", unread, "alice", json=far, topic_id=topic_id)["error"] == (
+        "message_not_found"
+    )
+    mine = {"message_id": first}
+    assert call("post", unread, "carol", json=mine, topic_id=topic_id).status_code == 403
+    assert call("post", unread, "alice", json=mine, topic_id=str(uuid.uuid4())).status_code == 404
+
+    seen = body("get", receipts, "alice", topic_id=topic_id)
+    assert seen["enabled"] is True and [r["user_id"] for r in seen["receipts"]] == [str(bob.id)]
+    assert call("get", receipts, "alice", query="limit=0", topic_id=topic_id).status_code == 400
+    assert call("get", receipts, "carol", topic_id=topic_id).status_code == 403
+    assert call("get", receipts, "alice", topic_id="nope").status_code == 400
+
+    caught_up = body("get", "/api/sync", "alice")
+    [row] = caught_up["topics"]
+    assert len(row["messages"]) == 3 and row["receipts"][0]["user_id"] == str(bob.id)
+    assert caught_up["cursor"] == last
+    again = body("get", "/api/sync", "alice", query=f"since={last}")
+    assert again["topics"][0]["messages"] == [] and again["cursor"] == last
+    assert body("get", "/api/sync", "carol", query="since=0")["topics"] == []
+    assert call("get", "/api/sync", "alice", query="since=-1").status_code == 400
+
+    prefs = "/api/notifications/preferences"
+    private = body("patch", prefs, "alice", json={"share_read_receipts": False})
+    assert private["share_read_receipts"] is False
+    assert call("patch", prefs, "alice", json={"share_read_receipts": "no"}).status_code == 400
+    hidden = body("get", receipts, "alice", topic_id=topic_id)
+    assert hidden == {"topic_id": topic_id, "enabled": False, "receipts": [], "has_more": False}
+    assert body("get", "/api/sync", "alice")["receipts_enabled"] is False

@@ -14,6 +14,7 @@ product's backend provisioned with its service key, and the credentials around i
 from __future__ import annotations
 
 import json
+import math
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ REFUSALS = {
     "room_mismatch",
     "unknown_event",
     "rate_limited",
+    # client state (issue 18): sync, mark_as_unread
+    "invalid_since",
+    "invalid_message_id",
+    "message_not_found",
     # refresh_token
     "missing_token",
     "invalid_token",
@@ -184,6 +189,18 @@ def hostile(beacon: Stack) -> Any:
     yield state
     state.assert_unharmed()
     assert state.alice_state() == before, "Alice's data changed"
+
+
+def attackers(h: Hostile, setting: str, calls: int, *, spare: int = 2) -> list[TestUser]:
+    """Mallory first, then as many more signed-in attackers (members of nothing) as it takes
+    for ``calls`` calls, spread evenly over them, to stay under the shared stack's per-user
+    limit ``setting`` (a ``Settings`` field: ``rate_limit_sync``...), with ``spare`` calls of
+    each user's burst left over whatever the clock. So a fuzz judges every payload instead of
+    meeting ``rate_limited`` (test_limits.py tests the limits themselves)."""
+    limit = getattr(h.stack.app.extensions["beacon_settings"], setting)
+    per_user = calls if limit is None else max(1, limit.limit - spare)
+    more = [h.stack.user(f"mallory{i}") for i in range(math.ceil(calls / per_user) - 1)]
+    return [h.mallory, *more]
 
 
 def dumps(value: Any) -> str:

@@ -427,3 +427,322 @@ def _placeholders(path: str, topic, sub_id: str) -> str:
         .replace(topic.room_id, "<room>")
         .replace(sub_id, "<id>")
     )
+
+
+# -- client state (issue 18): sync, mark as unread, read receipts, typing -------------------
+def _read_states(beacon, topic, *users) -> dict[str, tuple]:
+    """Each user's (unread_count, last_read_message_id, version) in ``topic``, as listed."""
+    states = {}
+    for user in users:
+        rows = beacon.api(user, "GET", "/api/topics").json()["topics"]
+        [row] = [r for r in rows if r["topic_id"] == topic.topic_id]
+        states[user.username] = (row["unread_count"], row["last_read_message_id"], row["version"])
+    return states
+
+
+def _receipt_from(reader):
+    """A ``messages_read`` announcing ``reader``'s marker."""
+    return lambda p: p["user_id"] == reader.id
+
+
+@pytest.fixture(scope="module")
+def receipts_off_web(stack, run_dir) -> Any:
+    """Another web process of the shared deployment with ``READ_RECEIPTS=false``."""
+    port = free_port()
+    env = {**stack.env, "READ_RECEIPTS": "false"}
+    web = start_web(f"web-receipts-off-{stack.backend}", env, port, run_dir)
+    yield f"http://127.0.0.1:{port}"
+    web.stop()
+
+
+def test_client_state_stays_within_membership_and_sharing(beacon, receipts_off_web, reliability):
+    """Issue 18's events and routes. Mallory (a topic of her own) calls them with Alice's
+    topic, room and message ids: every call is refused, and her catch-up (``sync``) holds only
+    her own topic, messages and user. Carol, a member of Alice's topic, does not share read
+    receipts: she sees nobody's (route, sync, events) and nobody sees hers; Bob shares, and
+    only the sharing members see his."""
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    carol, mallory = beacon.user("carol"), beacon.user("mallory")
+    topic = beacon.topic(alice, bob, carol)
+    own = beacon.topic(mallory)
+    t, r = topic.topic_id, topic.room_id
+    private = beacon.api(carol, "PATCH", PREFS, json={"share_read_receipts": False})
+    assert private.status_code == 200 and private.json()["share_read_receipts"] is False
+
+    clients = {
+        name: beacon.client(user, name)
+        for name, user in (("alice", alice), ("bob", bob), ("carol", carol))
+    }
+    carol_phone = beacon.client(carol, "carol-phone")  # never joined: her other device
+    mallory_client = beacon.client(mallory, "mallory")
+    message_ids = [
+        clients["alice"].call("send_message", topic.ref(message=f"secret {i}"))["message"]["id"]
+        for i in range(3)
+    ]
+    own_id = mallory_client.call("send_message", own.ref(message="mine"))["message"]["id"]
+    for user in (bob, carol):  # counted: nobody had joined the topic
+        wait_until(lambda u=user: beacon.unread(u, topic) == 3, message="counts not 3")
+    for client in clients.values():
+        assert client.call("join_topic", {"topic_id": t})["ok"]
+    assert mallory_client.call("join_topic", {"topic_id": own.topic_id})["ok"]
+    before = _read_states(beacon, topic, alice, bob, carol)
+    mark = mallory_client.mark()
+
+    def event(name: str, target: str, payload: dict, expected: str) -> None:
+        ack = mallory_client.call(name, payload)
+        observed = "ok" if ack.get("ok") else ack.get("error")
+        reliability.matrix(name, target, expected=expected, observed=str(observed))
+        assert observed == expected, (name, target, ack)
+
+    def rest(method: str, path: str, target: str, expected: str, **kw) -> None:
+        response = beacon.api(mallory, method, path, **kw)
+        observed = f"{response.status_code} {response.json().get('error', '')}".strip()
+        operation = path.replace(t, "<topic>").replace(own.topic_id, "<own topic>")
+        reliability.matrix(f"{method} {operation}", target, expected=expected, observed=observed)
+        assert observed == expected, (method, path, response.text)
+
+    first = message_ids[0]
+    event("mark_as_unread", "topic + message", {"topic_id": t, "message_id": first}, "not_a_member")
+    event(
+        "mark_as_unread",
+        "topic + room + message",
+        topic.ref(message_id=first),
+        "not_a_member",
+    )
+    event(
+        "mark_as_unread",
+        "room with her own topic",
+        {"topic_id": own.topic_id, "room_id": r, "message_id": own_id},
+        "room_mismatch",
+    )
+    event(
+        "mark_as_unread",
+        "message (in her own topic)",
+        own.ref(message_id=first),
+        "message_not_found",
+    )
+    rest(
+        "POST",
+        f"/api/topics/{t}/unread",
+        "topic + message",
+        "403 not_a_member",
+        json={"message_id": first},
+    )
+    rest(
+        "POST",
+        f"/api/topics/{own.topic_id}/unread",
+        "message (in her own topic)",
+        "404 message_not_found",
+        json={"message_id": first},
+    )
+    rest("GET", f"/api/topics/{t}/receipts", "topic", "403 not_a_member")
+    rest("GET", f"/api/topics/{t}/receipts?limit=1000", "topic, largest page", "403 not_a_member")
+    event("typing", "topic", {"topic_id": t}, "not_a_member")
+    event("typing", "topic + room", topic.ref(), "not_a_member")
+    event(
+        "typing",
+        "room with her own topic",
+        {"topic_id": own.topic_id, "room_id": r},
+        "room_mismatch",
+    )
+
+    # Her catch-up: only her own topic, message and user, from any cursor (Alice's message
+    # ids are above some of them).
+    def only_her_own(answer: dict) -> str:
+        topics = [x["topic_id"] for x in answer["topics"]]
+        messages = [m["id"] for x in answer["topics"] for m in x["messages"]]
+        receipts = [u["user_id"] for x in answer["topics"] for u in x["receipts"]]
+        users = [u["user_id"] for u in answer["users"]]
+        leaked = [
+            *(["Alice's topic"] if t in topics else []),
+            *(f"message {m}" for m in messages if m != own_id),
+            *(f"receipt of {u}" for u in receipts),
+            *(f"user {u}" for u in users if u != mallory.id),
+        ]
+        return "ok, only her own" if not leaked else f"leaked {leaked}"
+
+    for since in (None, 0, first - 1):
+        ack = mallory_client.call("sync", {} if since is None else {"since": since})
+        observed = only_her_own(ack) if ack.get("ok") else ack.get("error")
+        target = "everything (no since)" if since is None else f"since {since or 0}"
+        if since == first - 1:
+            target = "since just below Alice's messages"
+        reliability.matrix("sync", target, expected="ok, only her own", observed=str(observed))
+        assert observed == "ok, only her own", ack
+        assert [x["topic_id"] for x in ack["topics"]] == [own.topic_id], ack
+        assert ack["cursor"] == own_id, ack
+    response = beacon.api(mallory, "GET", f"/api/sync?since={first - 1}")
+    observed = f"{response.status_code}, " + only_her_own(response.json())
+    reliability.matrix(
+        "GET /api/sync",
+        "since just below Alice's messages",
+        expected="200, ok, only her own",
+        observed=observed,
+    )
+    assert observed == "200, ok, only her own", response.text
+
+    # Alice types in her topic: the joined members hear it, Mallory (who cannot join) does not;
+    # then Mallory's own read comes back to her, after anything of Alice's would have.
+    typed = clients["alice"].call("typing", {"topic_id": t})
+    assert typed == {"ok": True, "topic_id": t}, typed
+    for name in ("bob", "carol"):
+        heard = clients[name].wait_for_event("user_typing", _receipt_from(alice))
+        assert heard["topic_id"] == t and heard["expires_in"] == 6, heard
+    assert mallory_client.call("mark_as_read", own.ref())["ok"]
+    mallory_client.wait_for_event("messages_read", lambda p: p["topic_id"] == own.topic_id)
+    for name in ("user_typing", "messages_read", "unread_update"):
+        mallory_client.assert_no_event(name, lambda p: p["topic_id"] == t, after=mark)
+    reliability.matrix(
+        "(listening)",
+        "Alice's topic: `user_typing`, `messages_read`, `unread_update`",
+        expected="none to Mallory; `user_typing` to the other joined members",
+        observed="none to Mallory; Bob and Carol heard Alice typing",
+    )
+    after = _read_states(beacon, topic, alice, bob, carol)
+    reliability.matrix(
+        "(all of the above)",
+        "Alice's, Bob's and Carol's counts, markers and versions",
+        expected="unchanged",
+        observed="unchanged" if after == before else f"{before} -> {after}",
+    )
+    assert after == before
+
+    # Read receipts only between members who both share. Bob (sharing) reads, then marks the
+    # last message unread: Alice (sharing) gets both receipts; Carol (not sharing) gets none,
+    # on her joined connection or her other device, and the receipts route and her sync show
+    # her nobody's.
+    alice_mark = clients["alice"].mark()
+    carol_marks = {"carol": clients["carol"].mark(), "carol-phone": carol_phone.mark()}
+    assert clients["bob"].call("mark_as_read", topic.ref())["ok"]
+    unread = clients["bob"].call("mark_as_unread", topic.ref(message_id=message_ids[-1]))
+    assert unread["ok"] and unread["last_read_message_id"] == message_ids[-1] - 1, unread
+    bob_receipt = clients["alice"].wait_for_event(
+        "messages_read",
+        lambda p: p["user_id"] == bob.id and p["version"] == unread["version"],
+        after=alice_mark,
+    )
+    assert bob_receipt["last_read_message_id"] == message_ids[-1] - 1
+    assert "unread_count" not in bob_receipt, bob_receipt  # the reader's count stays his
+    # (and Alice's typing went to the others only, not back to her sending connection)
+    clients["alice"].assert_no_event("user_typing", _receipt_from(alice))
+    # Carol's own read reaches both of her devices after Bob's receipts would have.
+    own_read = clients["carol"].call("mark_as_read", topic.ref())
+    assert own_read["ok"], own_read
+    seen_by_carol = []
+    for name, client in (("carol", clients["carol"]), ("carol-phone", carol_phone)):
+        client.wait_for_event("messages_read", _receipt_from(carol), after=carol_marks[name])
+        seen_by_carol += [
+            p["user_id"]
+            for p in client.events("messages_read", after=carol_marks[name])
+            if p["user_id"] != carol.id
+        ]
+    reliability.matrix(
+        "(listening)",
+        "`messages_read` of Bob's read and mark-as-unread, to Carol (not sharing; joined, and "
+        "another device)",
+        expected="none to Carol; Alice (sharing) got both",
+        observed="none to Carol; Alice (sharing) got both"
+        if not seen_by_carol
+        else f"Carol got receipts of {seen_by_carol}",
+    )
+    assert seen_by_carol == []
+
+    # Carol's read (and mark-as-unread) reach nobody else: Alice's and Bob's own reads come
+    # back to them afterwards, with no receipt of Carol's before.
+    others_mark = {"alice": clients["alice"].mark(), "bob": clients["bob"].mark()}
+    assert clients["carol"].call("mark_as_unread", topic.ref(message_id=first))["ok"]
+    for name in ("alice", "bob"):
+        assert clients[name].call("mark_as_read", topic.ref())["ok"]
+    leaked_carol = []
+    for name, user in (("alice", alice), ("bob", bob)):
+        clients[name].wait_for_event("messages_read", _receipt_from(user), after=others_mark[name])
+        leaked_carol += [
+            name
+            for p in clients[name].events("messages_read", after=others_mark[name])
+            if p["user_id"] == carol.id
+        ]
+    reliability.matrix(
+        "(listening)",
+        "`messages_read` of Carol's (not sharing) read and mark-as-unread, to Alice and Bob "
+        "(sharing, joined)",
+        expected="none",
+        observed="none" if not leaked_carol else f"to {leaked_carol}",
+    )
+    assert leaked_carol == []
+
+    def receipts_seen(user, base: str = beacon.url) -> str:
+        response = requests.get(
+            f"{base}/api/topics/{t}/receipts",
+            headers={"Authorization": f"Bearer {user.token}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        names = {alice.id: "Alice", bob.id: "Bob", carol.id: "Carol"}
+        rows = sorted(names.get(x["user_id"], x["user_id"]) for x in body["receipts"])
+        return f"enabled {str(body['enabled']).lower()}, rows {rows}"
+
+    def sync_seen(user, base: str = beacon.url) -> str:
+        response = requests.get(
+            f"{base}/api/sync", headers={"Authorization": f"Bearer {user.token}"}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        names = {alice.id: "Alice", bob.id: "Bob", carol.id: "Carol"}
+        [row] = [x for x in body["topics"] if x["topic_id"] == t]
+        rows = sorted(names.get(x["user_id"], x["user_id"]) for x in row["receipts"])
+        return f"receipts_enabled {str(body['receipts_enabled']).lower()}, rows {rows}"
+
+    for operation, caller, target, expected, seen in (
+        (
+            "GET /api/topics/<topic>/receipts",
+            carol,
+            "Carol (not sharing) asks",
+            "enabled false, rows []",
+            receipts_seen,
+        ),
+        (
+            "GET /api/topics/<topic>/receipts",
+            alice,
+            "Alice (sharing) asks: Bob shares, Carol not",
+            "enabled true, rows ['Bob']",
+            receipts_seen,
+        ),
+        (
+            "GET /api/topics/<topic>/receipts",
+            bob,
+            "Bob (sharing) asks: Alice shares, Carol not",
+            "enabled true, rows ['Alice']",
+            receipts_seen,
+        ),
+        (
+            "GET /api/sync",
+            carol,
+            "Carol (not sharing)",
+            "receipts_enabled false, rows []",
+            sync_seen,
+        ),
+        (
+            "GET /api/sync",
+            alice,
+            "Alice (sharing): Bob shares, Carol not",
+            "receipts_enabled true, rows ['Bob']",
+            sync_seen,
+        ),
+    ):
+        observed = seen(caller)
+        reliability.matrix(operation, target, expected=expected, observed=observed)
+        assert observed == expected, (operation, target)
+    # READ_RECEIPTS=false on the server: nobody's, whoever shares.
+    for operation, seen, expected in (
+        ("GET /api/topics/<topic>/receipts", receipts_seen, "enabled false, rows []"),
+        ("GET /api/sync", sync_seen, "receipts_enabled false, rows []"),
+    ):
+        observed = seen(alice, receipts_off_web)
+        reliability.matrix(
+            operation,
+            "Alice (sharing) on a server with READ_RECEIPTS=false",
+            expected=expected,
+            observed=observed,
+        )
+        assert observed == expected, operation

@@ -1,12 +1,13 @@
 """Property-based fuzzing of every Socket.IO event: each case must be answered with a refusal
-ack carrying a documented code; nothing may be stored; nobody else may be disturbed."""
+ack carrying a documented code (or, for a ``sync`` that is valid, a catch-up holding nothing
+of anyone else's); nothing may be stored; nobody else may be disturbed."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
+import uuid
 from collections import Counter
 
 import jwt
@@ -15,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import JWT_SECRET
-from tests.security.conftest import REFUSALS, dumps, raw_call, refusal
+from tests.security.conftest import REFUSALS, attackers, dumps, raw_call, refusal
 from tests.security.strategies import (
     any_char,
     huge_texts,
@@ -25,6 +26,7 @@ from tests.security.strategies import (
     nested,
     payloads,
     texts,
+    uuid_variants,
 )
 
 EXPECTED = "error ack with a documented code; nothing stored; bystander unaffected"
@@ -81,6 +83,16 @@ def _fields(h, event):
         refs["message"] = st.one_of(texts, huge_texts, json_values)
     if event == "mark_as_read":
         refs["message_ids"] = message_ids(*h.message_ids)
+    if event == "mark_as_unread":
+        refs["message_id"] = st.one_of(
+            st.sampled_from(h.message_ids),  # Alice's, in her topic
+            st.integers(min_value=-(2**70), max_value=2**70),
+            st.sampled_from([0, 1, -1, MAX_BIGINT, MAX_BIGINT + 1, 1.0, 1.5, True, "1"]),
+            json_values,
+        )
+    if event == "sync":
+        # The one event whose payload is mostly optional: see _sync_expected.
+        return {"since": SINCE}
     return refs
 
 
@@ -91,27 +103,95 @@ EVENTS = {
     "mark_as_read": 150,
     "refresh_token": 100,
     "set_presence": 120,
+    # client state (issue 18)
+    "sync": 80,
+    "mark_as_unread": 120,
+    "typing": 120,
+}
+MAX_BIGINT = 2**63 - 1
+SINCE = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=0, max_value=2**40),
+    st.sampled_from([0, -1, MAX_BIGINT, MAX_BIGINT + 1, 1.0, 0.5, True, False, "0", "1", None]),
+    texts,
+    json_values,
+)
+
+
+def _well_formed(h, event):
+    """Payloads that pass the shape checks, so that the gates behind them are fuzzed too:
+    Alice's topic (in any spelling ``uuid.UUID`` reads), its room or another, her message ids
+    or ids of no message; for ``sync``, any ``since`` in range."""
+    if event == "sync":
+        return st.one_of(
+            st.just({}),
+            st.fixed_dictionaries({"since": st.one_of(st.integers(0, MAX_BIGINT), SINCE)}),
+        )
+    if event not in ("mark_as_unread", "typing"):
+        return st.nothing()
+    topic, room = h.topic.topic_id, h.topic.room_id
+    optional = {"room_id": st.sampled_from([room, str(uuid.uuid4()), topic])}
+    if event == "mark_as_unread":
+        optional["message_id"] = st.one_of(
+            st.sampled_from(h.message_ids), st.integers(1, MAX_BIGINT)
+        )
+    return st.fixed_dictionaries(
+        {"topic_id": st.sampled_from([*uuid_variants(topic), str(uuid.uuid4())])},
+        optional=optional,
+    )
+
+
+def _sync_expected(payload):
+    """Whether a ``sync`` payload must be answered ok (True), refused (False), or may be
+    either (None: ``since: null``, which may read as absent, and ids past the database's
+    bigint, which may be refused)."""
+    if not isinstance(payload, dict) or set(payload) - {"since"}:
+        return False
+    if "since" not in payload:
+        return True
+    since = payload["since"]
+    if since is None:
+        return None
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        return False
+    return True if since <= MAX_BIGINT else None
+
+
+def _nothing_leaked(ack, user, payload):
+    """A sync answer of a member of nothing: no topic, no other user, no message; its cursor
+    is the ``since`` it sent (or null)."""
+    assert ack["topics"] == [], ack
+    assert {u["user_id"] for u in ack["users"]} <= {user.id}, ack["users"]
+    assert ack["cursor"] in (None, payload.get("since")), ack
+    assert isinstance(ack["receipts_enabled"], bool), ack
+    assert isinstance(ack["preferences"]["share_read_receipts"], bool), ack
+
+
+# Events limited per user with every call counted before the payload is read: the setting
+# that holds each limit.
+LIMITED = {
+    "set_presence": "rate_limit_set_presence",
+    "sync": "rate_limit_sync",
+    "mark_as_unread": "rate_limit_mark_as_unread",
 }
 
 
 def _senders(h, event):
-    """(user, connection) pairs a fuzzed event is sent from: Mallory's, and for
-    ``set_presence`` as many other signed-in attackers as its per-user limit asks for. That
-    limit is counted before the payload is read and the shared stack keeps its default
-    (30/10s), so a single sender would see only ``rate_limited`` after 30 cases; spread out, no
-    sender reaches it whatever the clock, and every payload is judged (test_limits.py tests
-    the limit itself). The topic events' limits are raised for the fuzz (tests/conftest.py
-    ``base_env``), and ``send_message`` counts only a member's sends."""
-    senders = [(h.mallory, h.client)]
-    if event != "set_presence":
-        return senders
-    limit = h.stack.app.extensions["beacon_settings"].rate_limit_set_presence
+    """(user, connection) pairs a fuzzed event is sent from: Mallory's, and for the events of
+    ``LIMITED`` as many other signed-in attackers as the shared stack's per-user limit asks
+    for. ``set_presence`` keeps its default there (30/10s), so a single sender would see only
+    ``rate_limited`` after 30 cases; spread out, no sender reaches a limit whatever the clock,
+    and every payload is judged (test_limits.py tests the limits themselves). tests/conftest.py
+    ``base_env`` raises the topic events', sync's and mark_as_unread's limits for the fuzz
+    (then Mallory alone sends them), ``send_message`` counts only a member's sends, and
+    ``typing`` (one per 2 s per user and topic) only a member's typing."""
+    if event not in LIMITED:
+        return [(h.mallory, h.client)]
     # Each sender keeps two calls spare: one for after the fuzz (its connection still works).
-    per_sender = EVENTS[event] if limit is None else limit.limit - 2
-    for i in range(math.ceil(EVENTS[event] / per_sender) - 1):
-        attacker = h.stack.user(f"mallory{i}")
-        senders.append((attacker, h.stack.client(attacker, f"mallory{i}")))
-    return senders
+    users = attackers(h, LIMITED[event], EVENTS[event], spare=2)
+    return [(h.mallory, h.client)] + [
+        (user, h.stack.client(user, user.username)) for user in users[1:]
+    ]
 
 
 @pytest.mark.parametrize("event", sorted(EVENTS))
@@ -125,12 +205,26 @@ def test_fuzzed_payloads_are_refused(hostile, reliability, event):
                 "user_status_change", lambda p, u=user: p["user_id"] == u.id and p["is_online"]
             )
     mark = hostile.bystander.mark()
-    sender = itertools.cycle([client for _, client in senders])
+    sender = itertools.cycle(senders)
+
+    cases = payloads(_fields(hostile, event))
+    well_formed = _well_formed(hostile, event)
+    if not well_formed.is_empty:  # half of the cases (one_of would give them a seventh)
+        cases = st.booleans().flatmap(lambda w, c=cases: well_formed if w else c)
 
     @settings(settings.get_profile("beacon-security"), max_examples=EVENTS[event])
-    @given(payloads(_fields(hostile, event)))
+    @given(cases)
     def case(payload):
-        ack = next(sender).call(event, payload, timeout=30)
+        user, client = next(sender)
+        ack = client.call(event, payload, timeout=30)
+        if event == "sync":
+            expected = _sync_expected(payload)
+            if ack.get("ok") is True:
+                assert expected is not False, (payload, ack)
+                _nothing_leaked(ack, user, payload)
+                tally["ok (nothing of others)"] += 1
+                return
+            assert expected is not True, (payload, ack)
         # A known event is never answered as unknown (refresh_token once was), and no sender
         # goes over a rate limit (see _senders).
         tally[refusal(ack, CODES - {"unknown_event", "rate_limited"})] += 1
@@ -139,9 +233,33 @@ def test_fuzzed_payloads_are_refused(hostile, reliability, event):
     assert all(client.connected for _, client in senders)
     if event == "set_presence":
         _presence_still_works(hostile, senders, mark)
+    if event in ("mark_as_unread", "typing"):
+        _bystander_heard_nothing(hostile, mark)
+    expected = EXPECTED
+    if event == "sync":
+        expected = "a valid `since`: ok with nothing of others' topics; else " + EXPECTED
     reliability.record(
-        "input", f"`{event}` payloads (hypothesis)", expected=EXPECTED, observed=tally
+        "input", f"`{event}` payloads (hypothesis)", expected=expected, observed=tally
     )
+
+
+def _bystander_heard_nothing(h, mark):
+    """Bob, joined to Alice's topic, heard nothing of the refused calls: Alice (a member)
+    types now, Bob gets her ``user_typing``, and nothing else came before it (events on one
+    connection arrive in order)."""
+    alice = h.stack.client(h.alice, "alice-typing")
+    assert alice.call("join_topic", {"topic_id": h.topic.topic_id})["ok"]
+    assert alice.call("typing", {"topic_id": h.topic.topic_id}) == {
+        "ok": True,
+        "topic_id": h.topic.topic_id,
+    }
+    h.bystander.wait_for_event("user_typing", lambda p: p["user_id"] == h.alice.id, after=mark)
+    heard = [
+        (r.name, r.payload["user_id"] if isinstance(r.payload, dict) else r.payload)
+        for r in h.bystander.received(after=mark)
+        if r.name in ("user_typing", "messages_read", "unread_update")
+    ]
+    assert heard == [("user_typing", h.alice.id)], heard
 
 
 def _presence_still_works(h, senders, mark):
@@ -245,6 +363,17 @@ def test_raw_packets_the_client_library_would_not_send(hostile, reliability):
         "state nested 5000 deep": '["set_presence",{"state":' + "[" * 5000 + "]" * 5000 + "}]",
         "state not JSON": '["set_presence",{"state":idle}]',
         "undecodable event named disconnect": '["disconnect",{',
+        # client state (issue 18)
+        "NaN since": '["sync",{"since":NaN}]',
+        "4000-digit since": '["sync",{"since":' + "9" * 4000 + "}]",
+        "since nested 5000 deep": '["sync",{"since":' + "[" * 5000 + "]" * 5000 + "}]",
+        "Infinity message id": '["mark_as_unread",'
+        + f'{{"topic_id":"{topic}","message_id":Infinity}}]',
+        "4000-digit message id": '["mark_as_unread",'
+        + f'{{"topic_id":"{topic}","message_id":{"9" * 4000}}}]',
+        "typing, duplicate keys": '["typing",'
+        + f'{{"topic_id":"{topic}","topic_id":"{uuid.uuid4()}"}}]',
+        "typing, no payload": '["typing"]',
     }
     outcomes: dict[str, str] = {}
     for name, packet in cases.items():
@@ -271,7 +400,8 @@ def test_raw_packets_the_client_library_would_not_send(hostile, reliability):
     reliability.record(
         "input",
         "raw Socket.IO packets (nesting to 20 000, 4000-digit numbers, NaN, duplicate keys, "
-        "bad event names, the server's own handler names, not an event, malformed JSON)",
+        "bad event names, the server's own handler names, not an event, malformed JSON; "
+        "`sync`, `mark_as_unread`, `typing` too)",
         expected="a refusal ack for every packet, even undecodable ones; connection kept",
         observed=answered,
     )

@@ -6,6 +6,7 @@ stored for the attacker (checked by the ``hostile`` fixture)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections import Counter
@@ -22,6 +23,7 @@ from sqlalchemy import select
 from config import Settings
 from tests.conftest import JWT_SECRET, start_web
 from tests.harness.ports import free_port
+from tests.security.conftest import attackers
 from tests.security.strategies import (
     CONTENT_TYPES,
     EDGE_STRINGS,
@@ -34,6 +36,7 @@ from tests.security.strategies import (
     raw_bodies,
     segment,
     texts,
+    uuid_variants,
 )
 
 EXPECTED = "2xx or 4xx JSON {error, message}; never 5xx; nothing stored"
@@ -373,7 +376,7 @@ def test_fuzzed_device_registrations_and_deletions(hostile, reliability):
 
 # -- attention: idle pushes and missed-message email (issue 17) -----------------------------
 LEVELS = ("all", "mentions", "none")
-ATTENTION_FIELDS = ("level", "push_when_idle", "email_level", "email_delay")
+ATTENTION_FIELDS = ("level", "push_when_idle", "email_level", "email_delay", "share_read_receipts")
 MAX_EMAIL_DELAY = 86400
 not_levels = st.one_of(
     st.sampled_from(["ALL", "None", " none", "mentions\x00", "mention", "", "off", "\u0430ll"]),
@@ -387,7 +390,7 @@ def _valid_level(value: Any) -> bool:
 
 
 def _valid_setting(name: str, value: Any) -> bool:
-    if name == "push_when_idle":
+    if name in ("push_when_idle", "share_read_receipts"):
         return isinstance(value, bool)
     if name == "email_delay":
         return value is None or (
@@ -436,20 +439,29 @@ def _overrides(prefs: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def test_fuzzed_attention_and_email_preferences(hostile, reliability):
-    """The fields issue 17 added: ``push_when_idle``, ``email_level``, ``email_delay`` (PATCH),
-    and ``email_level`` beside ``level`` in the topic and room overrides (PUT/DELETE). Carol, a
-    member of a topic of her own, sends them: her bodies reach the parsers (Mallory's would
-    stop at the membership check). Every answer is exactly what the documented rules say: a
-    valid body 2xx and stored as sent (a model of her preferences follows every answer and
-    must equal what she reads back), anything else 400 and nothing changed; Alice's topic and
-    room stay refused (403/404) whatever the body. Bob, with every new field set away from its
-    default, and Alice never change."""
+    """The fields issue 17 added: ``push_when_idle``, ``email_level``, ``email_delay`` (PATCH;
+    and issue 18's ``share_read_receipts``), and ``email_level`` beside ``level`` in the topic
+    and room overrides (PUT/DELETE). Carol, a member of a topic of her own, sends them: her
+    bodies reach the parsers (Mallory's would stop at the membership check). Every answer is
+    exactly what the documented rules say: a valid body 2xx and stored as sent (a model of her
+    preferences follows every answer and must equal what she reads back), anything else 400
+    and nothing changed; Alice's topic and room stay refused (403/404) whatever the body. Bob,
+    with every new field set away from its default, and Alice never change."""
     stack, bob = hostile.stack, hostile.bob
     carol = stack.user("carol")
     own = stack.topic(carol)
     prefs = "/api/notifications/preferences"
     for method, path, body in (
-        ("PATCH", prefs, {"push_when_idle": False, "email_level": "all", "email_delay": 60}),
+        (
+            "PATCH",
+            prefs,
+            {
+                "push_when_idle": False,
+                "email_level": "all",
+                "email_delay": 60,
+                "share_read_receipts": False,
+            },
+        ),
         (
             "PUT",
             f"{prefs}/topics/{hostile.topic.topic_id}",
@@ -467,6 +479,7 @@ def test_fuzzed_attention_and_email_preferences(hostile, reliability):
         "push_when_idle": True,
         "email_level": "mentions",
         "email_delay": None,
+        "share_read_receipts": True,
     }
     overrides: dict[tuple[str, str], dict[str, Any]] = {}
     tally: Counter[str] = Counter()
@@ -483,6 +496,7 @@ def test_fuzzed_attention_and_email_preferences(hostile, reliability):
             "push_when_idle": flags,
             "email_level": any_levels,
             "email_delay": delays,
+            "share_read_receipts": flags,
         },
         binary=False,
     )
@@ -510,6 +524,8 @@ def test_fuzzed_attention_and_email_preferences(hostile, reliability):
                 b'{"push_when_idle": "true"}',
                 b'{"email_level": "none\\u0000"}',
                 b'{"email_level": "\\ud800"}',
+                b'{"share_read_receipts": "false"}',
+                b'{"share_read_receipts": 0}',
             ]
         ),
     )
@@ -520,6 +536,8 @@ def test_fuzzed_attention_and_email_preferences(hostile, reliability):
     @example(
         ("patch", {"email_level": "none", "email_delay": MAX_EMAIL_DELAY, "push_when_idle": False})
     )
+    @example(("patch", {"share_read_receipts": False}))
+    @example(("patch", {"share_read_receipts": None}))
     @example(("raw", b'{"email_delay": 1e999}'))
     @example(("override", ("PUT", "topics", "alice", {"email_level": "none"})))
     @example(("override", ("PUT", "rooms", "alice", {"email_level": None})))
@@ -618,11 +636,176 @@ def test_fuzzed_attention_and_email_preferences(hostile, reliability):
     reliability.record(
         "input",
         "`/api/notifications/preferences` attention fields: `push_when_idle`, `email_level`, "
-        "`email_delay`, override `email_level` on own, Alice's and unknown topics and rooms "
-        "(hypothesis)",
+        "`email_delay`, `share_read_receipts`, override `email_level` on own, Alice's and "
+        "unknown topics and rooms (hypothesis)",
         expected="valid bodies stored exactly as sent, anything else 400 JSON {error, message} "
         "and nothing changed; Alice's topic 403 / room 404; never 5xx; Bob's and Alice's "
         "preferences unchanged",
+        observed=tally,
+    )
+
+
+# -- client state (issue 18): catch-up, mark as unread, read receipts ----------------------
+MAX_BIGINT = 2**63 - 1
+QUERY_INTS = [
+    "",
+    "0",
+    "-0",
+    "00",
+    "+5",
+    " 5",
+    "5 ",
+    "1e3",
+    "0x10",
+    "1_000",
+    "\u0665",  # an Arabic-Indic 5
+    "NaN",
+    "-1",
+    "1001",
+    str(MAX_BIGINT),
+    str(MAX_BIGINT + 1),
+    "9" * 4400,  # past Python's 4300-digit int() limit
+]
+
+
+def _query_int(value: str) -> int | None:
+    """``value`` as the routes read a query integer (Python's ``int``); None if it is not one."""
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _plain(value: str, lo: int, hi: int) -> bool:
+    """ASCII digits only, in range: a value every reading of "an integer" takes."""
+    return value.isascii() and value.isdigit() and len(value) < 30 and lo <= int(value) <= hi
+
+
+def test_fuzzed_client_state_routes(hostile, reliability):
+    """``GET /api/sync?since=``, ``POST /api/topics/<id>/unread`` (bodies of every kind) and
+    ``GET /api/topics/<id>/receipts?limit=``, from signed-in attackers who are members of
+    nothing: Mallory, and as many more as the shared stack's per-user limits of sync and
+    mark-as-unread ask for, so that every case is judged rather than ``429``. A sync with a
+    valid ``since`` answers 200 with nothing of anyone else (no topic, no other user, the cursor
+    it sent), else 400 ``invalid_since``; the topic routes never answer 2xx (Alice's topic with
+    a well-formed request: 403 ``not_a_member``, whatever message id); never 5xx; nothing of
+    Alice's or Bob's changes (the fixture)."""
+    tally: Counter[str] = Counter()
+    examples = 120
+    calls = examples + 10  # the pinned examples
+    # Separate limits: each pool spreads its route's calls (a cycle, so evenly).
+    syncers = itertools.cycle(attackers(hostile, "rate_limit_sync", calls))
+    markers = itertools.cycle(attackers(hostile, "rate_limit_mark_as_unread", calls))
+    topic = hostile.topic.topic_id
+    segments = st.one_of(
+        st.just(topic),
+        st.just(topic),
+        st.sampled_from(uuid_variants(topic)),
+        st.just(hostile.topic.room_id),
+        st.uuids().map(str),
+        st.sampled_from(EDGE_STRINGS),
+        texts,
+    )
+    query_ints = st.one_of(
+        st.integers(-(2**70), 2**70).map(str),
+        st.integers(0, 2**40).map(str),
+        st.sampled_from(QUERY_INTS),
+        texts,
+    )
+    message_id = st.one_of(
+        st.sampled_from(hostile.message_ids),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from([0, 1, MAX_BIGINT, MAX_BIGINT + 1, 1.0, True, "1", None]),
+        json_values,
+    )
+    bodies = st.one_of(
+        st.fixed_dictionaries({"message_id": message_id}).map(lambda b: ("json", b)),
+        payloads({"message_id": message_id}, binary=False).map(lambda b: ("json", b)),
+        st.tuples(raw_bodies(), st.sampled_from(CONTENT_TYPES)).map(lambda t: ("raw", t)),
+    )
+
+    @example(("sync", ""))
+    @example(("sync", "0"))
+    @example(("sync", str(MAX_BIGINT + 1)))
+    @example(("sync", "\x00"))
+    @example(("sync", "\ud800"))
+    @example(("unread", (topic, ("json", {"message_id": hostile.message_ids[0]}))))
+    @example(("unread", (topic, ("json", {"message_id": 10**12}))))
+    @example(("unread", (topic, ("raw", (b'{"message_id": 1e999}', "application/json")))))
+    @example(("receipts", (topic, "")))
+    @example(("receipts", (topic, "1001")))
+    @settings(settings.get_profile("beacon-security"), max_examples=examples)
+    @given(
+        st.one_of(
+            query_ints.map(lambda q: ("sync", q)),
+            st.tuples(segments, bodies).map(lambda t: ("unread", t)),
+            st.tuples(segments, query_ints).map(lambda t: ("receipts", t)),
+        )
+    )
+    def case(call):
+        kind, value = call
+        if kind == "sync":
+            user = next(syncers)
+            response = _call(hostile, "GET", "/api/sync", user=user, params={"since": raw(value)})
+            _answer(response, tally)
+            since = _query_int(value) if value else 0
+            if "\x00" in value:
+                assert response.json()["error"] == "invalid_text", response.text
+            elif value == "" or _plain(value, 0, MAX_BIGINT):
+                assert response.status_code == 200, (value, response.text)
+            elif since is None or not 0 <= since <= MAX_BIGINT:
+                assert response.status_code == 400, (value, response.text)
+                assert response.json()["error"] == "invalid_since", response.text
+            if response.status_code == 200:
+                answer = response.json()
+                assert answer["topics"] == [], answer
+                assert {u["user_id"] for u in answer["users"]} <= {user.id}, answer["users"]
+                assert answer["cursor"] in (None, since), answer
+            return
+        seg, rest = value
+        if kind == "unread":
+            body_kind, body = rest
+            kwargs: dict[str, Any] = {"json": body}
+            if body_kind == "raw":
+                data, content_type = body
+                headers = {"Content-Type": content_type} if content_type else {}
+                kwargs = {"data": data, "headers": headers}
+            response = _call(
+                hostile,
+                "POST",
+                f"/api/topics/{segment(seg)}/unread",
+                user=next(markers),
+                **kwargs,
+            )
+            well_formed = (
+                body_kind == "json"
+                and isinstance(body, dict)
+                and set(body) == {"message_id"}
+                and type(body["message_id"]) is int
+                and 0 < body["message_id"] <= MAX_BIGINT
+            )
+        else:
+            response = _call(
+                hostile,
+                "GET",
+                f"/api/topics/{segment(seg)}/receipts",
+                params={"limit": raw(rest)},
+            )
+            well_formed = rest == "" or _plain(rest, 1, 1000)
+        _answer(response, tally)
+        assert response.status_code >= 400, response.text  # a member of nothing
+        if seg == topic and well_formed:
+            # Alice's topic: not hers, whatever the message id (none is confirmed or denied).
+            assert (response.status_code, response.json()["error"]) == (403, "not_a_member")
+
+    case()
+    reliability.record(
+        "input",
+        "`GET /api/sync?since=`, `POST /api/topics/<id>/unread` bodies, "
+        "`GET /api/topics/<id>/receipts?limit=` from members of nothing (hypothesis)",
+        expected="sync: 200 with nothing of others' topics or users (valid `since`), else 400 "
+        "`invalid_since`; topic routes 4xx JSON {error, message} (Alice's topic 403 "
+        "`not_a_member`); never 5xx; nothing of Alice's changed",
         observed=tally,
     )
 

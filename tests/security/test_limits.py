@@ -28,6 +28,8 @@ LIMITS = {
     "RATE_LIMIT_LEAVE_TOPIC": "3/10s",
     "RATE_LIMIT_MARK_AS_READ": "3/10s",
     "RATE_LIMIT_SET_PRESENCE": "3/10s",
+    "RATE_LIMIT_SYNC": "3/10s",
+    "RATE_LIMIT_MARK_AS_UNREAD": "3/10s",
     "PUSH_MAX_SUBSCRIPTIONS": "3",
     "TRUSTED_PROXIES": "1",
 }
@@ -132,6 +134,109 @@ def test_topic_events_are_rate_limited_per_user(beacon, limited, reliability, ev
         observed=f"3 ok, 4th rate_limited (retry_after {refused['retry_after']} s), "
         "ok after the hint; other user unaffected",
         count=6,
+    )
+
+
+@pytest.mark.parametrize("action", ["sync", "mark_as_unread"])
+def test_sync_and_mark_as_unread_share_one_limit_over_socket_and_rest(
+    beacon, limited, reliability, action
+):
+    """``sync`` / ``GET /api/sync`` and ``mark_as_unread`` / ``POST /api/topics/<id>/unread``
+    count against one per-user limit each, whichever transport: 2 socket calls and 1 REST call
+    use up 3/10s, then both are refused (``rate_limited`` with retry_after; 429 with
+    Retry-After); another user is not limited; after the hint the call goes through."""
+    reader, bystander = beacon.user("reader"), beacon.user("bystander")
+    topic = beacon.topic(reader, bystander)
+    sent = beacon.client(bystander, "sender").call("send_message", topic.ref(message="m"))
+    assert sent["ok"], sent
+    message_id = sent["message"]["id"]
+    address = _address()
+
+    def over_socket(client: RecordingClient) -> dict:
+        if action == "sync":
+            return client.call("sync", {"since": 0})
+        return client.call("mark_as_unread", topic.ref(message_id=message_id))
+
+    def over_rest(user) -> requests.Response:
+        if action == "sync":
+            return _rest(limited, user, "GET", "/api/sync?since=0", address)
+        path = f"/api/topics/{topic.topic_id}/unread"
+        return _rest(limited, user, "POST", path, address, json={"message_id": message_id})
+
+    client, ok, _ = _connect(limited, reader, address)
+    other, ok2, _ = _connect(limited, bystander, _address())
+    try:
+        assert ok and ok2
+        acks = [over_socket(client), over_socket(client)]
+        assert all(a["ok"] for a in acks), acks
+        assert over_rest(reader).status_code == 200
+        refused = over_socket(client)
+        assert refused["ok"] is False and refused["error"] == "rate_limited", refused
+        assert 0 < refused["retry_after"] <= 3.4 and "retry" in refused["message"], refused
+        rest_refused = over_rest(reader)
+        assert rest_refused.status_code == 429, rest_refused.text
+        data = rest_refused.json()
+        assert data["error"] == "rate_limited" and 0 < data["retry_after"] <= 3.4, data
+        assert int(rest_refused.headers["Retry-After"]) == max(1, math.ceil(data["retry_after"]))
+        assert over_socket(other)["ok"]  # per user: the bystander is not limited
+        time.sleep(refused["retry_after"])  # honouring the hint is the behaviour under test
+        assert over_socket(client)["ok"]
+    finally:
+        client.disconnect()
+        other.disconnect()
+    setting = f"RATE_LIMIT_{action.upper()}"
+    route = "GET /api/sync" if action == "sync" else "POST /api/topics/<id>/unread"
+    reliability.record(
+        "limits",
+        f"{action} and `{route}`: 2 socket + 1 REST, then both, with {setting}=3/10s",
+        expected="one limit for both transports: the 4th call refused `rate_limited` with "
+        "retry_after, REST 429 with Retry-After; accepted after waiting it; other users "
+        "unaffected",
+        observed=f"3 ok, then rate_limited (retry_after {refused['retry_after']} s) and 429 "
+        f"(Retry-After {rest_refused.headers['Retry-After']}), ok after the hint; other user "
+        "unaffected",
+        count=7,
+    )
+
+
+def test_typing_is_limited_per_user_and_topic(beacon, limited, reliability):
+    """One ``typing`` per user and topic every 2 s (fixed): a second one within 2 s is refused
+    ``rate_limited`` with retry_after and emits nothing; the same user in another topic, and
+    another user in the same topic, are not limited; after the hint it goes through."""
+    typist, peer = beacon.user("typist"), beacon.user("peer")
+    topic, second = beacon.topic(typist, peer), beacon.topic(typist, peer)
+    client, ok, _ = _connect(limited, typist, _address())
+    listener, ok2, _ = _connect(limited, peer, _address())
+    try:
+        assert ok and ok2
+        for joined in (topic, second):
+            assert listener.call("join_topic", joined.ref())["ok"]
+        assert client.call("typing", topic.ref()) == {"ok": True, "topic_id": topic.topic_id}
+        refused = client.call("typing", topic.ref())
+        assert refused["ok"] is False and refused["error"] == "rate_limited", refused
+        assert 0 < refused["retry_after"] <= 2.0 and "retry" in refused["message"], refused
+        assert client.call("typing", second.ref())["ok"]  # per topic
+        assert listener.call("typing", topic.ref())["ok"]  # per user
+        # The refused notice emitted nothing: the next one (another topic) came right after
+        # the first, on the listener's connection.
+        listener.wait_for_event(
+            "user_typing", lambda p: p["topic_id"] == second.topic_id and p["user_id"] == typist.id
+        )
+        heard = [p["topic_id"] for p in listener.events("user_typing") if p["user_id"] == typist.id]
+        assert heard == [topic.topic_id, second.topic_id], heard
+        time.sleep(refused["retry_after"])  # honouring the hint is the behaviour under test
+        assert client.call("typing", topic.ref())["ok"]
+    finally:
+        client.disconnect()
+        listener.disconnect()
+    reliability.record(
+        "limits",
+        "typing: 2 in one topic within 2 s (fixed: one per user and topic every 2 s)",
+        expected="the 2nd refused `rate_limited` with retry_after, nothing emitted; another "
+        "topic and another user unaffected; accepted after waiting it",
+        observed=f"ok, then rate_limited (retry_after {refused['retry_after']} s) and no "
+        "`user_typing`; other topic and other user ok; ok after the hint",
+        count=5,
     )
 
 
@@ -332,6 +437,8 @@ def test_rate_limit_settings_are_parsed(raw, expected):
         {"RATE_LIMIT_SUBSCRIBE": "-1/10s"},
         {"RATE_LIMIT_SUBSCRIBE": "5/0s"},
         {"RATE_LIMIT_MARK_AS_READ": "many/10s"},
+        {"RATE_LIMIT_SYNC": "-1/10s"},
+        {"RATE_LIMIT_MARK_AS_UNREAD": "3/0s"},
         {"AUTH_TIMEOUT": "-1"},
         {"MAX_CONNECT_ATTEMPTS": "three"},
         {"MAX_PENDING_SESSIONS": "-5"},

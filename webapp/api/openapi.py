@@ -64,6 +64,20 @@ UUID: Schema = {"type": "string", "format": "uuid"}
 TIME: Schema = {"type": "string", "format": "date-time"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 ROW_ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_BIGINT}
+# A read marker: not a row id, since marking the first message unread leaves it at 0.
+READ_MARKER: Schema = {
+    "type": ["integer", "null"],
+    "minimum": 0,
+    "maximum": MAX_BIGINT,
+    "description": "Every message of the topic up to this id is read (null: none ever was; "
+    "`mark_as_unread` sets it to the message's id - 1).",
+}
+VERSION: Schema = {
+    "type": "integer",
+    "minimum": 0,
+    "description": "Grows with every change of the member's unread count or read marker: a "
+    "client keeps, per topic and user, the state with the highest version.",
+}
 LEVEL: Schema = {"type": "string", "enum": list(NOTIFY_LEVELS)}
 PRESENCE_STATUS: Schema = {
     "type": "string",
@@ -109,9 +123,135 @@ SCHEMAS: dict[str, Schema] = {
             "room_id": UUID,
             "room_name": STRING,
             "unread_count": COUNT,
-            "last_read_message_id": _or_null(ROW_ID),
+            "last_read_message_id": READ_MARKER,
+            "version": VERSION,
         },
         description="One of the caller's topics with the caller's unread count.",
+    ),
+    "ReadState": _obj(
+        {
+            "topic_id": UUID,
+            "room_id": UUID,
+            "user_id": UUID,
+            "unread_count": COUNT,
+            "last_read_message_id": READ_MARKER,
+            "read_at": {**_or_null(TIME), "description": "When the marker last moved."},
+            "version": VERSION,
+        },
+        description="The caller's unread count and read marker in a topic after a change (as "
+        "the `mark_as_unread` ack and the reader's own `messages_read`).",
+    ),
+    "UnreadInput": _closed(
+        {
+            "message_id": {
+                **ROW_ID,
+                "description": "The first unread message: the marker becomes `message_id - 1`, "
+                "backwards or forwards.",
+            }
+        }
+    ),
+    "Receipt": _obj(
+        {
+            "user_id": UUID,
+            "last_read_message_id": READ_MARKER,
+            "read_at": _or_null(TIME),
+            "version": VERSION,
+        },
+        description="Another member's read marker (as their `messages_read` to the others).",
+    ),
+    "ReceiptRow": _obj(
+        {
+            "user_id": UUID,
+            "username": STRING,
+            "display_name": {"type": "string", "description": "Falls back to the username."},
+            "last_read_message_id": READ_MARKER,
+            "read_at": _or_null(TIME),
+            "version": VERSION,
+        },
+        description="Another member's read marker, with who they are.",
+    ),
+    "Receipts": _obj(
+        {
+            "topic_id": UUID,
+            "enabled": {
+                "type": "boolean",
+                "description": "False (and no rows) when the server's `READ_RECEIPTS` is off or "
+                "the caller does not share their own (`share_read_receipts`).",
+            },
+            "receipts": {"type": "array", "items": _ref("ReceiptRow")},
+            "has_more": {"type": "boolean", "description": "More rows than `limit`."},
+        },
+        description="The read markers of the topic's other members who share theirs, newest "
+        "marker first.",
+    ),
+    "SyncTopic": {
+        "allOf": [
+            _ref("TopicRow"),
+            _obj(
+                {
+                    "messages": {
+                        "type": "array",
+                        "items": _ref("Message"),
+                        "maxItems": 200,
+                        "description": "Messages with an id over `since`, newest first (at most "
+                        "200 per topic and 1000 in all, the newest kept).",
+                    },
+                    "has_more": {
+                        "type": "boolean",
+                        "description": "Older messages over `since` were left out.",
+                    },
+                    "next_before": {
+                        **_or_null(ROW_ID),
+                        "description": "With `has_more`: `before` for `GET "
+                        "/api/topics/{topic_id}/messages`, paged until the ids reach `since`.",
+                    },
+                    "receipts": {
+                        "type": "array",
+                        "items": _ref("Receipt"),
+                        "maxItems": 100,
+                        "description": "Other members who share their receipts, newest read "
+                        "first; empty when `receipts_enabled` is false.",
+                    },
+                }
+            ),
+        ],
+        "description": "One of the caller's topics, as in `GET /api/topics`, with what is new.",
+    },
+    "Sync": _obj(
+        {
+            "cursor": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "maximum": MAX_BIGINT,
+                "description": "The newest message id in the caller's topics (`since` when "
+                "nothing is newer; null when there is no message at all): the next `since`.",
+            },
+            "receipts_enabled": {
+                "type": "boolean",
+                "description": "The server's `READ_RECEIPTS` and the caller's "
+                "`share_read_receipts`.",
+            },
+            "topics": {
+                "type": "array",
+                "items": _ref("SyncTopic"),
+                "description": "Every topic of the caller (one missing was removed).",
+            },
+            "users": {
+                "type": "array",
+                "items": _ref("UserStatus"),
+                "description": "The caller and everyone sharing a topic with them, online "
+                "first (at most 1000).",
+            },
+            "users_has_more": {
+                "type": "boolean",
+                "description": "More users share a topic with the caller than `users` holds.",
+            },
+            "preferences": _ref("Preferences"),
+        },
+        optional=("users_has_more",),
+        description="A catch-up snapshot, also the `sync` event's ack. Connect (and join the "
+        "open topic) first, then sync: what is committed after the snapshot arrives live; "
+        "merge messages by id.",
     ),
     "Sender": _obj(
         {
@@ -263,6 +403,11 @@ SCHEMAS: dict[str, Schema] = {
                 **_or_null(EMAIL_DELAY),
                 "description": "Null: the server's EMAIL_DELAY.",
             },
+            "share_read_receipts": {
+                "type": "boolean",
+                "description": "The caller's read markers are shown to the other members, and "
+                "theirs to the caller (default true).",
+            },
             "email": _ref("EmailState"),
             "rooms": {"type": "array", "items": _ref("RoomLevel")},
             "topics": {"type": "array", "items": _ref("TopicLevel")},
@@ -292,6 +437,11 @@ SCHEMAS: dict[str, Schema] = {
             },
             "email_level": LEVEL,
             "email_delay": _or_null(EMAIL_DELAY),
+            "share_read_receipts": {
+                "type": "boolean",
+                "description": "Share read receipts (default true); false also hides the "
+                "others' from the caller.",
+            },
         },
         optional=(
             "level",
@@ -303,6 +453,7 @@ SCHEMAS: dict[str, Schema] = {
             "push_when_idle",
             "email_level",
             "email_delay",
+            "share_read_receipts",
         ),
     )
     | {
@@ -661,6 +812,85 @@ def _user_paths() -> dict[str, dict[str, Any]]:
                 },
             )
         },
+        "/api/topics/{topic_id}/unread": {
+            "post": _op(
+                "markAsUnread",
+                "Mark a topic unread from a message on (the socket's `mark_as_unread`)",
+                tag="topics",
+                description=(
+                    "The read marker becomes `message_id - 1`, backwards or forwards; the unread "
+                    "count is then the topic's messages from `message_id` on not sent by the "
+                    "caller. Every device of the caller gets `unread_update` and "
+                    "`messages_read`; the other members who share read receipts get "
+                    "`messages_read` too when the caller shares them."
+                ),
+                params=[TOPIC_ID],
+                body=_ref("UnreadInput"),
+                ok={200: _json("The caller's state in the topic after it", _ref("ReadState"))},
+                errors={
+                    400: "`invalid_topic_id`, `invalid_message_id` (not a positive integer), "
+                    "`unknown_field`",
+                    403: "`not_a_member`",
+                    404: "`topic_not_found`, `message_not_found` (not a message of the topic)",
+                    429: "`rate_limited` (`RATE_LIMIT_MARK_AS_UNREAD`, per user, shared with "
+                    "`mark_as_unread`), with `retry_after`",
+                },
+            )
+        },
+        "/api/topics/{topic_id}/receipts": {
+            "get": _op(
+                "listReadReceipts",
+                "The read markers of the topic's other members who share them",
+                tag="topics",
+                description=(
+                    "Only members who share read receipts and have read something, newest "
+                    "marker first. `enabled` is false, with no rows, when the server's "
+                    "`READ_RECEIPTS` is off or the caller does not share their own."
+                ),
+                params=[
+                    TOPIC_ID,
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        "At most this many rows.",
+                    ),
+                ],
+                ok={200: _json("The receipts", _ref("Receipts"))},
+                errors={
+                    400: "`invalid_topic_id`, `invalid_limit`",
+                    403: "`not_a_member`",
+                    404: "`topic_not_found`",
+                },
+            )
+        },
+        "/api/sync": {
+            "get": _op(
+                "sync",
+                "Catch up after a reconnect: every topic with what is new (the socket's `sync`)",
+                tag="topics",
+                description=(
+                    "Connect (and join the open topic) first, then sync: anything committed "
+                    "after the snapshot arrives as a live event. A topic with `has_more` is "
+                    "paged with `GET /api/topics/{topic_id}/messages?before=<next_before>` "
+                    "until the ids reach `since`; merge messages by id (one may come both here "
+                    "and live). Keep, per topic and user, the state with the highest `version`."
+                ),
+                params=[
+                    _query(
+                        "since",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT},
+                        "The previous answer's `cursor`: only messages with a greater id come "
+                        "(left out or 0: from the first, the newest kept within the limits).",
+                    )
+                ],
+                ok={200: _json("The snapshot", _ref("Sync"))},
+                errors={
+                    400: "`invalid_since`: not an integer >= 0",
+                    429: "`rate_limited` (`RATE_LIMIT_SYNC`, per user, shared with `sync`), "
+                    "with `retry_after`",
+                },
+            )
+        },
         "/api/users/me": {
             "get": _op(
                 "getMe",
@@ -819,7 +1049,8 @@ def _notification_paths() -> dict[str, dict[str, Any]]:
                 errors={
                     400: "`unknown_field`, `invalid_level`, `invalid_quiet_hours`, "
                     "`invalid_time_zone`, `invalid_snooze`, `invalid_dnd_allow_mentions`, "
-                    "`invalid_push_when_idle`, `invalid_email_level`, `invalid_email_delay`"
+                    "`invalid_push_when_idle`, `invalid_email_level`, `invalid_email_delay`, "
+                    "`invalid_share_read_receipts`"
                 },
             ),
         },
@@ -1320,7 +1551,10 @@ def build_document() -> dict[str, Any]:
         "info": {"title": "Beacon", "version": API_VERSION, "description": DESCRIPTION},
         "servers": [{"url": "/", "description": "This server"}],
         "tags": [
-            {"name": "topics", "description": "The caller's topics and their messages"},
+            {
+                "name": "topics",
+                "description": "The caller's topics, their messages, read state and catch-up",
+            },
             {"name": "users", "description": "Who the caller is, who is online"},
             {"name": "notifications", "description": "Web Push: subscriptions, preferences"},
             {"name": "admin", "description": "The integration API, for a product's backend"},
