@@ -71,7 +71,9 @@ def test_an_empty_room_list_reaches_nobody(monkeypatch: pytest.MonkeyPatch) -> N
     published: list[object] = []
 
     class Writer:
-        def emit(self, event: str, data: object, to: object = None) -> None:
+        def emit(
+            self, event: str, data: object, to: object = None, skip_sid: object = None
+        ) -> None:
             published.append(to)
 
     monkeypatch.setattr(realtime, "_writer", lambda _url: Writer())
