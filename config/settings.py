@@ -208,6 +208,13 @@ class Settings:
     rate_limit_mark_as_unread: RateLimit | None = RateLimit(30, 10.0)
     # Read receipts (other members' read markers); false hides them from everyone.
     read_receipts: bool = True
+    # Notification decisions (why a message did or did not push a user): kept for the last
+    # 200 messages per user and at most this many days (0: not recorded).
+    decisions_days: float = 7.0
+    # "Send a test notification": per user; the request waits this long for the outcomes
+    # before answering 202 (the result then comes as the test_push_result event).
+    rate_limit_test_push: RateLimit | None = RateLimit(3, 60.0)
+    test_push_wait: float = 5.0
     # Open connections per user, counted in Redis across web processes (0: no cap).
     max_connections_per_user: int = 20
     # Web process, per Engine.IO session with no authenticated Socket.IO connection: seconds
@@ -460,6 +467,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RATE_LIMIT_MARK_AS_UNREAD", defaults.rate_limit_mark_as_unread
         ),
         read_receipts=_bool(env.get("READ_RECEIPTS"), defaults.read_receipts),
+        decisions_days=_float(env, "DECISIONS_DAYS", defaults.decisions_days),
+        rate_limit_test_push=_rate(env, "RATE_LIMIT_TEST_PUSH", defaults.rate_limit_test_push),
+        test_push_wait=_float(env, "TEST_PUSH_WAIT", defaults.test_push_wait),
         rate_limit_admin=_rate(env, "RATE_LIMIT_ADMIN", defaults.rate_limit_admin),
         webhook_allowed_hosts=_list(env.get("WEBHOOK_ALLOWED_HOSTS")),
         webhook_timeout=_float(env, "WEBHOOK_TIMEOUT", defaults.webhook_timeout),

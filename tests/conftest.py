@@ -97,6 +97,8 @@ def base_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
         "RATE_LIMIT_MARK_AS_READ": "10000/10s",
         "RATE_LIMIT_MARK_AS_UNREAD": "10000/10s",
         "RATE_LIMIT_SYNC": "10000/10s",
+        # A test push waits this long for its outcomes before answering 202.
+        "TEST_PUSH_WAIT": "2",
         "LOG_LEVEL": "INFO",
         "DEV_LOGIN": "1",
         **extra,

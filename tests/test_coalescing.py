@@ -47,7 +47,8 @@ def _flush_line(beacon, user, topic, since=None):
 
 def _window_with_one_held(beacon):
     """Alice writes twice to offline Bob: the first is pushed, the second held (each waited
-    for: fan-outs run concurrently). Returns (alice, bob, topic, Bob's subscription, sender)."""
+    for: fan-outs run concurrently). Returns (alice, bob, topic, Bob's subscription, sender,
+    the held message's id)."""
     alice, bob = beacon.user("alice"), beacon.user("bob")
     topic = beacon.topic(alice, bob)
     sub, _ = subscribe(beacon, bob)
@@ -57,7 +58,14 @@ def _window_with_one_held(beacon):
     held = sender.call("send_message", topic.ref(message="still there?"))["message"]["id"]
     line = wait_log_contains(beacon.workers["push"], f"fan-out message={held} ", timeout=20)
     assert " held=1 " in line, line
-    return alice, bob, topic, sub, sender
+    return alice, bob, topic, sub, sender, held
+
+
+def _decision(beacon, user, message_id):
+    """The user's notification decision for the message (GET /api/notifications/decisions)."""
+    answer = beacon.api(user, "GET", "/api/notifications/decisions").json()["decisions"]
+    [found] = [d for d in answer if d["message_id"] == message_id]
+    return found
 
 
 def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
@@ -90,10 +98,16 @@ def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
         (20, "delivered"),
         (1, "delivered"),
     ]
+    # Why each message did or did not ring: one pushed at once, the rest carried by the last.
+    decided = [_decision(beacon, bob, i) for i in ids]
+    assert sorted(d["decision"] for d in decided) == ["coalesced"] * 19 + ["pushed"]
+    carried = {d["carried_by"] for d in decided if d["decision"] == "coalesced"}
+    assert carried == {ids[-1]}
+    assert all(d["deliveries"][0]["outcome"] == "delivered" for d in decided)
 
 
 def test_first_mention_in_a_window_is_not_held(beacon):
-    _, bob, topic, sub, sender = _window_with_one_held(beacon)
+    _, bob, topic, sub, sender, _held = _window_with_one_held(beacon)
     assert sender.call("send_message", topic.ref(message=f"@{bob.username} answer please"))["ok"]
     first, mention = delivered(beacon, sub, count=2)  # long before the window ends
     assert first["count"] == 1
@@ -106,17 +120,31 @@ def test_first_mention_in_a_window_is_not_held(beacon):
 
 
 def test_no_flush_push_once_the_user_is_back(beacon):
-    _, bob, topic, sub, _ = _window_with_one_held(beacon)
+    _, bob, topic, sub, _, held = _window_with_one_held(beacon)
     bob_client = beacon.client(bob)  # back online before the window ends
     bob_client.wait_for_event("user_status_change", lambda d: d.get("user_id") == bob.id)
     line = _flush_line(beacon, bob, topic)
     assert "skipped: the user is active" in line, line
     assert len(beacon.push.messages(sub)) == 1
     assert json.loads(beacon.push.messages(sub)[0]["payload"])["body"] == "first"
+    found = _decision(beacon, bob, held)
+    assert (found["decision"], found["detail"], found["deliveries"]) == ("online", "active", [])
+
+
+def test_reading_during_the_window_drops_the_held_push(beacon):
+    _, bob, topic, sub, _, held = _window_with_one_held(beacon)
+    reader = beacon.client(bob)
+    assert reader.call("mark_as_read", topic.ref())["ok"]
+    reader.disconnect()
+    # Reading ends the chain (mark_as_read resets the window): its flush finds nothing held.
+    line = _flush_line(beacon, bob, topic)
+    assert line.rstrip().endswith("nothing held"), line
+    assert len(beacon.push.messages(sub)) == 1
+    assert _decision(beacon, bob, held)["decision"] == "read_first"
 
 
 def test_muting_during_the_window_drops_the_held_push(beacon):
-    _, bob, topic, sub, _ = _window_with_one_held(beacon)
+    _, bob, topic, sub, _, held = _window_with_one_held(beacon)
     muted = beacon.api(
         bob,
         "PUT",
@@ -127,3 +155,5 @@ def test_muting_during_the_window_drops_the_held_push(beacon):
     line = _flush_line(beacon, bob, topic)
     assert "skipped: the user's preferences or do-not-disturb" in line, line
     assert len(beacon.push.messages(sub)) == 1
+    found = _decision(beacon, bob, held)
+    assert (found["decision"], found["rule"]) == ("level", "topic")

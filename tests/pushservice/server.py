@@ -219,6 +219,7 @@ class PushService:
 
         A step is ``{"status": 429, "retry_after": 2, "body": "...", "headers": {...}}`` (or
         just the status). A 2xx step means "process normally, answer with this status".
+        ``"delay": seconds`` holds the answer that long first (a slow push service).
         """
         steps = deque(_normalise_step(s) for s in (script or []))
         sticky_step = None if sticky is None else _normalise_step(sticky)
@@ -272,6 +273,8 @@ class PushService:
             step = sub.script.popleft() if sub.script else sub.sticky
         if sub.gone:
             return self._refuse(sub, _error(410, "subscription has been unsubscribed"))
+        if step is not None and step.get("delay"):
+            time.sleep(float(step["delay"]))  # a slow push service: the answer comes late
         if step is not None and not 200 <= step["status"] < 300:
             extra = {str(k): str(v) for k, v in (step.get("headers") or {}).items()}
             if step.get("retry_after") is not None:

@@ -3,14 +3,17 @@ push history."""
 
 from __future__ import annotations
 
+import uuid
+
 from flask import Blueprint, g, jsonify, request
 
 from webapp.api.body import json_body, page_args
 from webapp.auth import require_user
-from webapp.delivery import devices, history, preferences
+from webapp.delivery import decisions, devices, history, preferences, probe
 from webapp.errors import Unavailable
-from webapp.platform import context
-from webapp.platform.validation import parse_uuid
+from webapp.messaging.topics import member_topic
+from webapp.platform import context, queue, rate_limit
+from webapp.platform.validation import MAX_BIGINT, parse_query_int, parse_uuid
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 
@@ -112,3 +115,34 @@ def push_history_page():
     before, limit = page_args()
     outcome = request.args.get("outcome") or None
     return jsonify(history.list_for(g.user, before=before, limit=limit, outcome=outcome))
+
+
+@bp.get("/decisions")
+@require_user
+def notification_decisions():
+    """Why each recent message of the caller's topics did or did not notify them."""
+    limit = parse_query_int(request.args.get("limit"), "limit", 50, 1, decisions.KEEP)
+    raw_before = request.args.get("before")
+    before = parse_query_int(raw_before, "before", 0, 1, MAX_BIGINT) if raw_before else None
+    topic_id = None
+    if request.args.get("topic_id"):
+        topic_id = parse_uuid(request.args.get("topic_id"), "topic_id")
+        member_topic(g.user.id, topic_id)
+    return jsonify(decisions.read(g.user, limit=limit, before=before, topic_id=topic_id))
+
+
+@bp.post("/test")
+@require_user
+def test_notification():
+    """A test notification to every device of the caller: 200 with each device's outcome, or
+    202 with the job id when the worker takes longer (then ``test_push_result``)."""
+    settings = context.settings()
+    rate_limit.check("test_push", g.user.id, settings.rate_limit_test_push)
+    if not settings.push_enabled:
+        raise Unavailable("push_disabled", "push is not configured on this server")
+    job_id = uuid.uuid4().hex
+    queue.test_push(str(g.user.id), job_id)
+    result = probe.wait(job_id, settings.test_push_wait)
+    if result is None:
+        return jsonify({"job_id": job_id, "done": False}), 202
+    return jsonify(result)

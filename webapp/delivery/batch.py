@@ -277,6 +277,17 @@ def _run_leased(
 
 
 def _devices(device_ids: list[str]) -> dict[str, _Device]:
+    return _devices_where(PushSubscription.id.in_([uuid.UUID(i) for i in device_ids]))
+
+
+def devices_of(user_id: uuid.UUID, channels: Sequence[str]) -> dict[str, _Device]:
+    """A user's devices on the given channels, by id."""
+    return _devices_where(
+        PushSubscription.user_id == user_id, PushSubscription.channel.in_(channels)
+    )
+
+
+def _devices_where(*where: Any) -> dict[str, _Device]:
     rows = db.session.execute(
         select(
             PushSubscription.id,
@@ -287,7 +298,7 @@ def _devices(device_ids: list[str]) -> dict[str, _Device]:
             PushSubscription.auth,
             PushSubscription.token,
             PushSubscription.app_id,
-        ).where(PushSubscription.id.in_([uuid.UUID(i) for i in device_ids]))
+        ).where(*where)
     ).all()
     return {str(r.id): _Device(*r[1:]) for r in rows}
 

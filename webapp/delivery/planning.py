@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Select, select
 
 from webapp import metrics
-from webapp.delivery import coalescing, digests, rules
+from webapp.delivery import coalescing, decisions, digests, rules
 from webapp.delivery.batch import Delivery, send_marker
 from webapp.extensions import db
 from webapp.messaging.mentions import mentioned_usernames
@@ -147,8 +147,9 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
         away_ids = set(away)
         mailable = {r.id for r in rows if r.id in away_ids and r.email and not r.email_failing_at}
     mentioned = mentioned_usernames(message.body)
-    is_mention = {uid: members[str(uid)].lower() in mentioned for uid in subs_of.keys() | mailable}
-    member_rules = rules.rules_for(list(subs_of.keys() | mailable), message.topic)
+    # Every away member's rules: the decisions say why each one was or was not pushed.
+    is_mention = {uid: members[str(uid)].lower() in mentioned for uid in away}
+    member_rules = rules.rules_for(away, message.topic)
     now = utcnow()
     rules_of = {uid: member_rules.get(uid, rules.DEFAULT) for uid in is_mention}
     idle_ok = settings.push_when_idle
@@ -182,6 +183,12 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
     plan = FanoutPlan(
         batches(message.id, planned), _flush_groups(str(message.topic_id), flushes), emails
     )
+    if settings.push_enabled and not replan:
+        decisions.record(
+            _fanout_decisions(
+                message, members, active, online, rules_of, is_mention, subs_of, offers, now
+            )
+        )
     silenced = len(subs_of) - len(wanted)
     held = sum(1 for o in offers.values() if not o.send)
     metrics.record_push_decisions(
@@ -200,6 +207,43 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
         plan.deliveries,
     )
     return plan
+
+
+def _fanout_decisions(
+    message: Message,
+    members: dict[str, str],
+    active: set[str],
+    online: set[str],
+    rules_of: dict[uuid.UUID, rules.Rules],
+    is_mention: dict[uuid.UUID, bool],
+    subs_of: dict[uuid.UUID, list[tuple[str, Route]]],
+    offers: dict[uuid.UUID, coalescing.Offer],
+    now: Any,
+) -> list[decisions.Decision]:
+    """Each member's decision, in the order the fan-out applies its rules."""
+    topic_id = str(message.topic_id)
+    found = [decisions.Decision(str(message.sender_id), topic_id, message.id, "sender")]
+    idle_ok = context.settings().push_when_idle
+    for user_id in members:
+        uid = uuid.UUID(user_id)
+        rule = rules_of.get(uid, rules.DEFAULT)
+        if user_id in active:
+            kind, why, detail = "online", None, "active"
+        elif user_id in online and not (idle_ok and rule.push_when_idle):
+            kind, why, detail = "online", None, "idle"
+        elif not rule.allows(mentioned=is_mention[uid], now=now):
+            kind, why, detail = decisions.silenced(rule, mentioned=is_mention[uid], now=now)
+        elif uid not in subs_of:
+            kind, why, detail = "no_device", None, None
+        else:
+            offer = offers.get(uid)
+            kind, why, detail = (
+                ("pushed" if offer is None or offer.send else "coalesced"),
+                None,
+                None,
+            )
+        found.append(decisions.Decision(user_id, topic_id, message.id, kind, why, detail))
+    return found
 
 
 def _ended(message_id: int, device_ids: list[str]) -> set[str]:
@@ -247,31 +291,38 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
     redis_client = get_redis(context.settings().redis_url)
     planned: dict[int, list[tuple[Route, Delivery]]] = {}
     flushed: list[uuid.UUID] = []
+    decided: list[decisions.Decision] = []
     skipped = 0
     subs = _subscriptions_of(uids)
     for uid in uids:
         user_id = str(uid)
         held = held_of[user_id]
         message = messages.get(held.last_message_id)
-        skip = None
+        rule = member_rules.get(uid, rules.DEFAULT)
+        skip, outcome = None, None  # outcome: the flush's decision, (kind, rule, detail)
         if message is None or uid not in read_up_to:
             skip = "the message or the membership is gone"
         elif user_id in active:
-            skip = "the user is active"
-        elif user_id in online and not (
-            idle_ok and member_rules.get(uid, rules.DEFAULT).push_when_idle
-        ):
+            skip, outcome = "the user is active", ("online", None, "active")
+        elif user_id in online and not (idle_ok and rule.push_when_idle):
             skip = "the user is idle, and not pushed to when idle"
+            outcome = ("online", None, "idle")
         elif (read_up_to[uid] or 0) >= message.id:
-            skip = "the user read the topic"
-        elif not member_rules.get(uid, rules.DEFAULT).allows(mentioned=held.mentioned, now=now):
+            skip, outcome = "the user read the topic", ("read_first", None, None)
+        elif not rule.allows(mentioned=held.mentioned, now=now):
             skip = "the user's preferences or do-not-disturb"
+            outcome = decisions.silenced(rule, mentioned=held.mentioned, now=now)
         if skip is not None:
             coalescing.reset(user_id, topic_id)
             skipped += 1
             log.info("push flush user=%s topic=%s skipped: %s", user_id, topic_id, skip)
+            if outcome is not None and message is not None:
+                decided.append(
+                    decisions.Decision(user_id, topic_id, message.id, *outcome, flush=True)
+                )
             continue
         flushed.append(uid)
+        decided.append(decisions.Decision(user_id, topic_id, message.id, "pushed", flush=True))
         kind = "mention" if held.mentioned else "message"
         devices = subs.get(uid, [])
         planned.setdefault(message.id, []).extend(
@@ -286,6 +337,7 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
             len(devices),
         )
     metrics.record_push_decisions(redis_client, {"flushed": len(flushed), "flush_skipped": skipped})
+    decisions.record(decided)
     return [b for message_id, pairs in planned.items() for b in batches(message_id, pairs)]
 
 

@@ -33,6 +33,8 @@ class Rules:
     email_level: str = "mentions"
     # Seconds a missed message waits for the digest; None: EMAIL_DELAY.
     email_delay: int | None = None
+    # Where ``level`` comes from: the topic's override, the room's, or the user's own.
+    level_rule: str = "user"
 
     def dnd_active(self, now: datetime) -> bool:
         if self.snooze_until is not None and now < _aware(self.snooze_until):
@@ -40,6 +42,14 @@ class Rules:
         if self.quiet_start is None or self.quiet_end is None:
             return False
         return in_quiet_hours(self.quiet_start, self.quiet_end, self.time_zone, now)
+
+    def dnd_kind(self, now: datetime) -> str | None:
+        """Which do-not-disturb holds now: ``snooze``, ``quiet_hours`` or None."""
+        if self.snooze_until is not None and now < _aware(self.snooze_until):
+            return "snooze"
+        if self.dnd_active(now):
+            return "quiet_hours"
+        return None
 
     def allows(self, *, mentioned: bool, now: datetime) -> bool:
         """``none`` silences even mentions; do-not-disturb lets mentions through only when
@@ -183,5 +193,6 @@ def rules_for(user_ids: list[uuid.UUID], topic: Topic) -> dict[uuid.UUID, Rules]
             push_when_idle=when_idle is not False,
             email_level=topic_email or room_email or email_level or "mentions",
             email_delay=email_delay,
+            level_rule="topic" if topic_level else "room" if room_level else "user",
         )
     return rules

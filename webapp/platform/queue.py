@@ -57,3 +57,8 @@ def topic_read(user_id: str, topic_id: str) -> None:
         celery.send_task("beacon.push.sync_badge", args=[user_id, topic_id])
     except (OperationalError, redis.RedisError, OSError) as exc:
         log.warning("could not enqueue the badge update of user %s (%s)", user_id, exc)
+
+
+def test_push(user_id: str, job_id: str) -> None:
+    """Enqueue "Send a test notification"; the worker sends and reports (``delivery.probe``)."""
+    celery.send_task("beacon.push.test", args=[user_id, job_id])

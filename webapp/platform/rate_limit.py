@@ -47,6 +47,7 @@ ACTIONS = {
     "mark_as_unread": "marks as unread",
     "sync": "sync requests",
     "typing": "typing notices in this topic",
+    "test_push": "test notifications",
     "admin": "integration API requests with this key",
 }
 

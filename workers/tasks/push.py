@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from webapp.delivery import badges, batch, history, planning
+from webapp.delivery import badges, batch, history, planning, probe
 from webapp.platform import context
 from workers.celery_app import celery, outage_retry
 from workers.retry import backoff_delay
@@ -96,3 +96,9 @@ def prune_failing() -> int:
 @celery.task(name="beacon.push.prune_history", **DB_RETRY)
 def prune_history() -> int:
     return history.prune()
+
+
+@celery.task(name="beacon.push.test", **DB_RETRY)
+def test_push(user_id: str, job_id: str) -> int:
+    """A test notification to every device of a user; reported on Redis and the sockets."""
+    return len(probe.send(uuid.UUID(user_id), job_id)["deliveries"])
