@@ -168,7 +168,8 @@ def read(
     flushes = [e for e in map(json.loads, raw_flushes) if e["t"] in mine]
     flushes.sort(key=lambda e: e["at"])
     pushed = sorted((e for e in by_message.values() if e["d"] == "pushed"), key=lambda e: e["m"])
-    answer = [_resolve(entry, flushes, pushed, read_up_to) for entry in page]
+    window_ms = int(settings.push_coalesce_window * 1000)
+    answer = [_resolve(entry, flushes, pushed, read_up_to, window_ms) for entry in page]
     _attach_deliveries(user.id, answer)
     return {
         "decisions": answer,
@@ -181,6 +182,7 @@ def _resolve(
     flushes: list[dict[str, Any]],
     pushed: list[dict[str, Any]],
     read_up_to: dict[str, int],
+    window_ms: int,
 ) -> dict[str, Any]:
     found = {
         "message_id": entry["m"],
@@ -212,6 +214,7 @@ def _resolve(
                 for p in pushed
                 if p["t"] == entry["t"]
                 and p["m"] > entry["m"]
+                and p["at"] - entry["at"] <= window_ms
                 and (flush is None or p["at"] <= flush["at"])
             ),
             None,
