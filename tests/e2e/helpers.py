@@ -140,3 +140,23 @@ SCREEN_STATE = """
 def screen_state(page: Any) -> dict[str, Any]:
     """What ``page`` shows of its topics (see ``SCREEN_STATE``)."""
     return page.evaluate(SCREEN_STATE)
+
+
+# Make the page hidden or visible, as switching tabs or minimising the window would (headless
+# Chromium keeps every page visible).
+SET_VISIBILITY = """
+(hidden) => {
+  const state = hidden ? "hidden" : "visible";
+  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
+  Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+  document.dispatchEvent(new Event("visibilitychange"));
+}
+"""
+
+
+def set_hidden(page: Any, hidden: bool) -> None:
+    """Hide the page (it reports idle) or show it again and use it (it reports active)."""
+    page.evaluate(SET_VISIBILITY, hidden)
+    if not hidden:
+        page.mouse.move(200, 300)
+        page.keyboard.press("Shift")

@@ -30,6 +30,10 @@
     phone: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M7 1h10a2 2 0 0 1 2 2v18a2 2 0 0 1-2 2H7a2 2 0 0 1-2-2V3a2 2 0 0 1 2-2Zm0 4v14h10V5H7Zm5 15.1a1 1 0 1 0 0 2 1 1 0 0 0 0-2Z"/></svg>',
   };
   const DEVICE_KINDS = { fcm: "Android (FCM)", apns: "iPhone (APNs)" };
+  const CHANNEL_NAMES = { webpush: "Browser", ...DEVICE_KINDS }; // a push delivery's `channel`
+  const DECISIONS_PAGE = 200; // the server keeps at most 200 decisions per user: one page
+  const DECISIONS_PAGES = 3; // …and never more than this many pages, whatever it answers
+  const TEST_PUSH_GIVE_UP_MS = 60 * 1000; // after a 202: stop waiting for test_push_result
   const BELL_OFF = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M20 18.69 7.84 6.14 5.27 3.49 4 4.76l2.8 2.8v.01c-.52.99-.8 2.16-.8 3.42v5l-2 2v1h13.73l2 2L21 19.72l-1-1.03zM12 22c1.11 0 2-.89 2-2h-4c0 1.11.89 2 2 2zm6-7.32V11c0-3.08-1.64-5.64-4.5-6.32V4c0-.83-.67-1.5-1.5-1.5s-1.5.67-1.5 1.5v.68c-.15.03-.29.08-.42.12-.1.03-.2.07-.3.11h-.01c-.01 0-.01 0-.02.01-.23.09-.46.2-.68.31 0 0-.01 0-.01.01L18 14.68z"/></svg>';
 
   const $ = (selector) => document.querySelector(selector);
@@ -82,6 +86,11 @@
     presenceUnsupported: false, // the server answered unknown_event (an older server)
     emailsAvailable: false, // GET /api/demo/emails answered (development mailbox)
     emailsLoads: 0,
+    ownDeviceId: null, // this browser's push subscription id (POST /api/notifications/subscribe)
+    decisions: new Map(), // topic_id -> {byMessage: Map(message_id -> decision), upTo, loading, error}
+    whyOpen: new Set(), // ids of the open topic's messages whose "why (not) notified" is shown
+    quietFocus: false, // focus moved back by a re-render, not by the user (see renderMessages)
+    testPush: { pending: null, results: new Map(), timer: null }, // "Send a test notification"
   };
 
   // ---------------------------------------------------------------- formatting helpers
@@ -171,6 +180,7 @@
       super((body && body.message) || `HTTP ${status}`);
       this.status = status;
       this.code = body && body.error;
+      this.body = body || {};
     }
   }
 
@@ -306,6 +316,10 @@
     state.readers = new Map();
     state.receiptsEnabled = null;
     state.readHold = null;
+    state.ownDeviceId = null;
+    state.decisions = new Map();
+    state.whyOpen = new Set();
+    resetTestPush();
     clearTyping();
     clearTimeout(state.snoozeTimer);
     renderTopicLevel();
@@ -559,6 +573,7 @@
     socket.on("topic_added", onTopicAdded);
     socket.on("topic_removed", onTopicRemoved);
     socket.on("user_typing", onUserTyping);
+    socket.on("test_push_result", onTestPushResult);
     socket.on("token_expiring", onTokenExpiring);
     socket.on("token_expired", () => onTokenExpired(socket));
     socket.on("access_revoked", (payload) => {
@@ -839,6 +854,7 @@
   function closeTopic() {
     state.current = null;
     state.messages = [];
+    state.whyOpen = new Set();
     state.nextBefore = null;
     state.readHold = null;
     clearTyping();
@@ -949,6 +965,198 @@
     }
   }
 
+  // ---------------------------------------------------------------- why (not) notified
+
+  /** The open topic's decisions (GET /api/notifications/decisions?topic_id=), kept per topic
+   * until the user asks again (Refresh) or opens one for a message newer than the answer. */
+  function loadDecisions(topicId) {
+    const held = state.decisions.get(topicId);
+    if (held && held.loading) return held.loading;
+    const entry = { byMessage: held ? held.byMessage : new Map(), upTo: held ? held.upTo : 0, loading: null, error: null };
+    state.decisions.set(topicId, entry);
+    // Messages up to the newest one shown now are covered by this answer, decided or not.
+    const upTo = topicId === state.current ? Math.max(0, ...state.messages.map((m) => m.id)) : 0;
+    entry.loading = (async () => {
+      try {
+        const byMessage = new Map();
+        let before = null;
+        for (let pages = 0; pages < DECISIONS_PAGES; pages += 1) {
+          const query = new URLSearchParams({ topic_id: topicId, limit: String(DECISIONS_PAGE) });
+          if (before) query.set("before", String(before));
+          const page = await api("GET", `/api/notifications/decisions?${query}`);
+          for (const decision of page.decisions) byMessage.set(decision.message_id, decision);
+          before = page.next_before;
+          if (!before) break;
+        }
+        entry.byMessage = byMessage;
+        entry.upTo = upTo;
+      } catch (err) {
+        entry.error = err;
+      } finally {
+        entry.loading = null;
+      }
+      if (state.decisions.get(topicId) === entry && topicId === state.current) renderMessages({});
+    })();
+    return entry.loading;
+  }
+
+  function toggleWhy(message) {
+    if (state.whyOpen.has(message.id)) {
+      state.whyOpen.delete(message.id);
+    } else {
+      state.whyOpen.add(message.id);
+      const entry = state.decisions.get(message.topic_id);
+      // Not asked yet, failed, or the message came after the answer: ask (again).
+      if (!entry || entry.error || (!entry.byMessage.has(message.id) && message.id > entry.upTo)) {
+        loadDecisions(message.topic_id);
+      }
+    }
+    renderMessages({});
+  }
+
+  /** The panel under a message: the decision in plain words, each device's outcome, and when. */
+  function renderWhy(message) {
+    const box = el("section", "why");
+    box.id = `why-${message.id}`;
+    box.setAttribute("aria-label", "Why (not) notified");
+    const entry = state.decisions.get(message.topic_id);
+    const decision = entry && entry.byMessage.get(message.id);
+    if (entry && entry.loading && !decision) {
+      box.dataset.state = "loading";
+      box.append(el("p", "why-summary", "Looking it up…"));
+    } else if (entry && entry.error) {
+      box.dataset.state = "error";
+      box.append(el("p", "why-summary error-text", `Could not load why: ${entry.error.message}`));
+    } else if (!decision) {
+      box.dataset.state = "none";
+      box.append(el("p", "why-summary", "No decision is recorded for this message."), el("p", "why-hint",
+        "Beacon keeps them for your latest messages only (the last 200, for up to a week), from when you were a member of the topic. A message that has just arrived may not have one yet: refresh in a moment."));
+    } else {
+      box.dataset.state = "done";
+      box.dataset.decision = decision.decision;
+      const words = describeDecision(decision);
+      box.append(el("p", "why-summary", words.summary));
+      if (decision.deliveries && decision.deliveries.length) box.append(renderDeliveries(decision.deliveries));
+      if (words.hint) box.append(el("p", "why-hint", words.hint));
+    }
+    const footer = el("div", "why-footer");
+    if (decision && decision.created_at) {
+      const time = el("time", null, `Decided ${clock(decision.created_at)}`);
+      time.dateTime = decision.created_at;
+      time.title = new Date(decision.created_at).toLocaleString();
+      footer.append(time);
+    }
+    if (entry && entry.loading) box.setAttribute("aria-busy", "true");
+    // Not disabled while loading (a disabled button loses the keyboard focus): asking again
+    // meanwhile joins the request under way.
+    const refresh = el("button", "btn ghost small", entry && entry.loading ? "Refreshing…" : "Refresh");
+    refresh.type = "button";
+    refresh.dataset.focusKey = `why-refresh:${message.id}`;
+    refresh.setAttribute("aria-label", "Refresh why (not) notified");
+    refresh.addEventListener("click", () => {
+      loadDecisions(message.topic_id);
+      renderMessages({});
+    });
+    const hide = el("button", "btn ghost small", "Hide");
+    hide.type = "button";
+    hide.setAttribute("aria-label", "Hide why (not) notified");
+    hide.addEventListener("click", () => {
+      toggleWhy(message);
+      const why = document.querySelector(`[data-focus-key="why:${message.id}"]`);
+      if (why) why.focus({ preventScroll: true }); // the panel and its button are gone
+    });
+    footer.append(refresh, hide);
+    box.append(footer);
+    return box;
+  }
+
+  /** "“Numbers are in…” from Bob" for a message of the open topic, else "message #57". */
+  function messageRef(messageId) {
+    const found = state.messages.find((m) => m.id === messageId);
+    if (!found) return `message #${messageId}`;
+    const text = found.body.length > 40 ? `${found.body.slice(0, 39)}…` : found.body;
+    return `“${text}” from ${found.sender.name}`;
+  }
+
+  /** One decision of GET /api/notifications/decisions in plain words: {summary, hint}. */
+  function describeDecision(d) {
+    const pending = !d.deliveries || d.deliveries.length === 0;
+    switch (d.decision) {
+      case "pushed":
+        return pending
+          ? { summary: "Pushed to your devices; the push services have not answered yet.", hint: "Refresh in a moment to see how it went on each device." }
+          : { summary: "Pushed to your devices:" };
+      case "online":
+        return d.detail === "idle"
+          ? { summary: "Not pushed: you were online but idle, and pushes while idle are off.", hint: "Turn on “Push to my devices while I'm idle” in Settings to get them." }
+          : { summary: "Not pushed: you were using Beacon when it arrived (a page or app in use), so it showed up there." };
+      case "sender":
+        return { summary: "Not pushed: you sent it." };
+      case "level": {
+        const topic = state.topics.get(d.topic_id);
+        const summary = {
+          topic: "Not pushed: muted by this topic's notification setting.",
+          room: `Not pushed: muted by the notification setting of the room${topic ? ` #${topic.room_name}` : ""}.`,
+          user: "Not pushed: muted by your own notification setting (your default for all topics).",
+        }[d.rule] || "Not pushed: muted by your notification settings.";
+        const hint = d.rule === "topic" ? "“Notify” above the messages changes it: “Mentions” lets only @mentions through, “Nothing” none." : "“Mentions” lets only @mentions through, “Nothing” none.";
+        return { summary, hint };
+      }
+      case "dnd":
+        return {
+          summary: { snooze: "Not pushed: your notifications were snoozed.", quiet_hours: "Not pushed: it arrived during your quiet hours." }[d.detail]
+            || "Not pushed: do not disturb was on.",
+        };
+      case "coalesced":
+        if (!d.carried_by) return { summary: "Held: this busy topic gets one push per window, and that push has not gone out yet.", hint: "Refresh later to see the push that carries it." };
+        return {
+          summary: `Held, then carried by a later push (for ${messageRef(d.carried_by)}), which stood for several messages of this busy topic${pending ? "; the push services have not answered yet." : ":"}`,
+        };
+      case "read_first":
+        return { summary: "Not pushed: it was held to go out with later messages, and you read the topic before that push was due." };
+      case "no_device":
+        return {
+          summary: "Not pushed: no device to notify.",
+          hint: state.ownDeviceId ? "This browser gets pushes now: it was added after this message." : "Enable notifications: choose “Enable push” in the top bar (phones are added by the mobile app).",
+        };
+      case "failed":
+        return { summary: "The push failed on every one of your devices:" };
+      default:
+        return { summary: `Decision: ${d.decision}.` };
+    }
+  }
+
+  /** How a push ended on each device (a decision's or a test notification's `deliveries`). */
+  function renderDeliveries(deliveries) {
+    const list = el("ul", "delivery-list");
+    for (const delivery of deliveries) {
+      const item = el("li", "delivery");
+      item.dataset.outcome = delivery.outcome;
+      item.dataset.channel = delivery.channel;
+      if (delivery.device_id) item.dataset.deviceId = delivery.device_id;
+      const own = Boolean(state.ownDeviceId) && delivery.device_id === state.ownDeviceId;
+      const name = own ? "This browser" : CHANNEL_NAMES[delivery.channel] || delivery.channel || "Device";
+      const details = (delivery.channel === "webpush"
+        ? [describeAgent(delivery.device_label), hostOf(delivery.push_service)]
+        : [delivery.device_label]).filter(Boolean);
+      const device = el("span", "delivery-device", name);
+      if (details.length) device.append(el("span", "delivery-detail", ` (${details.join(" · ")})`));
+      if (delivery.device_label) device.title = delivery.device_label;
+      item.append(device, ": ", el("span", "delivery-outcome", outcomeWords(delivery)));
+      list.append(item);
+    }
+    return list;
+  }
+
+  function outcomeWords(delivery) {
+    if (delivery.outcome === "delivered") return "delivered";
+    if (delivery.outcome === "expired") {
+      return "expired: the push service says this subscription is gone, so Beacon removed the device (enable push on it again)";
+    }
+    const why = delivery.reason || (delivery.status ? `HTTP ${delivery.status}` : "refused");
+    return `failed (${why})`;
+  }
+
   // ---------------------------------------------------------------- typing
 
   /** The user types in the composer: tell the topic, at most every TYPING_SEND_MS. Others show
@@ -1041,6 +1249,7 @@
       const old = state.topics.get(previous);
       emit("leave_topic", { topic_id: previous, room_id: old && old.room_id }).catch(() => {});
     }
+    if (previous !== topicId) state.whyOpen = new Set();
     state.current = topicId;
     state.messages = [];
     state.nextBefore = null;
@@ -1131,6 +1340,8 @@
   function renderMessages({ scroll }) {
     const box = $("#messages");
     const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    // The list is rebuilt: a button that had the focus (the user just clicked it) gets it back.
+    const focused = box.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
     box.replaceChildren();
     if (!state.current) {
       const placeholder = el("div", "placeholder");
@@ -1192,14 +1403,24 @@
       meta.append(el("span", "sender", message.sender.name), time);
       content.append(meta, renderBody(message.body));
       item.append(avatar(message.sender.id, message.sender.name), content);
-      if (state.me && message.sender.id !== state.me.user_id) {
-        // Someone else's message: "Mark unread" from here (shown on hover and keyboard focus).
+      const received = state.me && message.sender.id !== state.me.user_id;
+      if (received) {
+        // Someone else's message: "Mark unread" and "Why (not) notified?" from here (shown on
+        // hover and keyboard focus).
         const actions = el("div", "message-actions");
         const unread = el("button", "btn small", "Mark unread");
         unread.type = "button";
         unread.title = "Mark this message and the ones after it as unread";
+        unread.dataset.focusKey = `unread:${message.id}`;
         unread.addEventListener("click", () => markUnread(message));
-        actions.append(unread);
+        const why = el("button", "btn small why-button", "Why (not) notified?");
+        why.type = "button";
+        why.title = "Whether this message notified you on your devices, and why (not)";
+        why.dataset.focusKey = `why:${message.id}`;
+        why.setAttribute("aria-expanded", String(state.whyOpen.has(message.id)));
+        why.setAttribute("aria-controls", `why-${message.id}`);
+        why.addEventListener("click", () => toggleWhy(message));
+        actions.append(unread, why);
         item.append(actions);
       }
       if (seenAt.has(message.id)) {
@@ -1208,10 +1429,20 @@
         receipt.append(`Seen by ${seenAt.get(message.id).join(", ")}`);
         item.append(receipt);
       }
+      if (received && state.whyOpen.has(message.id)) item.append(renderWhy(message));
       box.append(item);
       previous = message;
     }
     if (scroll || atBottom) box.scrollTop = box.scrollHeight;
+    const again = focused && box.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`);
+    if (again) {
+      state.quietFocus = true; // not the user's input: the page does not become active by it
+      try {
+        again.focus({ preventScroll: true });
+      } finally {
+        state.quietFocus = false;
+      }
+    }
   }
 
   function showComposerError(message) {
@@ -1448,6 +1679,100 @@
     }
   }
 
+  // ---------------------------------------------------------------- settings: test notification
+
+  function resetTestPush() {
+    clearTimeout(state.testPush.timer);
+    state.testPush = { pending: null, results: new Map(), timer: null };
+    showTestPush("");
+    $("#test-push-button").disabled = false;
+  }
+
+  /** The status line under the button, and the devices' outcomes (null: none to show). */
+  function showTestPush(text, { error = false, deliveries = null } = {}) {
+    const status = $("#test-push-status");
+    status.textContent = text;
+    status.classList.toggle("error-text", error);
+    status.hidden = !text;
+    const results = $("#test-push-results");
+    results.replaceChildren(...(deliveries && deliveries.length ? renderDeliveries(deliveries).childNodes : []));
+    results.hidden = !(deliveries && deliveries.length);
+    if (text) $("#test-push-result").scrollIntoView({ block: "nearest" }); // the dialog scrolls
+  }
+
+  /** POST /api/notifications/test: 200 has each device's outcome; 202 says it is still
+   * sending, and test_push_result (to all of this user's connections) brings them. */
+  async function sendTestPush() {
+    const test = state.testPush;
+    const button = $("#test-push-button");
+    button.disabled = true;
+    test.pending = null;
+    clearTimeout(test.timer);
+    showTestPush("Sending a test notification…");
+    let answer;
+    try {
+      answer = await api("POST", "/api/notifications/test");
+    } catch (err) {
+      if (state.testPush !== test) return; // signed out meanwhile
+      button.disabled = false;
+      showTestPush(testPushRefusal(err), { error: true });
+      return;
+    }
+    if (state.testPush !== test) return;
+    if (answer.done) {
+      showTestResult(answer);
+      return;
+    }
+    const early = test.results.get(answer.job_id); // the event can overtake the answer
+    if (early) {
+      showTestResult(early);
+      return;
+    }
+    test.pending = answer.job_id;
+    showTestPush("Still sending… each device's outcome shows here as soon as its push service answers.");
+    test.timer = setTimeout(() => {
+      if (test.pending !== answer.job_id) return;
+      test.pending = null;
+      button.disabled = false;
+      showTestPush("No answer yet from your devices' push services. The Devices panel shows when each last got a push.", { error: true });
+    }, TEST_PUSH_GIVE_UP_MS);
+  }
+
+  function testPushRefusal(err) {
+    if (!(err instanceof ApiError)) return `Could not send a test notification: ${err.message}`;
+    if (err.status === 429) {
+      const seconds = Math.max(1, Math.ceil(Number(err.body.retry_after) || 60));
+      return `Too many test notifications: try again in ${seconds} second${seconds === 1 ? "" : "s"}.`;
+    }
+    if (err.code === "push_disabled") return "Push notifications are not set up on this server, so there is nothing to test.";
+    return `Could not send a test notification: ${err.message}`;
+  }
+
+  function onTestPushResult(result) {
+    const test = state.testPush;
+    test.results.set(result.job_id, result);
+    while (test.results.size > 10) test.results.delete(test.results.keys().next().value);
+    if (result.job_id === test.pending) showTestResult(result);
+  }
+
+  function showTestResult(result) {
+    const test = state.testPush;
+    test.pending = null;
+    clearTimeout(test.timer);
+    $("#test-push-button").disabled = false;
+    const deliveries = result.deliveries || [];
+    if (!deliveries.length) {
+      showTestPush("You have no devices to notify: choose “Enable push” in the top bar to add this browser.");
+      return;
+    }
+    const parts = ["delivered", "expired", "failed"]
+      .map((outcome) => [outcome, deliveries.filter((d) => d.outcome === outcome).length])
+      .filter(([, count]) => count > 0)
+      .map(([outcome, count]) => `${count} ${outcome}`);
+    const devices = deliveries.length === 1 ? "1 device" : `${deliveries.length} devices`;
+    showTestPush(`Test notification sent to ${devices}: ${parts.join(", ")}.`, { deliveries });
+  }
+
   // ---------------------------------------------------------------- emails (development mailbox)
 
   /** The Emails button exists only when the server has a development mailbox; asked only when
@@ -1551,7 +1876,7 @@
 
   /** Pointer, keys, wheel, touch, focus, or the page shown: runs on every pointer move, so cheap. */
   function onActivity() {
-    if (document.visibilityState !== "visible") return;
+    if (document.visibilityState !== "visible" || state.quietFocus) return;
     state.lastInput = Date.now();
     setAttention("active");
   }
@@ -1707,7 +2032,7 @@
     if (existing && Notification.permission === "granted") {
       // Re-announce on every load: the endpoint follows whoever is signed in on this browser.
       try {
-        await api("POST", "/api/notifications/subscribe", existing.toJSON());
+        state.ownDeviceId = (await api("POST", "/api/notifications/subscribe", existing.toJSON())).id;
         setPushButton("Push on", { pressed: true, title: "This browser gets a notification for messages while you are offline. Click to turn off." });
         return;
       } catch (err) {
@@ -1749,7 +2074,7 @@
           new Error(`the browser's push service did not answer within ${SUBSCRIBE_TIMEOUT_MS / 1000} s`),
           { name: "TimeoutError" })), SUBSCRIBE_TIMEOUT_MS)),
       ]);
-      await api("POST", "/api/notifications/subscribe", subscription.toJSON());
+      state.ownDeviceId = (await api("POST", "/api/notifications/subscribe", subscription.toJSON())).id;
       setPushButton("Push on", { pressed: true, title: "Click to turn push notifications off for this browser." });
       toast({ title: "Push notifications on", body: "Messages sent while you are offline will show up as notifications." });
     } catch (err) {
@@ -1784,6 +2109,7 @@
         });
       }
       if (subscription) await subscription.unsubscribe();
+      state.ownDeviceId = null;
       setPushButton("Enable push");
     } catch (err) {
       setPushButton("Push on", { pressed: true });
@@ -1993,6 +2319,7 @@
     });
     $("#push-when-idle").addEventListener("change", (event) => saveSetting({ push_when_idle: event.target.checked }));
     $("#share-read-receipts").addEventListener("change", (event) => saveSetting({ share_read_receipts: event.target.checked }));
+    $("#test-push-button").addEventListener("click", () => sendTestPush());
     $("#emails-button").addEventListener("click", () => openEmails());
     $("#emails-refresh").addEventListener("click", () => loadEmails());
     $("#emails-close").addEventListener("click", () => closeDialog("#emails-dialog"));
