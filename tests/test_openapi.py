@@ -5,7 +5,9 @@ pairs are exactly the app's URL rules, their path parameters are declared, each 
 documented security is what the route enforces, and real answers (successes and refusals)
 match the documented status codes and schemas (and bodies the routes took match the request
 schemas). In-process apps on SQLite: mostly with a Redis address nobody listens on (the routes
-that need Redis answer 503, also documented); the integration API's with the session's Redis.
+that need Redis answer 503, also documented); the integration API's, the client state's and
+the notification decisions' and test push's with the session's Redis (the test push with its
+worker's side run in the request, over a stand-in push service).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ RULE_ARGUMENT = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 MISSING_CREDENTIAL = {"userToken": "missing_token", "serviceKey": "missing_key"}
 
 
-def _app(tmp_path: Path, redis_url: str) -> Iterator[Flask]:
+def _app(tmp_path: Path, redis_url: str, **extra: str) -> Iterator[Flask]:
     from config import load_settings
     from webapp import create_app
     from webapp.extensions import db
 
     # No limit per service key: with Redis down the admin routes still get past it.
-    env = base_env(f"sqlite:///{tmp_path / 'beacon.db'}", redis_url, RATE_LIMIT_ADMIN="off")
+    env = base_env(
+        f"sqlite:///{tmp_path / 'beacon.db'}", redis_url, RATE_LIMIT_ADMIN="off", **extra
+    )
     app = create_app(load_settings(env), serve_sockets=False)
     with app.app_context():
         db.create_all()
@@ -507,3 +511,187 @@ def test_client_state_answers_match_the_documented_schemas(live_app):
     hidden = body("get", receipts, "alice", topic_id=topic_id)
     assert hidden == {"topic_id": topic_id, "enabled": False, "receipts": [], "has_more": False}
     assert body("get", "/api/sync", "alice")["receipts_enabled"] is False
+
+
+@pytest.fixture
+def push_app(tmp_path: Path, redis_server, vapid_keys) -> Iterator[Flask]:
+    """The app with a real Redis and Web Push configured; the tests stand in for the push
+    worker and the push service (nothing is sent)."""
+    yield from _app(
+        tmp_path,
+        redis_server.new_db_url(),
+        VAPID_PRIVATE_KEY=vapid_keys[0],
+        VAPID_PUBLIC_KEY=vapid_keys[1],
+        VAPID_SUBJECT="mailto:ops@beacon.test",
+        TEST_PUSH_WAIT="0.2",
+    )
+
+
+class _FakeChannel:
+    """A push service that takes the first device and says the others are gone."""
+
+    def send(self, items: list[Any]) -> list[Any]:
+        from webapp.delivery.channels.base import Outcome
+
+        return [
+            Outcome(201, "delivered") if i == 0 else Outcome(410, "expired", reason="gone")
+            for i in range(len(items))
+        ]
+
+
+def test_decision_and_test_push_answers_match_the_documented_schemas(push_app, monkeypatch):
+    """Issue 20's routes: ``GET /api/notifications/decisions`` over decisions recorded as the
+    planning step records them (with push history rows behind the pushed ones), and ``POST
+    /api/notifications/test`` with the worker run in the request (200), with no worker (202)
+    and past ``RATE_LIMIT_TEST_PUSH`` (429)."""
+    from webapp.auth import issue_token
+    from webapp.delivery import channels, decisions, probe
+    from webapp.delivery.decisions import Decision
+    from webapp.extensions import db
+    from webapp.models import (
+        Channel,
+        Message,
+        PushRecord,
+        PushSubscription,
+        Topic,
+        TopicMember,
+        User,
+    )
+    from webapp.platform import queue
+
+    alice, bob = User(username="alice"), User(username="bob")
+    room = Channel(name="general")
+    db.session.add_all([alice, bob, room])
+    db.session.flush()
+    topic = Topic(channel_id=room.id, name="launch")
+    db.session.add(topic)
+    db.session.flush()
+    messages = [Message(topic_id=topic.id, sender_id=alice.id, body=f"m{i}") for i in range(5)]
+    phone = PushSubscription(
+        user_id=alice.id,
+        endpoint="https://push.example.com/send/phone",
+        p256dh="p",
+        auth="a",
+        user_agent="Phone",
+    )
+    laptop = PushSubscription(
+        user_id=alice.id, endpoint="https://push.example.com/send/laptop", p256dh="p", auth="a"
+    )
+    db.session.add_all([*messages, phone, laptop, TopicMember(topic_id=topic.id, user_id=alice.id)])
+    db.session.flush()
+    ids = [m.id for m in messages]
+
+    def record(message_id: int, subscription: PushSubscription, outcome: str, status: int):
+        return PushRecord(
+            user_id=alice.id,
+            subscription_id=subscription.id,
+            push_service="https://push.example.com",
+            topic_id=topic.id,
+            message_id=message_id,
+            kind="message",
+            outcome=outcome,
+            status_code=status,
+            reason=None if outcome == "delivered" else f"HTTP {status}",
+        )
+
+    db.session.add_all(
+        [
+            record(ids[2], phone, "delivered", 201),
+            record(ids[3], phone, "failed", 403),
+            record(ids[3], laptop, "expired", 410),
+        ]
+    )
+    db.session.commit()
+    devices = {str(phone.id), str(laptop.id)}
+    mine = functools.partial(Decision, str(alice.id), str(topic.id))
+    decisions.record(
+        [
+            mine(ids[0], "level", rule="topic"),
+            mine(ids[1], "online", detail="idle"),
+            mine(ids[2], "pushed"),
+            mine(ids[3], "pushed"),
+            mine(ids[4], "coalesced"),  # its window is still open
+            # Bob's, of a topic he is not a member of: never shown to anyone.
+            Decision(str(bob.id), str(topic.id), ids[4], "no_device"),
+        ]
+    )
+    settings = push_app.extensions["beacon_settings"]
+    token = {u.username: issue_token(settings, u.id) for u in (alice, bob)}
+    client = push_app.test_client()
+    document = _served_document(client)
+    send = functools.partial(_send, client, document)
+    path = "/api/notifications/decisions"
+    topic_id = str(topic.id)
+
+    def call(user: str, query: str = "", method: str = "get", route: str = path):
+        return send(method, route, token=token[user], query=query)
+
+    page = call("alice", "limit=3").get_json()
+    kinds = [(d["message_id"], d["decision"], d["carried_by"]) for d in page["decisions"]]
+    assert kinds == [
+        (ids[4], "coalesced", None),
+        (ids[3], "failed", None),
+        (ids[2], "pushed", None),
+    ]
+    assert page["next_before"] == ids[2]
+    failed, pushed = page["decisions"][1], page["decisions"][2]
+    assert sorted(d["outcome"] for d in failed["deliveries"]) == ["expired", "failed"]
+    assert [(d["device_label"], d["status"]) for d in pushed["deliveries"]] == [("Phone", 201)]
+    rest = call("alice", f"before={page['next_before']}&topic_id={topic_id}").get_json()
+    assert [(d["decision"], d["rule"], d["detail"]) for d in rest["decisions"]] == [
+        ("online", None, "idle"),
+        ("level", "topic", None),
+    ]
+    assert rest["next_before"] is None
+    assert call("bob").get_json() == {"decisions": [], "next_before": None}
+    for query, code in (
+        ("limit=0", "invalid_limit"),
+        (f"limit={decisions.KEEP + 1}", "invalid_limit"),
+        ("before=0", "invalid_before"),
+        ("before=x", "invalid_before"),
+        ("topic_id=nope", "invalid_topic_id"),
+    ):
+        refused = call("alice", query)
+        assert (refused.status_code, refused.get_json()["error"]) == (400, code), query
+    assert call("bob", f"topic_id={topic_id}").get_json()["error"] == "not_a_member"
+    assert call("alice", f"topic_id={uuid.uuid4()}").status_code == 404
+
+    # The test push: the worker's side runs in the request (so the web's wait finds the result
+    # at once), over a push service that takes the first device and says the other is gone.
+    test = "/api/notifications/test"
+    monkeypatch.setattr(channels, "get", lambda name: _FakeChannel())
+    monkeypatch.setattr(
+        queue, "test_push", lambda user_id, job_id: probe.send(uuid.UUID(user_id), job_id)
+    )
+    done = call("alice", method="post", route=test).get_json()
+    assert done["done"] is True and len(done["job_id"]) == 32
+    outcomes = {d["device_id"]: d["outcome"] for d in done["deliveries"]}
+    assert sorted(outcomes.values()) == ["delivered", "expired"]
+    assert set(outcomes) == devices
+    # The device the push service said was gone is deleted, as after any push.
+    listed = call("alice", route="/api/notifications/subscriptions").get_json()["subscriptions"]
+    assert [s["id"] for s in listed] == [d for d, o in outcomes.items() if o == "delivered"]
+    assert call("bob", method="post", route=test).get_json()["deliveries"] == []
+    # No worker answers within TEST_PUSH_WAIT: 202 with the job id.
+    monkeypatch.setattr(queue, "test_push", lambda user_id, job_id: None)
+    pending = call("alice", method="post", route=test)
+    assert pending.status_code == 202 and pending.get_json()["done"] is False
+    assert call("alice", method="post", route=test).status_code == 202
+    limited = call("alice", method="post", route=test)  # RATE_LIMIT_TEST_PUSH: 3 a minute
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+
+
+def test_a_test_push_without_a_push_channel_is_the_documented_503(live_app):
+    from webapp.auth import issue_token
+    from webapp.extensions import db
+    from webapp.models import User
+
+    alice = User(username="alice")
+    db.session.add(alice)
+    db.session.commit()
+    token = issue_token(live_app.extensions["beacon_settings"], alice.id)
+    client = live_app.test_client()
+    refused = _send(
+        client, _served_document(client), "post", "/api/notifications/test", token=token
+    )
+    assert refused.status_code == 503 and refused.get_json()["error"] == "push_disabled"

@@ -9,6 +9,7 @@ The table in docs/RELIABILITY.md is generated from what this test tried and saw.
 from __future__ import annotations
 
 import email.utils
+import json
 import mailbox
 import uuid
 from email.message import EmailMessage
@@ -23,6 +24,7 @@ from config import Settings
 from tests.conftest import start_web
 from tests.harness.ports import free_port
 from tests.harness.waiting import wait_until
+from tests.push_helpers import delivered, subscribe
 
 LINK_SECRET = "matrix-email-link-secret-" + "q" * 24
 
@@ -746,3 +748,217 @@ def test_client_state_stays_within_membership_and_sharing(beacon, receipts_off_w
             observed=observed,
         )
         assert observed == expected, operation
+
+
+# -- notification decisions and the test push (issue 20) ------------------------------------
+DECISIONS = "/api/notifications/decisions"
+TEST_PUSH = "/api/notifications/test"
+
+
+def _decisions(beacon, user, **params: Any) -> requests.Response:
+    return beacon.api(user, "GET", DECISIONS, params=params)
+
+
+def _of_message(beacon, user, message_id: int) -> list[dict]:
+    answer = _decisions(beacon, user, limit=200)
+    assert answer.status_code == 200, answer.text
+    return [d for d in answer.json()["decisions"] if d["message_id"] == message_id]
+
+
+def test_decisions_and_test_pushes_stay_the_callers_own(beacon, reliability):
+    """Alice writes to Bob (offline, one Web Push device) in their topic; Mallory is a member
+    of nothing of theirs. Alice's list holds her own decision of the message (``sender``),
+    Bob's his (``pushed``, to his device only), Mallory's nothing of the topic, and
+    ``topic_id`` of it is 403 for her. Then each calls the test push: it reaches the caller's
+    own devices only (the push service's record of everyone else's subscriptions does not
+    move), and ``test_push_result`` goes to the caller's connections only."""
+    alice, bob, mallory = beacon.user("alice"), beacon.user("bob"), beacon.user("mallory")
+    topic = beacon.topic(alice, bob)
+    t = topic.topic_id
+    bob_sub, bob_device = subscribe(beacon, bob)
+    alice_sub, alice_device = subscribe(beacon, alice)
+    alice_client = beacon.client(alice, "alice")
+    sent = alice_client.call("send_message", topic.ref(message="for bob"))
+    assert sent["ok"], sent
+    message_id = sent["message"]["id"]
+    delivered(beacon, bob_sub)
+    bobs = wait_until(
+        lambda: [d for d in _of_message(beacon, bob, message_id) if d["deliveries"]],
+        timeout=20,
+        message="Bob's decision (with its delivery) was not recorded",
+    )
+    alices = wait_until(lambda: _of_message(beacon, alice, message_id), timeout=20)
+
+    def check(operation: str, target: str, expected: str, observed: str) -> None:
+        reliability.matrix(operation, target, expected=expected, observed=observed)
+        assert observed == expected, (operation, target)
+
+    def seen(decisions: list[dict]) -> str:
+        """Each decision of the message listed: its kind and whose devices it names."""
+        owner = {bob_device["id"]: "Bob's", alice_device["id"]: "Alice's"}
+        return "; ".join(
+            f"{d['decision']}, devices: "
+            + (", ".join(owner.get(x["device_id"], "?") for x in d["deliveries"]) or "none")
+            for d in decisions
+        )
+
+    check(
+        f"GET {DECISIONS}",
+        "a message pushed to Bob, as Alice (its sender) reads it",
+        "200, sender, devices: none",
+        f"200, {seen(alices)}",
+    )
+    check(
+        f"GET {DECISIONS}",
+        "the message pushed to Bob, as Bob reads it",
+        "200, pushed, devices: Bob's",
+        f"200, {seen(bobs)}",
+    )
+    for target, params in (
+        ("Alice's topic's message (Mallory, a member of nothing)", {}),
+        ("Alice's topic's message, largest page", {"limit": 200}),
+        ("Alice's topic's message, paged from just above it", {"before": message_id + 1}),
+    ):
+        answer = _decisions(beacon, mallory, **params)
+        leaked = [d for d in answer.json()["decisions"] if d["topic_id"] == t]
+        check(
+            f"GET {DECISIONS}",
+            target,
+            "200, nothing of the topic",
+            f"{answer.status_code}, " + ("nothing of the topic" if not leaked else f"{leaked}"),
+        )
+    for target, params in (
+        ("`topic_id` of Alice's topic", {"topic_id": t}),
+        ("`topic_id` of Alice's topic, upper case", {"topic_id": t.upper()}),
+        (
+            "`topic_id` of Alice's topic, with `before` and `limit`",
+            {"topic_id": t, "before": message_id + 1, "limit": 1},
+        ),
+    ):
+        answer = _decisions(beacon, mallory, **params)
+        check(
+            f"GET {DECISIONS}",
+            target,
+            "403 not_a_member",
+            f"{answer.status_code} {answer.json().get('error', '')}".strip(),
+        )
+
+    # The test push. Every user's connections are listening; the push service's records of
+    # the two subscriptions are counted before.
+    bob_client = beacon.client(bob, "bob")
+    alice_phone = beacon.client(alice, "alice-phone")
+    mallory_client = beacon.client(mallory, "mallory")
+    watching = [alice_client, alice_phone, bob_client, mallory_client]
+    marks = {c.name: c.mark() for c in watching}
+    attempts = {"alice": beacon.push.attempts(alice_sub), "bob": beacon.push.attempts(bob_sub)}
+    jobs: dict[str, str] = {}
+
+    def test_push(user, name: str) -> list[str]:
+        answer = beacon.api(user, "POST", TEST_PUSH)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        jobs[name] = body["job_id"]
+        return [d["device_id"] for d in body["deliveries"]]
+
+    reached = test_push(alice, "alice")
+    alice_got = [json.loads(m["payload"])["type"] for m in beacon.push.messages(alice_sub)]
+    bob_attempts = beacon.push.attempts(bob_sub) - attempts["bob"]
+    check(
+        f"POST {TEST_PUSH}",
+        "Alice's test push: the devices it reaches",
+        "200, her device only (it got the test); Bob's device: 0 attempts",
+        f"200, {'her device only' if reached == [alice_device['id']] else reached} "
+        f"({'it got the test' if alice_got[-1:] == ['test'] else alice_got}); "
+        f"Bob's device: {bob_attempts} attempts",
+    )
+    for client in (alice_client, alice_phone):
+        client.wait_for_event(
+            "test_push_result", lambda p: p["job_id"] == jobs["alice"], after=marks[client.name]
+        )
+    # Bob's and Mallory's own test pushes: each result comes after Alice's would have (one
+    # Socket.IO message queue, in order), so whatever else they got was sent to them.
+    reached_bob = test_push(bob, "bob")
+    reached_mallory = test_push(mallory, "mallory")
+    for client, name in ((bob_client, "bob"), (mallory_client, "mallory")):
+        client.wait_for_event(
+            "test_push_result", lambda p, n=name: p["job_id"] == jobs[n], after=marks[client.name]
+        )
+    heard = {
+        client.name: sorted(
+            next(n for n, j in jobs.items() if j == p["job_id"])
+            for p in client.events("test_push_result", after=marks[client.name])
+        )
+        for client in watching
+    }
+    check(
+        "(listening)",
+        "`test_push_result` of Alice's, Bob's and Mallory's test pushes, to everyone's "
+        "connections (Alice has two)",
+        "each to the caller's own connections only",
+        "each to the caller's own connections only"
+        if heard
+        == {"alice": ["alice"], "alice-phone": ["alice"], "bob": ["bob"], "mallory": ["mallory"]}
+        else f"heard {heard}",
+    )
+    check(
+        f"POST {TEST_PUSH}",
+        "Mallory's (no device) and Bob's test pushes: everyone else's devices",
+        "Mallory 200, no device; Bob 200, his device only; Alice's device: 0 more attempts",
+        f"Mallory 200, {'no device' if not reached_mallory else reached_mallory}; Bob 200, "
+        f"{'his device only' if reached_bob == [bob_device['id']] else reached_bob}; Alice's "
+        f"device: {beacon.push.attempts(alice_sub) - attempts['alice'] - 1} more attempts",
+    )
+    assert beacon.push.attempts(bob_sub) - attempts["bob"] == 1  # his own test, nothing else
+
+
+def test_a_removed_member_no_longer_sees_the_topics_decisions(admin_world, reliability):
+    """The product's backend removes Bob from the topic he shares with Alice (integration
+    API): the decisions of its messages leave his list at once, ``topic_id`` of it becomes
+    403, and the decisions of his own topic stay; Alice's list is unchanged."""
+    w = admin_world
+    stack, alice, bob = w.stack, w.alice, w.bob
+    t = w.topic.topic_id
+
+    def listed(user) -> list[tuple[str, int, str]]:
+        answer = _decisions(stack, user, limit=200)
+        assert answer.status_code == 200, answer.text
+        names = {t: "shared", w.bob_topic.topic_id: "his own"}
+        return sorted(
+            (names.get(d["topic_id"], d["topic_id"]), d["message_id"], d["decision"])
+            for d in answer.json()["decisions"]
+        )
+
+    def counted(user, n: int) -> list[tuple[str, int, str]] | None:
+        found = listed(user)
+        return found if len(found) == n else None
+
+    # Alice published two messages to the shared topic, Bob one to his own (the fixture).
+    bob_before = wait_until(
+        lambda: counted(bob, 3), timeout=20, message="Bob's three decisions were not recorded"
+    )
+    assert [m for topic, m, _ in bob_before if topic == "shared"] == sorted(w.message_ids)
+    alice_before = wait_until(lambda: counted(alice, 2), timeout=20)
+    removed = w.admin("DELETE", f"/topics/{w.topic_ext}/members/{w.bob_ext}")
+    assert removed.status_code == 204, removed.text
+
+    bob_after = listed(bob)
+    kept = [row for row in bob_before if row[0] == "his own"]
+    reliability.matrix(
+        f"GET {DECISIONS}",
+        "Bob, after the integration API removed him from the topic",
+        expected="200, none of the topic's; his own topic's kept",
+        observed="200, none of the topic's; his own topic's kept"
+        if bob_after == kept and kept
+        else f"200, {bob_after}",
+    )
+    assert bob_after == kept and kept
+    refused = _decisions(stack, bob, topic_id=t)
+    observed = f"{refused.status_code} {refused.json().get('error', '')}"
+    reliability.matrix(
+        f"GET {DECISIONS}",
+        "`topic_id` of the topic Bob was removed from",
+        expected="403 not_a_member",
+        observed=observed,
+    )
+    assert observed == "403 not_a_member"
+    assert listed(alice) == alice_before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -23,6 +24,7 @@ from sqlalchemy import select
 from config import Settings
 from tests.conftest import JWT_SECRET, start_web
 from tests.harness.ports import free_port
+from tests.harness.waiting import wait_until
 from tests.security.conftest import attackers
 from tests.security.strategies import (
     CONTENT_TYPES,
@@ -994,5 +996,277 @@ def test_fuzzed_unsubscribe_links(hostile, links_web, reliability):
         expected="400 HTML page `This unsubscribe link is not valid` (NUL in the query: the "
         "app-wide 400 JSON `invalid_text`); never 5xx; no user's email settings changed; "
         "the caller's own link still works, for her alone",
+        observed=tally,
+    )
+
+
+# -- notification decisions and the test push (issue 20) ------------------------------------
+DECISIONS = "/api/notifications/decisions"
+# gevent.pywsgi.MAX_REQUEST_LINE: a longer request line is answered 414 by the server itself.
+REQUEST_LINE_LIMIT = 8192
+
+
+def _served(value: str) -> str:
+    """A query value as the server reads it: the UTF-8 bytes sent, invalid ones replaced."""
+    return raw(value).decode("utf-8", "replace")
+
+
+def _decisions_model(
+    params: dict[str, str], member_of: set[str], topics: set[str]
+) -> tuple[int, str] | tuple[int, int, int | None, str | None]:
+    """What ``GET /api/notifications/decisions`` must answer: (status, code) for a refusal,
+    in the order the route checks (limit, before, topic_id: its form, then that it exists,
+    then membership), else (200, limit, before, topic id) as read. Integers are Python's
+    ``int`` of the text (as for every query integer), ids ``uuid.UUID``'s reading."""
+    served = {name: _served(value) for name, value in params.items()}
+    if any("\x00" in value for value in served.values()):
+        return 400, "invalid_text"
+    limit, before, topic = 50, None, None
+    if served.get("limit"):
+        limit = _query_int(served["limit"])
+        if limit is None or not 1 <= limit <= 200:
+            return 400, "invalid_limit"
+    if served.get("before"):
+        before = _query_int(served["before"])
+        if before is None or not 1 <= before <= MAX_BIGINT:
+            return 400, "invalid_before"
+    if served.get("topic_id"):
+        try:
+            if len(served["topic_id"]) > 64:
+                raise ValueError
+            topic = str(uuid.UUID(served["topic_id"]))
+        except ValueError:
+            return 400, "invalid_topic_id"
+        if topic not in topics:
+            return 404, "topic_not_found"
+        if topic not in member_of:
+            return 403, "not_a_member"
+    return 200, limit, before, topic
+
+
+def test_fuzzed_decision_queries(hostile, reliability):
+    """``GET /api/notifications/decisions?limit=&before=&topic_id=`` with hostile values, from
+    Alice and Bob (members of the topic, each with decisions of Alice's two messages: hers
+    ``sender``, his not) and Mallory (a member of nothing). Every answer is exactly what a
+    model of the route says: 200 with the caller's own decisions alone (their whole list, read
+    once, filtered by topic and ``before``, cut at ``limit``, with its ``next_before``), or 400
+    with the code of the first bad value, 404 ``topic_not_found``, 403 ``not_a_member``
+    (Mallory with Alice's topic, however it is spelled); never 5xx."""
+    topic = hostile.topic.topic_id
+    users = {"alice": hostile.alice, "bob": hostile.bob, "mallory": hostile.mallory}
+    member_of = {"alice": {topic}, "bob": {topic}, "mallory": set()}
+
+    def whole(name: str) -> list[dict[str, Any]]:
+        answer = _call(hostile, "GET", DECISIONS, user=users[name], params={"limit": 200})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["decisions"]
+
+    ids = sorted(hostile.message_ids, reverse=True)
+
+    def recorded(name: str) -> list[dict[str, Any]] | None:
+        found = whole(name)
+        return found if [d["message_id"] for d in found] == ids else None
+
+    # The fan-out records the decisions; the fixture only waited for the unread counts.
+    own = {
+        name: wait_until(
+            lambda n=name: recorded(n),
+            timeout=20,
+            message=f"{name}'s decisions of Alice's messages were not recorded",
+        )
+        for name in ("alice", "bob")
+    }
+    own["mallory"] = whole("mallory")
+    assert own["mallory"] == []
+    assert {d["decision"] for d in own["alice"]} == {"sender"}
+    assert "sender" not in {d["decision"] for d in own["bob"]}
+    tally: Counter[str] = Counter()
+    values = st.one_of(
+        st.integers(-(2**70), 2**70).map(str),
+        st.integers(0, 300).map(str),
+        st.sampled_from(QUERY_INTS),
+        texts,
+    )
+    # Valid values often enough that the answers' contents are judged, not only refusals.
+    # (one in four hostile: a bad limit is refused before the other values are looked at).
+    valid_limits = st.one_of(
+        st.integers(1, 3).map(str), st.integers(1, 200).map(str), st.sampled_from(["200", ""])
+    )
+    limits = st.integers(0, 3).flatmap(lambda n: values if n == 0 else valid_limits)
+    befores = st.one_of(
+        st.sampled_from([str(m + d) for m in hostile.message_ids for d in (-1, 0, 1)]),
+        st.just(str(MAX_BIGINT)),
+        values,
+    )
+    topic_ids = st.one_of(
+        st.sampled_from(uuid_variants(topic)),
+        st.just(topic),
+        st.just(hostile.topic.room_id),
+        st.uuids().map(str),
+        st.sampled_from(EDGE_STRINGS),
+        texts,
+        st.just(topic + "\x00"),
+    )
+    queries = st.fixed_dictionaries(
+        {}, optional={"limit": limits, "before": befores, "topic_id": topic_ids}
+    )
+
+    @example(("mallory", {"topic_id": topic}))
+    @example(("mallory", {"topic_id": topic.upper(), "limit": "200"}))
+    @example(("mallory", {"limit": "0", "topic_id": topic}))  # the limit is judged first
+    @example(("bob", {"limit": "1", "before": str(ids[0]), "topic_id": topic}))
+    @example(("alice", {"limit": "1"}))
+    @example(("alice", {"before": "1"}))
+    @example(("bob", {"limit": "201"}))
+    @example(("bob", {"before": str(MAX_BIGINT + 1)}))
+    @example(("bob", {"limit": "9" * 4400}))
+    @example(("bob", {"limit": "9" * 4400, "before": "9" * 4400}))  # over 8 KiB: 414
+    @example(("bob", {"topic_id": "\ud800"}))
+    @example(("bob", {"topic_id": str(uuid.uuid4())}))
+    @settings(settings.get_profile("beacon-security"), max_examples=150)
+    @given(st.tuples(st.sampled_from(sorted(users)), queries))
+    def case(call):
+        name, params = call
+        response = _call(
+            hostile,
+            "GET",
+            DECISIONS,
+            user=users[name],
+            params={key: raw(value) for key, value in params.items()},
+        )
+        if len(f"GET {response.request.path_url} HTTP/1.1") >= REQUEST_LINE_LIMIT:
+            # Refused by the WSGI server (gevent) before the app: 414 with no body.
+            assert response.status_code == 414 and not response.content, response.text
+            tally["414 (request line over 8 KiB, from gevent)"] += 1
+            return
+        _answer(response, tally)
+        expected = _decisions_model(params, member_of[name], {topic})
+        if response.status_code != 200:
+            assert (response.status_code, response.json()["error"]) == expected, (name, params)
+            return
+        assert expected[0] == 200, (name, params, expected, response.text)
+        _, limit, before, only = expected
+        matching = [
+            d
+            for d in own[name]
+            if (only is None or d["topic_id"] == only)
+            and (before is None or d["message_id"] < before)
+        ]
+        answer = response.json()
+        assert answer["decisions"] == matching[:limit], (name, params)
+        assert answer["next_before"] == (
+            matching[limit - 1]["message_id"] if len(matching) > limit else None
+        ), (name, params)
+
+    case()
+    reliability.record(
+        "input",
+        "`GET /api/notifications/decisions?limit=&before=&topic_id=` from members and a "
+        "non-member (hypothesis)",
+        expected="200 with the caller's own decisions only, exactly as a model of the query "
+        "says, or 400 with the first bad value's code / 404 `topic_not_found` / 403 "
+        "`not_a_member` (a non-member, whatever the spelling of the id); a request line over "
+        "8 KiB 414 from the server; never 5xx",
+        observed=tally,
+    )
+
+
+def test_fuzzed_test_push_requests(hostile, reliability):
+    """``POST /api/notifications/test`` takes no body: bodies of every kind (JSON, raw bytes,
+    invalid UTF-8, too deep, over 64 KiB) under any content type and with odd headers, from
+    signed-in attackers with no device, spread evenly over a few of them. Each one's first 3
+    calls (``RATE_LIMIT_TEST_PUSH``, 3 a minute) answer 200 with no delivery (they have no
+    device: nobody else's is reached) or 202 with the job id, later ones 429 ``rate_limited``
+    with ``Retry-After``; never 5xx. Alice's and Bob's devices get nothing."""
+    limit = hostile.stack.app.extensions["beacon_settings"].rate_limit_test_push
+    assert limit is not None and limit.limit == 3, "the shared stack keeps the default"
+    examples = 40
+    callers = [hostile.mallory, *(hostile.stack.user(f"mallory{i}") for i in range(7))]
+    turns = itertools.cycle(callers)
+    calls: Counter[str] = Counter()
+    first_call: dict[str, float] = {}
+    alice_attempts = hostile.stack.push.attempts(hostile.endpoint)
+    tally: Counter[str] = Counter()
+    headers = st.dictionaries(
+        st.sampled_from(
+            [
+                "X-HTTP-Method-Override",
+                "X-Forwarded-For",
+                "Origin",
+                "Accept",
+                "Content-Encoding",
+                "Cookie",
+                "X-User-Id",
+                "Idempotency-Key",
+            ]
+        ),
+        st.one_of(
+            st.sampled_from(
+                [
+                    "DELETE",
+                    "127.0.0.1",
+                    "https://evil.example",
+                    "text/html",
+                    "gzip",
+                    "session=x",
+                    hostile.alice.id,
+                ]
+            ),
+            st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
+        ),
+        max_size=3,
+    )
+    bodies = st.one_of(
+        st.none(),
+        json_values.map(lambda v: ("json", v)),
+        st.tuples(raw_bodies(), st.sampled_from(CONTENT_TYPES)).map(lambda t: ("raw", t)),
+    )
+
+    @example((None, {}))
+    @example((("json", {"user_id": hostile.alice.id}), {}))
+    @example((("raw", (b'{"x": "' + b"x" * 70_000 + b'"}', "application/json")), {}))
+    @example((("raw", (b"\xff\xfe", "text/plain")), {"X-User-Id": hostile.alice.id}))
+    @settings(settings.get_profile("beacon-security"), max_examples=examples)
+    @given(st.tuples(bodies, headers))
+    def case(call):
+        body, extra = call
+        user = next(turns)
+        kwargs: dict[str, Any] = {"headers": dict(extra)}
+        if body is not None:
+            kind, value = body
+            if kind == "json":
+                kwargs["json"] = value
+            else:
+                kwargs["data"], content_type = value
+                if content_type:
+                    kwargs["headers"]["Content-Type"] = content_type
+        first_call.setdefault(user.id, time.monotonic())
+        calls[user.id] += 1
+        response = _call(hostile, "POST", "/api/notifications/test", user=user, **kwargs)
+        _answer(response, tally)
+        answer = response.json()
+        if response.status_code == 429:
+            assert calls[user.id] > limit.limit, "refused within the burst"
+            assert answer["error"] == "rate_limited" and answer["retry_after"] > 0, answer
+            assert int(response.headers["Retry-After"]) >= 1, response.headers
+            return
+        # Past the burst, one more every 20 s: only a slow run would see it.
+        assert calls[user.id] <= limit.limit or (
+            time.monotonic() - first_call[user.id] >= limit.period / limit.limit
+        ), (calls[user.id], response.text)
+        if response.status_code == 202:
+            assert answer == {"job_id": answer["job_id"], "done": False}, answer
+        else:
+            assert response.status_code == 200, response.text
+            assert answer == {"job_id": answer["job_id"], "done": True, "deliveries": []}, answer
+
+    case()
+    assert hostile.stack.push.attempts(hostile.endpoint) == alice_attempts
+    reliability.record(
+        "input",
+        "`POST /api/notifications/test` with bodies of every kind (it takes none), content "
+        "types and odd headers, from callers with no device (hypothesis)",
+        expected="200 with no delivery (or 202 with the job id) within `RATE_LIMIT_TEST_PUSH`, "
+        "then 429 `rate_limited` with Retry-After; never 5xx; nobody else's device reached",
         observed=tally,
     )

@@ -12,6 +12,7 @@ import math
 import time
 
 import pytest
+import redis
 import requests
 
 from tests.conftest import start_web
@@ -30,14 +31,24 @@ LIMITS = {
     "RATE_LIMIT_SET_PRESENCE": "3/10s",
     "RATE_LIMIT_SYNC": "3/10s",
     "RATE_LIMIT_MARK_AS_UNREAD": "3/10s",
+    "RATE_LIMIT_TEST_PUSH": "2/4s",
+    # No worker reads this web's broker: a test push answers 202 after this wait.
+    "TEST_PUSH_WAIT": "0.1",
     "PUSH_MAX_SUBSCRIPTIONS": "3",
     "TRUSTED_PROXIES": "1",
 }
 
 
 @pytest.fixture(scope="module")
-def limited(stack, redis_server, run_dir):
-    env = {**stack.env, **LIMITS, "REDIS_URL": redis_server.new_db_url()}
+def limited_redis_url(stack, redis_server):
+    """The Redis database of the low-limit web process: its counters, and its broker (no
+    worker reads it: what that web enqueues stays there, to be counted)."""
+    return redis_server.new_db_url()
+
+
+@pytest.fixture(scope="module")
+def limited(stack, limited_redis_url, run_dir):
+    env = {**stack.env, **LIMITS, "REDIS_URL": limited_redis_url}
     port = free_port()
     web = start_web(f"web-limits-{stack.backend}", env, port, run_dir)
     yield f"http://127.0.0.1:{port}"
@@ -269,6 +280,47 @@ def test_subscribe_is_rate_limited_with_retry_after(beacon, limited, reliability
         expected="429 JSON `rate_limited` + Retry-After header; other users unaffected",
         observed=f"201, 200, 200, 200, then 429 (Retry-After {refused.headers['Retry-After']})",
         count=6,
+    )
+
+
+def test_test_push_is_rate_limited_per_user_with_retry_after(
+    beacon, limited, limited_redis_url, reliability
+):
+    """``POST /api/notifications/test`` with ``RATE_LIMIT_TEST_PUSH=2/4s``: the third in a
+    burst is 429 ``rate_limited`` with ``Retry-After`` and enqueues no send; another user is
+    not limited; after the hint it goes through. (No worker reads this web's broker: an
+    accepted test push answers 202 with its job id, and its send stays queued, counted.)"""
+    user, other = beacon.user("tester"), beacon.user("other")
+    address = _address()
+    queued = redis.Redis.from_url(limited_redis_url)
+
+    def test_push(who) -> requests.Response:
+        return _rest(limited, who, "POST", "/api/notifications/test", address)
+
+    before = queued.llen("push")
+    answers = [test_push(user) for _ in range(3)]
+    assert [a.status_code for a in answers[:2]] == [202, 202], [a.text for a in answers]
+    assert answers[0].json() == {"job_id": answers[0].json()["job_id"], "done": False}
+    refused = answers[2]
+    assert refused.status_code == 429, refused.text
+    data = refused.json()
+    assert data["error"] == "rate_limited" and 0 < data["retry_after"] <= 2.0, data
+    assert "test notifications" in data["message"], data
+    assert int(refused.headers["Retry-After"]) == max(1, math.ceil(data["retry_after"]))
+    assert queued.llen("push") - before == 2  # the refused one enqueued nothing
+    assert test_push(other).status_code == 202  # per user: the other user is not limited
+    time.sleep(data["retry_after"])  # honouring the hint is the behaviour under test
+    after = test_push(user)
+    assert after.status_code == 202, after.text
+    assert queued.llen("push") - before == 4
+    reliability.record(
+        "limits",
+        "`POST /api/notifications/test`: 3 in a burst with RATE_LIMIT_TEST_PUSH=2/4s",
+        expected="the 3rd refused 429 JSON `rate_limited` + Retry-After, no send enqueued; "
+        "accepted after waiting it; other users unaffected",
+        observed=f"202, 202, then 429 (Retry-After {refused.headers['Retry-After']}), no send "
+        "enqueued; 202 after the hint; other user 202",
+        count=5,
     )
 
 

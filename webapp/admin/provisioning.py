@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp import realtime
 from webapp.auth import issue_token
+from webapp.delivery import decisions
 from webapp.errors import InvalidInput, NotFound, Unavailable
 from webapp.extensions import db
 from webapp.messaging.topics import member_ids, topic_row
@@ -128,9 +129,10 @@ def set_email(user: User, email: str | None) -> None:
 
 
 def delete_user(external_id: str) -> None:
-    """Erase the user: connections closed, memberships, devices, preferences, push history and
-    unread state deleted, personal data cleared. The row stays (their messages keep a
-    sender, shown as a deleted user); the external id is free for a new user."""
+    """Erase the user: connections closed, memberships, devices, preferences, push history,
+    notification decisions and unread state deleted, personal data cleared. The row stays
+    (their messages keep a sender, shown as a deleted user); the external id is free for a
+    new user."""
     user = find_user(external_id)
     uid = user.id
     # Read before the commit, so that with Redis away nothing changes (503, and a retry).
@@ -151,6 +153,7 @@ def delete_user(external_id: str) -> None:
     user.external_id = None
     user.deleted_at = utcnow()
     db.session.commit()
+    decisions.forget(uid)
     # From the commit on, a connection of the user is refused and so is each event of one
     # still open (webapp/sockets/acks.py); this closes the open ones now. Should Redis fail
     # here, each web process's token sweep closes them (TOKEN_SWEEP_INTERVAL).

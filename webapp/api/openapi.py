@@ -15,6 +15,8 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from webapp.admin.provisioning import MAX_TOKEN_TTL
+from webapp.delivery.decisions import KEEP as DECISIONS_KEPT
+from webapp.delivery.decisions import KINDS as DECISION_KINDS
 from webapp.delivery.devices import MAX_LABEL
 from webapp.delivery.history import OUTCOMES
 from webapp.delivery.preferences import MAX_EMAIL_DELAY, MAX_SNOOZE
@@ -86,6 +88,8 @@ PRESENCE_STATUS: Schema = {
 }
 EMAIL_DELAY: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_EMAIL_DELAY}
 OUTCOME: Schema = {"type": "string", "enum": list(OUTCOMES)}
+CHANNEL: Schema = {"enum": ["webpush", "fcm", "apns"]}
+TEST_JOB_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 CLOCK: Schema = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 # An integrating product's own id of a user, room or topic (webapp/platform/validation.py).
 EXTERNAL_ID: Schema = {"type": "string", "pattern": "^(?!\\.\\.?$)[A-Za-z0-9._:@+-]{1,128}$"}
@@ -483,7 +487,7 @@ SCHEMAS: dict[str, Schema] = {
             "topic_id": _or_null(UUID),
             "message_id": _or_null(ROW_ID),
             "subscription_id": UUID,
-            "channel": {"enum": ["webpush", "fcm", "apns"]},
+            "channel": CHANNEL,
             "push_service": {
                 "type": "string",
                 "description": "Web Push: the endpoint's origin; else `fcm` or `apns`.",
@@ -496,6 +500,85 @@ SCHEMAS: dict[str, Schema] = {
             "pushes": {"type": "array", "items": _ref("PushRecord")},
             "next_before": _or_null(ROW_ID),
         }
+    ),
+    "DeviceOutcome": _obj(
+        {
+            "device_id": {
+                **UUID,
+                "description": "The device's id, as `GET /api/notifications/subscriptions` "
+                "lists it while it exists.",
+            },
+            "channel": CHANNEL,
+            "device_label": {
+                "type": ["string", "null"],
+                "description": "The device's label (or the browser's User-Agent).",
+            },
+            "push_service": {
+                "type": "string",
+                "description": "Web Push: the endpoint's origin; else `fcm` or `apns`.",
+            },
+            "outcome": OUTCOME,
+            "status": {
+                "type": ["integer", "null"],
+                "description": "The push service's HTTP status (null: no answer).",
+            },
+            "reason": {"type": ["string", "null"], "description": "Why it failed, as in history."},
+        },
+        description="How a push ended on one of the caller's devices.",
+    ),
+    "Decision": _obj(
+        {
+            "message_id": ROW_ID,
+            "topic_id": UUID,
+            "created_at": {**TIME, "description": "When the decision was made."},
+            "decision": {"type": "string", "enum": list(DECISION_KINDS)},
+            "rule": {
+                "enum": ["topic", "room", "user", None],
+                "description": "With `level`: which setting filtered it; else null.",
+            },
+            "detail": {
+                "enum": ["active", "idle", "snooze", "quiet_hours", None],
+                "description": "With `online`: `active` or `idle`; with `dnd`: `snooze` or "
+                "`quiet_hours`; else null.",
+            },
+            "carried_by": {
+                **_or_null(ROW_ID),
+                "description": "With `coalesced`: the message id of the push that carried it "
+                "(null while its window is open).",
+            },
+            "deliveries": {
+                "type": "array",
+                "items": _ref("DeviceOutcome"),
+                "description": "With `pushed`, `coalesced` (the carrying push) and `failed`: each "
+                "device's outcome, from the push history (empty while in flight).",
+            },
+        },
+        description="Why a message did or did not notify the caller (docs/PROTOCOL.md, "
+        "Notification decisions).",
+    ),
+    "DecisionPage": _obj(
+        {
+            "decisions": {"type": "array", "items": _ref("Decision")},
+            "next_before": {
+                **_or_null(ROW_ID),
+                "description": "`before` for the next (older) page; null on the last page.",
+            },
+        },
+        description="The caller's own decisions, for topics they are a member of now, newest "
+        "message first.",
+    ),
+    "TestPushResult": _obj(
+        {
+            "job_id": TEST_JOB_ID,
+            "done": {"const": True},
+            "deliveries": {"type": "array", "items": _ref("DeviceOutcome")},
+        },
+        description="How the test notification ended on each of the caller's devices (as "
+        "the `test_push_result` event).",
+    ),
+    "TestPushPending": _obj(
+        {"job_id": TEST_JOB_ID, "done": {"const": False}},
+        description="Still sending: `test_push_result` with this `job_id` follows.",
     ),
     "Readiness": _obj(
         {
@@ -1118,6 +1201,61 @@ def _notification_paths() -> dict[str, dict[str, Any]]:
                 errors={400: "`invalid_limit`, `invalid_before`, `invalid_outcome`"},
             )
         },
+        "/api/notifications/decisions": {
+            "get": _op(
+                "listNotificationDecisions",
+                "Why each recent message of the caller's topics did or did not notify them",
+                tag="notifications",
+                description=(
+                    "Only the caller's own decisions, for topics they are a member of now "
+                    f"(the last {DECISIONS_KEPT} messages, at most `DECISIONS_DAYS` days), "
+                    "newest message first. A held (`coalesced`) message is resolved to the push "
+                    "that carried it, or to why none went; a push that failed on every device "
+                    "is `failed`."
+                ),
+                params=[
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": DECISIONS_KEPT, "default": 50},
+                        "Page size.",
+                    ),
+                    _query(
+                        "before",
+                        ROW_ID,
+                        "Only messages older than this id (the previous `next_before`).",
+                    ),
+                    _query("topic_id", UUID, "Only this topic's (one of the caller's)."),
+                ],
+                ok={200: _json("A page", _ref("DecisionPage"))},
+                errors={
+                    400: "`invalid_limit`, `invalid_before`, `invalid_topic_id`",
+                    403: "`not_a_member`: `topic_id` is not one of the caller's topics",
+                    404: "`topic_not_found`",
+                },
+            )
+        },
+        "/api/notifications/test": {
+            "post": _op(
+                "sendTestNotification",
+                "Send a test notification to every device of the caller at once",
+                tag="notifications",
+                description=(
+                    "No body. Ignores presence, levels, do-not-disturb and coalescing; not "
+                    "retried; a device the push service says is gone is deleted. Answers with "
+                    "each device's outcome when they come within `TEST_PUSH_WAIT` seconds, "
+                    "else 202; either way `test_push_result` goes to all the caller's "
+                    "connections."
+                ),
+                ok={
+                    200: _json("Each device's outcome", _ref("TestPushResult")),
+                    202: _json("Still sending", _ref("TestPushPending")),
+                },
+                errors={
+                    429: "`rate_limited` (`RATE_LIMIT_TEST_PUSH`, per user), with `retry_after`",
+                    503: "`push_disabled`: no push channel is configured",
+                },
+            )
+        },
     }
 
 
@@ -1556,7 +1694,10 @@ def build_document() -> dict[str, Any]:
                 "description": "The caller's topics, their messages, read state and catch-up",
             },
             {"name": "users", "description": "Who the caller is, who is online"},
-            {"name": "notifications", "description": "Web Push: subscriptions, preferences"},
+            {
+                "name": "notifications",
+                "description": "Push: devices, preferences, history, decisions, a test push",
+            },
             {"name": "admin", "description": "The integration API, for a product's backend"},
             {"name": "operations", "description": "Probes, metrics, this document"},
             {"name": "demo", "description": "The browser demo"},

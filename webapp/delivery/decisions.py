@@ -113,6 +113,16 @@ def record(decisions: Iterable[Decision]) -> None:
         log.warning("could not record %d notification decisions", len(items), exc_info=True)
 
 
+def forget(user_id: uuid.UUID) -> None:
+    """A deleted user's decisions go with them (best effort: else they expire by themselves)."""
+    try:
+        get_redis(context.settings().redis_url).delete(
+            _key(str(user_id), False), _key(str(user_id), True)
+        )
+    except redis.RedisError:
+        log.warning("could not delete the decisions of deleted user %s", user_id, exc_info=True)
+
+
 def _entry(d: Decision, now: int) -> str:
     entry: dict[str, Any] = {"m": d.message_id, "t": d.topic_id, "at": now, "d": d.decision}
     if d.rule:
