@@ -124,12 +124,10 @@ def forget(user_id: uuid.UUID) -> None:
 
 
 def _entry(d: Decision, now: int) -> str:
-    entry: dict[str, Any] = {"m": d.message_id, "t": d.topic_id, "at": now, "d": d.decision}
-    if d.rule:
-        entry["r"] = d.rule
-    if d.detail:
-        entry["k"] = d.detail
-    return json.dumps(entry, separators=(",", ":"))
+    """The JSON of one entry, built as text: every value is a number, a UUID or a word of
+    this module's (json.dumps was most of ``record``'s cost for a big topic)."""
+    extra = (f',"r":"{d.rule}"' if d.rule else "") + (f',"k":"{d.detail}"' if d.detail else "")
+    return f'{{"m":{d.message_id},"t":"{d.topic_id}","at":{now},"d":"{d.decision}"{extra}}}'
 
 
 def silenced(

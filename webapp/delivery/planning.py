@@ -51,11 +51,15 @@ class Batch:
 @dataclass(frozen=True)
 class FanoutPlan:
     """The batches to send now, the coalescing flushes to enqueue: (topic, delay in seconds,
-    users whose window ends then), and the missed messages to hold for email digests."""
+    users whose window ends then), the missed messages to hold for email digests, and the
+    members' notification decisions."""
 
     batches: list[Batch] = field(default_factory=list)
     flushes: list[tuple[str, float, list[str]]] = field(default_factory=list)
     emails: list[digests.Missed] = field(default_factory=list)
+    # Each member's decision, recorded once the batches are enqueued (``decisions.record``):
+    # the first push does not wait for it.
+    decided: list[decisions.Decision] = field(default_factory=list)
 
     @property
     def deliveries(self) -> int:
@@ -180,15 +184,17 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
             (where, Delivery(sub_id, str(uid), message.id, kind, offer.count))
             for sub_id, where in subs_of[uid]
         )
-    plan = FanoutPlan(
-        batches(message.id, planned), _flush_groups(str(message.topic_id), flushes), emails
-    )
-    if settings.push_enabled and not replan:
-        decisions.record(
-            _fanout_decisions(
-                message, members, active, online, rules_of, is_mention, subs_of, offers, now
-            )
+    decided = []
+    if settings.push_enabled and settings.decisions_days > 0 and not replan:
+        decided = _fanout_decisions(
+            message, members, active, online, rules_of, is_mention, subs_of, offers, now
         )
+    plan = FanoutPlan(
+        batches(message.id, planned),
+        _flush_groups(str(message.topic_id), flushes),
+        emails,
+        decided,
+    )
     silenced = len(subs_of) - len(wanted)
     held = sum(1 for o in offers.values() if not o.send)
     metrics.record_push_decisions(
@@ -256,9 +262,10 @@ def _ended(message_id: int, device_ids: list[str]) -> set[str]:
     return {keys[k] for k in claimed_among(list(keys))}
 
 
-def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
+def plan_flush(topic_id: str, user_ids: list[str]) -> tuple[list[Batch], list[decisions.Decision]]:
     """The one push per user for what their coalescing window held, unless the user caught
-    up meanwhile (came online, read the topic) or their rules now say no."""
+    up meanwhile (came online, read the topic) or their rules now say no; and each user's
+    decision (to record once the batches are enqueued)."""
     now_ms = _now_ms()
     held_of = {}
     for user_id in user_ids:
@@ -268,7 +275,7 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
         else:
             held_of[user_id] = held
     if not held_of:
-        return []
+        return [], []
     uids = [uuid.UUID(u) for u in held_of]
     read_up_to = dict(
         db.session.execute(
@@ -337,8 +344,10 @@ def plan_flush(topic_id: str, user_ids: list[str]) -> list[Batch]:
             len(devices),
         )
     metrics.record_push_decisions(redis_client, {"flushed": len(flushed), "flush_skipped": skipped})
-    decisions.record(decided)
-    return [b for message_id, pairs in planned.items() for b in batches(message_id, pairs)]
+    planned_batches = [
+        b for message_id, pairs in planned.items() for b in batches(message_id, pairs)
+    ]
+    return planned_batches, decided
 
 
 def _devices_query(uids: list[uuid.UUID]) -> Select[Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from webapp.delivery import badges, batch, history, planning, probe
+from webapp.delivery import badges, batch, decisions, history, planning, probe
 from webapp.platform import context
 from workers.celery_app import celery, outage_retry
 from workers.retry import backoff_delay
@@ -25,14 +25,16 @@ def fan_out(message_id: int, replan: bool = False) -> int:
     for topic_id, delay, user_ids in plan.flushes:
         flush_held.apply_async(args=[topic_id, user_ids], countdown=delay)
     planning.mark_fanned_out(message_id, plan.emails)
+    decisions.record(plan.decided)
     return plan.deliveries
 
 
 @celery.task(name="beacon.push.flush_held", **DB_RETRY)
 def flush_held(topic_id: str, user_ids: list[str]) -> int:
     """Coalescing windows ended: one push per user for the messages each held."""
-    batches = planning.plan_flush(topic_id, user_ids)
+    batches, decided = planning.plan_flush(topic_id, user_ids)
     _enqueue(batches)
+    decisions.record(decided)
     return sum(len(b.deliveries) for b in batches)
 
 
