@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import Stack, shared_services_stack
 from tests.harness.processes import wait_log_contains
+from tests.harness.waiting import wait_until
 from tests.push_helpers import delivered, subscribe
 
 WINDOW = 6  # seconds; a burst of 20 messages takes well under one second
@@ -61,11 +62,16 @@ def _window_with_one_held(beacon):
     return alice, bob, topic, sub, sender, held
 
 
-def _decision(beacon, user, message_id):
-    """The user's notification decision for the message (GET /api/notifications/decisions)."""
-    answer = beacon.api(user, "GET", "/api/notifications/decisions").json()["decisions"]
-    [found] = [d for d in answer if d["message_id"] == message_id]
-    return found
+def _decision(beacon, user, message_id, settled=lambda d: d["decision"] != "coalesced"):
+    """The user's notification decision for the message (GET /api/notifications/decisions),
+    once ``settled``: the tasks record decisions after enqueueing their pushes."""
+
+    def found():
+        answer = beacon.api(user, "GET", "/api/notifications/decisions").json()["decisions"]
+        mine = [d for d in answer if d["message_id"] == message_id]
+        return mine[0] if mine and settled(mine[0]) else None
+
+    return wait_until(found, timeout=20, message=f"a settled decision for {message_id}")
 
 
 def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
@@ -99,7 +105,7 @@ def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
         (1, "delivered"),
     ]
     # Why each message did or did not ring: one pushed at once, the rest carried by the last.
-    decided = [_decision(beacon, bob, i) for i in ids]
+    decided = [_decision(beacon, bob, i, lambda d: d["deliveries"]) for i in ids]
     assert sorted(d["decision"] for d in decided) == ["coalesced"] * 19 + ["pushed"]
     carried = {d["carried_by"] for d in decided if d["decision"] == "coalesced"}
     assert carried == {ids[-1]}

@@ -10,14 +10,14 @@ go. Which devices a push reached comes from the push history, also when read.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from sqlalchemy import select
@@ -47,12 +47,13 @@ KINDS = (
     "failed",
 )
 
-# KEYS: one list per entry; ARGV[1]: entries kept, ARGV[2]: seconds to live, ARGV[3..]: the
-# entries (JSON), one per key. LPUSH, LTRIM and EXPIRE each, in one call for the whole batch.
+# KEYS: one list per entry; ARGV[1]: entries kept, ARGV[2]: seconds to live, ARGV[3]: the
+# entries' common start (message, topic, time), ARGV[3 + i]: entry i's own end. LPUSH, LTRIM
+# and EXPIRE each, in one call for the whole batch.
 _RECORD = """
-local keep, ttl = tonumber(ARGV[1]) - 1, tonumber(ARGV[2])
+local keep, ttl, common = tonumber(ARGV[1]) - 1, tonumber(ARGV[2]), ARGV[3]
 for i = 1, #KEYS do
-  redis.call('LPUSH', KEYS[i], ARGV[i + 2])
+  redis.call('LPUSH', KEYS[i], common .. ARGV[i + 3])
   redis.call('LTRIM', KEYS[i], 0, keep)
   redis.call('EXPIRE', KEYS[i], ttl)
 end
@@ -62,10 +63,9 @@ _BATCH = 1000  # entries per call: bounds one script's run (Redis runs one at a 
 _scripts: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """One member's decision for one message (``flush``: the outcome of a coalesced push,
-    for the messages its window held)."""
+    for the messages its window held). A tuple: a big topic's fan-out makes thousands."""
 
     user_id: str
     topic_id: str
@@ -85,13 +85,16 @@ def _now_ms() -> int:
 
 
 def record(decisions: Iterable[Decision]) -> None:
-    """Append the decisions to their users' lists, a batch per Lua call; never raises (a
-    decision that could not be kept only leaves a gap in what the user can read)."""
+    """Append the decisions to their users' lists, one Lua call per message and thousand
+    users; never raises (a decision that could not be kept only leaves a gap in what the
+    user can read)."""
     settings = context.settings()
     if settings.decisions_days <= 0:
         return
-    items = list(decisions)
-    if not items:
+    groups: dict[tuple[str, int, bool], list[Decision]] = {}
+    for d in decisions:
+        groups.setdefault((d.topic_id, d.message_id, d.flush), []).append(d)
+    if not groups:
         return
     now = _now_ms()
     ttl = int(settings.decisions_days * 86400)
@@ -100,17 +103,30 @@ def record(decisions: Iterable[Decision]) -> None:
         script = _scripts.get(settings.redis_url)
         if script is None:
             script = _scripts[settings.redis_url] = client.register_script(_RECORD)
-        for flush in (False, True):
-            chosen = [d for d in items if d.flush is flush]
+        for (topic_id, message_id, flush), chosen in groups.items():
             keep = KEEP_FLUSHES if flush else KEEP
+            kind = "flushes" if flush else "messages"
+            common = f'{{"m":{message_id},"t":"{topic_id}","at":{now},'
             for start in range(0, len(chosen), _BATCH):
                 part = chosen[start : start + _BATCH]
                 script(
-                    keys=[_key(d.user_id, flush) for d in part],
-                    args=[keep, ttl, *(_entry(d, now) for d in part)],
+                    keys=[f"{PREFIX}:{kind}:{d.user_id}" for d in part],
+                    args=[
+                        keep,
+                        ttl,
+                        common,
+                        *(_ending(d.decision, d.rule, d.detail) for d in part),
+                    ],
                 )
     except redis.RedisError:
-        log.warning("could not record %d notification decisions", len(items), exc_info=True)
+        log.warning("could not record notification decisions", exc_info=True)
+
+
+@functools.cache
+def _ending(decision: str, rule: str | None, detail: str | None) -> str:
+    """An entry's own end of JSON, after the common start: the words are this module's."""
+    extra = (f',"r":"{rule}"' if rule else "") + (f',"k":"{detail}"' if detail else "")
+    return f'"d":"{decision}"{extra}}}'
 
 
 def forget(user_id: uuid.UUID) -> None:
@@ -121,13 +137,6 @@ def forget(user_id: uuid.UUID) -> None:
         )
     except redis.RedisError:
         log.warning("could not delete the decisions of deleted user %s", user_id, exc_info=True)
-
-
-def _entry(d: Decision, now: int) -> str:
-    """The JSON of one entry, built as text: every value is a number, a UUID or a word of
-    this module's (json.dumps was most of ``record``'s cost for a big topic)."""
-    extra = (f',"r":"{d.rule}"' if d.rule else "") + (f',"k":"{d.detail}"' if d.detail else "")
-    return f'{{"m":{d.message_id},"t":"{d.topic_id}","at":{now},"d":"{d.decision}"{extra}}}'
 
 
 def silenced(

@@ -187,7 +187,7 @@ def plan_fanout(message_id: int, *, replan: bool = False) -> FanoutPlan:
     decided = []
     if settings.push_enabled and settings.decisions_days > 0 and not replan:
         decided = _fanout_decisions(
-            message, members, active, online, rules_of, is_mention, subs_of, offers, now
+            message, members, active, away, online, rules_of, is_mention, subs_of, offers, now
         )
     plan = FanoutPlan(
         batches(message.id, planned),
@@ -219,6 +219,7 @@ def _fanout_decisions(
     message: Message,
     members: dict[str, str],
     active: set[str],
+    away: list[uuid.UUID],
     online: set[str],
     rules_of: dict[uuid.UUID, rules.Rules],
     is_mention: dict[uuid.UUID, bool],
@@ -226,16 +227,21 @@ def _fanout_decisions(
     offers: dict[uuid.UUID, coalescing.Offer],
     now: Any,
 ) -> list[decisions.Decision]:
-    """Each member's decision, in the order the fan-out applies its rules."""
-    topic_id = str(message.topic_id)
-    found = [decisions.Decision(str(message.sender_id), topic_id, message.id, "sender")]
+    """Each member's decision, in the order the fan-out applies its rules (plain tuples and
+    no id parsing: a big topic's fan-out makes one per member)."""
+    topic_id, message_id = str(message.topic_id), message.id
+    found = [decisions.Decision(str(message.sender_id), topic_id, message_id, "sender")]
+    found.extend(
+        decisions.Decision(user_id, topic_id, message_id, "online", None, "active")
+        for user_id in members
+        if user_id in active
+    )
     idle_ok = context.settings().push_when_idle
-    for user_id in members:
-        uid = uuid.UUID(user_id)
-        rule = rules_of.get(uid, rules.DEFAULT)
-        if user_id in active:
-            kind, why, detail = "online", None, "active"
-        elif user_id in online and not (idle_ok and rule.push_when_idle):
+    default = rules.DEFAULT
+    for uid in away:
+        user_id = str(uid)
+        rule = rules_of.get(uid, default)
+        if user_id in online and not (idle_ok and rule.push_when_idle):
             kind, why, detail = "online", None, "idle"
         elif not rule.allows(mentioned=is_mention[uid], now=now):
             kind, why, detail = decisions.silenced(rule, mentioned=is_mention[uid], now=now)
@@ -243,12 +249,9 @@ def _fanout_decisions(
             kind, why, detail = "no_device", None, None
         else:
             offer = offers.get(uid)
-            kind, why, detail = (
-                ("pushed" if offer is None or offer.send else "coalesced"),
-                None,
-                None,
-            )
-        found.append(decisions.Decision(user_id, topic_id, message.id, kind, why, detail))
+            kind = "pushed" if offer is None or offer.send else "coalesced"
+            why, detail = None, None
+        found.append(decisions.Decision(user_id, topic_id, message_id, kind, why, detail))
     return found
 
 
