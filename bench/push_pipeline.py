@@ -28,10 +28,27 @@ or provider token is still verified on every request, then the push is only coun
 arrival time); ``--fake-mode full`` runs them as the tests do (every message checked and
 recorded; arrival times from polling, 20 ms apart; latency 0 only).
 
+The cost of notification decisions (``--decisions-cost``, issue 20): instead of the matrix
+above, the same processes run two push workers, one recording decisions (the default
+``DECISIONS_DAYS``) and one with ``DECISIONS_DAYS=0``, and only one of them consumes the
+``push`` queue at a time (Celery's ``add_consumer`` / ``cancel_consumer``, from this process).
+For each case (``--decisions-cases``: members and the share of them with one Web Push device;
+decisions are recorded for every member, with a device or not) one topic is seeded, and the
+same topic gets ``--decisions-repeats`` messages with decisions on and as many with them off,
+interleaved (on, off, off, on, ...) so that a machine that drifts weighs on both alike.
+Reported per message and as medians per case and mode: first and last arrival, pushes/s, the
+planning time (from the push worker's log: the fan-out task received -> ``plan_fanout``'s
+summary line, decisions recorded, nothing enqueued yet), the push worker's CPU per message
+and per push, and Redis per message: commands (``INFO commandstats``, which counts a script's
+own commands too: ``evalsha`` calls against ``lpush``/``ltrim`` calls), requests read (the
+round trips, ``total_reads_processed``) and CPU; then the ratio on/off against the target (at
+most 10% fewer pushes/s with decisions on).
+
     .venv/bin/python bench/push_pipeline.py --members 1000,5000 --devices 1,3 --latency 0,50
     .venv/bin/python bench/push_pipeline.py --members 200 --devices 1 --latency 0   # quick look
     .venv/bin/python bench/push_pipeline.py --members 1000 --devices 1 --latency 0 \
         --channels webpush,fcm,apns --skip-naive                             # mobile channels
+    .venv/bin/python bench/push_pipeline.py --decisions-cost     # decisions on against off
 """
 
 from __future__ import annotations
@@ -43,16 +60,18 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,11 +370,16 @@ def browser_keys(count: int) -> list[tuple[str, str]]:
 
 
 def seed(
-    app: Any, service: CountingPushService, members: int, devices: int, channel: str = "webpush"
+    app: Any,
+    service: CountingPushService,
+    members: int,
+    devices: int,
+    channel: str = "webpush",
+    subscribed: int | None = None,
 ) -> tuple[Any, Any]:
     """A topic of ``members`` offline members with ``devices`` subscriptions each (Web Push
     subscriptions, or ``channel``'s device tokens), plus the sender (no subscription);
-    returns (topic, sender)."""
+    ``subscribed``: only the first that many members have devices. Returns (topic, sender)."""
     from sqlalchemy import insert
 
     from bench.stack import create_topics, create_users
@@ -363,10 +387,11 @@ def seed(
     from webapp.models import PushSubscription, utcnow
 
     prefix = f"pipe{members}x{devices}" if channel == "webpush" else f"pipe-{channel}-{members}"
+    subscribed = members if subscribed is None else subscribed
     users = create_users(app, members + 1, prefix=prefix)
     (topic,) = create_topics(app, [list(range(members + 1))], users)
     if channel == "webpush":
-        keys = browser_keys(members * devices)
+        keys = browser_keys(subscribed * devices)
         rows = [
             {
                 "id": uuid.uuid4(),
@@ -377,7 +402,7 @@ def seed(
                 "created_at": utcnow(),
                 "failure_count": 0,
             }
-            for i, u in enumerate(users[1:])
+            for i, u in enumerate(users[1 : 1 + subscribed])
             for d in range(devices)
         ]
     else:
@@ -390,7 +415,7 @@ def seed(
                 "created_at": utcnow(),
                 "failure_count": 0,
             }
-            for u in users[1:]
+            for u in users[1 : 1 + subscribed]
             for _ in range(devices)
         ]
     with app.app_context():
@@ -502,10 +527,11 @@ def send_and_watch(
     sender: Any,
     expected: int,
     timeout: float,
+    before_send: Callable[[], None] | None = None,
 ) -> tuple[float, dict[str, Any], float, dict[str, float]]:
     """Post one message as ``sender`` over Socket.IO; poll the push service (or the fake FCM or
     APNs) until ``expected`` pushes arrived (or ``timeout``); returns (ack, stats, worker CPU,
-    other CPU)."""
+    other CPU). ``before_send`` runs once the processes are quiet, just before the send."""
     from bench.stack import cpu_seconds
     from tests.harness.sio_client import RecordingClient
 
@@ -516,6 +542,8 @@ def send_and_watch(
         cpu_before = _cpu(push_workers)
         other_before = {name: _cpu(ps) for name, ps in others.items()}
         service_before = cpu_seconds(service.pid)
+        if before_send is not None:
+            before_send()
         text = "release is out, please check your devices " + uuid.uuid4().hex
         sent = time.monotonic()
         ack = client.call("send_message", {**topic_ref(topic), "message": text}, timeout=60)
@@ -591,9 +619,11 @@ def pipeline(
     service: CountingPushService,
     vapid: tuple[str, str],
     mobile_env: dict[str, str] | None = None,
+    push_variants: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[tuple[Any, list[Any], dict[str, list[Any]]]]:
     """The stack (web, Redis, database), the unread worker and the push worker(s);
-    ``mobile_env``: the FCM_* and APNS_* settings of the fakes."""
+    ``mobile_env``: the FCM_* and APNS_* settings of the fakes; ``push_variants``: instead of
+    ``--push-workers``, one push worker ``push-<name>`` per variant, with its settings on top."""
     from bench.stack import beacon_stack
     from tests.conftest import start_worker
 
@@ -617,9 +647,14 @@ def pipeline(
             )
             procs.callback(unread.stop)
             push = []
-            for i in range(args.push_workers):
+            variants = push_variants or {f"{i}": {} for i in range(args.push_workers)}
+            for name, extra in variants.items():
                 w = start_worker(
-                    f"push{i}", bench.env, bench.log_dir, "push", *shlex.split(args.worker_args)
+                    f"push-{name}" if push_variants else f"push{name}",
+                    {**bench.env, **extra},
+                    bench.log_dir,
+                    "push",
+                    *shlex.split(args.worker_args),
                 )
                 procs.callback(w.stop)
                 push.append(w)
@@ -643,6 +678,8 @@ def run(args: argparse.Namespace) -> int:
     from webapp.delivery.channels.webpush.vapid import generate_vapid_keypair
 
     raise_fd_limit()
+    if args.decisions_cost:
+        return run_decisions(args)
     members = [int(m) for m in args.members.split(",")]
     devices = [int(d) for d in args.devices.split(",")]
     latencies = [float(x) for x in args.latency.split(",")]
@@ -910,6 +947,433 @@ def report(results: list[Result], ceilings: dict[float, Any], naive: Any, load: 
         print(f"  sender >= 5x naive pywebpush (@ 0 ms, wall): {ratio:.1f}x {_verdict(ratio >= 5)}")
 
 
+# -- the cost of notification decisions (``--decisions-cost``, issue 20) --------------------
+DECISION_MODES = {"on": {}, "off": {"DECISIONS_DAYS": "0"}}  # push worker variants
+# A push worker's log lines: a task received or done, and the fan-out's summary (the last
+# thing ``plan_fanout`` does), each with its time stamp.
+_TASK_LINE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/MainProcess\] "
+    r"(?:Task (beacon\.push\.\w+)\[[^\]]+\] (received|succeeded in ([0-9.e+-]+)s)"
+    r"|(push fan-out) message=)",
+    re.MULTILINE,
+)
+
+
+def fanout_times(log: str) -> tuple[float | None, float | None]:
+    """From a push worker's log over one message: (plan, task) in seconds. Plan: the fan-out
+    task received -> its summary line, logged when ``plan_fanout`` returns (every member
+    planned and their decisions recorded; nothing enqueued yet); task: the fan-out task's run
+    time (longer: it enqueues the batches while the same process already sends them)."""
+    from datetime import datetime
+
+    start = planned = task = None
+    for stamp, name, what, seconds, summary in _TASK_LINE.findall(log):
+        when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+        if name == "beacon.push.fan_out" and what == "received":
+            start = start or when
+        elif summary and start is not None:
+            planned = planned or when
+        elif name == "beacon.push.fan_out" and seconds:
+            task = float(seconds)
+    plan = (planned - start).total_seconds() if start and planned else None
+    return plan, task
+
+
+@dataclass(frozen=True)
+class DecisionCase:
+    members: int
+    subscribed: int  # members with one device; the others have none
+
+    @property
+    def label(self) -> str:
+        return f"{self.members:,} members, {self.subscribed:,} with a device"
+
+
+def decision_cases(spec: str) -> list[DecisionCase]:
+    """``5000:0.9,5000:0.1`` -> members and how many of them have a device."""
+    cases = []
+    for item in spec.split(","):
+        members, _, share = item.strip().partition(":")
+        n = int(members)
+        cases.append(DecisionCase(n, max(1, min(n, round(n * float(share or 1))))))
+    return cases
+
+
+def interleaved(repeats: int) -> list[str]:
+    """on, off, off, on, on, off, ...: each mode first as often as the other."""
+    pairs = [("on", "off") if i % 2 == 0 else ("off", "on") for i in range(repeats)]
+    return [mode for pair in pairs for mode in pair]
+
+
+class PushConsumers:
+    """Which push worker consumes the ``push`` queue: Celery's remote control from this
+    process (``cancel_consumer`` on the others first, then ``add_consumer``), checked with
+    ``active_queues``."""
+
+    def __init__(self, broker_url: str, workers: dict[str, Any]) -> None:
+        from celery import Celery
+
+        self.app = Celery("bench-control", broker=broker_url)
+        self.active: str | None = None
+        replies = self.app.control.ping(timeout=3.0)
+        hosts = [host for reply in replies for host in reply]
+        self.hosts: dict[str, str] = {}
+        for mode, worker in workers.items():
+            found = [h for h in hosts if h.startswith(f"{worker.name}-")]
+            if len(found) != 1:
+                raise SystemExit(f"push worker {worker.name}: not found among {hosts}")
+            self.hosts[mode] = found[0]
+
+    def queues(self) -> dict[str, list[str]]:
+        inspect = self.app.control.inspect(destination=list(self.hosts.values()), timeout=3.0)
+        found = inspect.active_queues() or {}
+        return {
+            mode: sorted(q["name"] for q in found.get(host, []))
+            for mode, host in self.hosts.items()
+        }
+
+    def switch(self, mode: str, timeout: float = 30.0) -> None:
+        """Only ``mode``'s worker consumes ``push`` (asked again every few seconds until the
+        workers say so: a control message can be answered before it takes effect)."""
+        if mode == self.active:
+            return
+        control = self.app.control
+        deadline = time.monotonic() + timeout
+        queues: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            for other, host in self.hosts.items():
+                if other != mode:
+                    control.cancel_consumer("push", destination=[host], reply=True, timeout=3.0)
+            control.add_consumer("push", destination=[self.hosts[mode]], reply=True, timeout=3.0)
+            for _ in range(6):
+                time.sleep(0.5)
+                queues = self.queues()
+                if all(("push" in q) == (m == mode) for m, q in queues.items()):
+                    time.sleep(1.0)  # a cancelled worker's blocking pop ends within a second
+                    self.active = mode
+                    return
+        raise SystemExit(f"push queue consumers: {queues}, wanted only {mode!r}")
+
+
+def redis_figures(client: Any) -> dict[str, Any]:
+    """Redis's per-command calls and µs (``INFO commandstats``: a script's own commands are
+    counted too), its read events (``total_reads_processed``: at least one per round trip;
+    a request bigger than Redis's 16 KB read buffer takes several) and its CPU seconds."""
+    info = client.info("all")
+    return {
+        "commands": {
+            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in info.items()
+            if name.startswith("cmdstat_")
+        },
+        "reads": int(info["total_reads_processed"]),
+        "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+    }
+
+
+def redis_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    commands = {}
+    for name, (calls, usec) in after["commands"].items():
+        calls0, usec0 = before["commands"].get(name, (0, 0))
+        if calls > calls0 and name != "info":  # the bench's own INFO calls
+            commands[name] = (calls - calls0, usec - usec0)
+    return {
+        "commands": commands,
+        "reads": after["reads"] - before["reads"] - 1,  # less the bench's INFO
+        "cpu": after["cpu"] - before["cpu"],
+    }
+
+
+@dataclass
+class DecisionRun:
+    case: DecisionCase
+    mode: str
+    result: Result
+    plan: float | None  # fan-out task received -> plan_fanout done (the worker's log)
+    fanout: float | None  # seconds the fan_out task ran (its worker's log)
+    redis: dict[str, Any]  # redis_delta over the message
+    recorded: int  # entries the watched members' decision lists gained (on: one each)
+    watched: int  # members watched
+    stray: list[str]  # push tasks the worker that was not consuming took (should be none)
+
+    def calls(self, command: str) -> int:
+        return self.redis["commands"].get(command, (0, 0))[0]
+
+    @property
+    def total_calls(self) -> int:
+        return sum(calls for calls, _ in self.redis["commands"].values())
+
+    @property
+    def script_ms(self) -> float:
+        return self.redis["commands"].get("evalsha", (0, 0))[1] / 1000
+
+
+def measure_decisions(
+    bench: Any,
+    service: CountingPushService,
+    workers: dict[str, Any],
+    others: dict[str, list[Any]],
+    case: DecisionCase,
+    topic: Any,
+    sender: Any,
+    watched_ids: list[str],
+    mode: str,
+    args: argparse.Namespace,
+) -> DecisionRun:
+    """One message with ``mode``'s push worker consuming; the other is watched as a bystander."""
+    from webapp.delivery.decisions import PREFIX
+
+    active = workers[mode]
+    idle = [w for m, w in workers.items() if m != mode]
+    client = bench.redis_client()
+    watched = [f"{PREFIX}:messages:{user_id}" for user_id in watched_ids]  # its lists
+    marks = {m: w.log_size() for m, w in workers.items()}
+    figures: dict[str, Any] = {}
+    lengths: list[int] = []
+
+    def before_send() -> None:
+        lengths.extend(client.llen(key) for key in watched)
+        figures["before"] = redis_figures(client)
+
+    service.reset(args.decisions_latency)
+    ack, stats, cpu, other = send_and_watch(
+        bench,
+        service,
+        [active],
+        {**others, "idle push worker": idle},
+        topic,
+        sender,
+        case.subscribed,
+        args.timeout,
+        before_send,
+    )
+    delta = redis_delta(figures["before"], redis_figures(client))
+    recorded = sum(client.llen(key) for key in watched) - sum(lengths)
+    logs = {m: w.log_text(marks[m]) for m, w in workers.items()}
+    plan, fanout = fanout_times(logs[mode])
+    stray = [
+        line[1] or line[4]
+        for m, text in logs.items()
+        if m != mode
+        for line in _TASK_LINE.findall(text)
+        if line[2] == "received" or line[4]
+    ]
+    result = Result(
+        case.members,
+        1,
+        args.decisions_latency,
+        case.subscribed,
+        stats["count"],
+        stats["count"] - stats["distinct"],
+        stats["refused"],
+        ack,
+        stats["first"],
+        stats["last"],
+        cpu,
+        other,
+    )
+    return DecisionRun(case, mode, result, plan, fanout, delta, recorded, len(watched), stray)
+
+
+def report_decision_row(run: DecisionRun) -> None:
+    r = run.result
+    n = max(1, r.delivered)
+    print(
+        f"{run.case.members:>6} ({run.case.subscribed:>5} with a device) decisions {run.mode:<3}: "
+        f"{r.delivered}/{r.expected} delivered (dup {r.duplicates}); first {_ms(r.first)} ms, "
+        f"last {_ms(r.last)} ms, {r.rate:,.0f} pushes/s, plan {_ms(run.plan)} ms (fan-out task "
+        f"{_ms(run.fanout)} ms), "
+        f"push worker {r.worker_cpu * 1000:,.0f} ms CPU ({r.worker_cpu / n * 1e6:,.0f} µs/push), "
+        f"idle worker {r.other_cpu['idle push worker'] * 1000:,.0f} ms; Redis: "
+        f"{run.calls('evalsha')} evalsha, {run.calls('lpush')} lpush, {run.calls('ltrim')} "
+        f"ltrim, {run.total_calls:,} commands in {run.redis['reads']:,} reads, "
+        f"{run.redis['cpu'] * 1000:,.0f} ms CPU",
+        flush=True,
+    )
+
+
+def _median(values: list[Any]) -> float:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else float("nan")
+
+
+DECISION_FIGURES: dict[str, Callable[[DecisionRun], Any]] = {
+    "first": lambda x: x.result.first,
+    "last": lambda x: x.result.last,
+    "plan": lambda x: x.plan,
+    "rate": lambda x: x.result.rate,
+    "cpu": lambda x: x.result.worker_cpu,
+    "evalsha": lambda x: x.calls("evalsha"),
+    "lpush": lambda x: x.calls("lpush"),
+    "ltrim": lambda x: x.calls("ltrim"),
+    "calls": lambda x: x.total_calls,
+    "reads": lambda x: x.redis["reads"],
+    "script": lambda x: x.script_ms,
+    "redis": lambda x: x.redis["cpu"],
+}
+
+
+def report_decisions(runs: list[DecisionRun], load: Any) -> None:
+    print(
+        "\ncost of notification decisions: medians per case and mode (same topic, same "
+        "processes, messages interleaved on/off)"
+    )
+    print(
+        f"{'members':>7} {'w/ dev':>6} {'mode':>4} {'msgs':>4} {'first ms':>8} {'last ms':>8} "
+        f"{'plan ms':>7} {'pushes/s':>8} {'worker ms':>9} {'µs/push':>7} {'evalsha':>7} "
+        f"{'lpush':>6} {'ltrim':>6} {'cmds':>6} {'reads':>6} {'script ms':>9} {'redis ms':>8}"
+    )
+    cases = list(dict.fromkeys(run.case for run in runs))
+    medians: dict[tuple[DecisionCase, str], dict[str, float]] = {}
+    for case in cases:
+        for mode in DECISION_MODES:
+            mine = [run for run in runs if run.case == case and run.mode == mode]
+            if not mine:
+                continue
+            m = {name: _median([get(x) for x in mine]) for name, get in DECISION_FIGURES.items()}
+            medians[case, mode] = m
+            print(
+                f"{case.members:>7} {case.subscribed:>6} {mode:>4} {len(mine):>4} "
+                f"{_ms(m['first']):>8} {_ms(m['last']):>8} {_ms(m['plan']):>7} "
+                f"{m['rate']:>8,.0f} {m['cpu'] * 1000:>9,.0f} "
+                f"{m['cpu'] / case.subscribed * 1e6:>7,.0f} {m['evalsha']:>7,.0f} "
+                f"{m['lpush']:>6,.0f} {m['ltrim']:>6,.0f} {m['calls']:>6,.0f} "
+                f"{m['reads']:>6,.0f} {m['script']:>9,.1f} {m['redis'] * 1000:>8,.0f}"
+            )
+    print(
+        "(plan: fan-out task received -> plan_fanout's summary line, in the worker's log;\n"
+        " worker ms: CPU of the push worker group per message, the fan-out included; µs/push:\n"
+        " the same per push; evalsha, lpush, ltrim, cmds: Redis commands per message, a\n"
+        " script's own included (LTRIM: only the decisions' script; LPUSH: also Celery's\n"
+        " queue); reads: Redis's read events, at least one per round trip (a request over\n"
+        " 16 KB takes several); script ms: Redis time in evalsha; redis ms: Redis's CPU)"
+    )
+    print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print("\ntargets:")
+    complete = all(
+        run.result.delivered == run.result.expected and run.result.duplicates == 0 for run in runs
+    )
+    print(f"  every push delivered exactly once: {_verdict(complete)}")
+    routed = all(not run.stray for run in runs)
+    print(f"  each message planned and sent by its mode's push worker only: {_verdict(routed)}")
+    kept = all(run.recorded == (run.watched if run.mode == "on" else 0) for run in runs)
+    print(f"  decisions kept with decisions on, none with them off: {_verdict(kept)}")
+    for case in cases:
+        on, off = medians.get((case, "on")), medians.get((case, "off"))
+        if on is None or off is None:
+            continue
+        rates = {
+            mode: ", ".join(
+                f"{run.result.rate:,.0f}" for run in runs if run.case == case and run.mode == mode
+            )
+            for mode in DECISION_MODES
+        }
+        ratio = on["rate"] / off["rate"]
+        print(
+            f"  {case.label}: pushes/s on/off {ratio:.2f}x (on: {rates['on']}; off: "
+            f"{rates['off']}), planning {on['plan'] / off['plan']:.2f}x, worker CPU "
+            f"{on['cpu'] / off['cpu']:.2f}x; at most 10% slower: {_verdict(ratio >= 0.9)}"
+        )
+        decided = case.members + 1  # the sender's decision too
+        batches = -(-decided // 1000)
+        calls = on["evalsha"] - off["evalsha"]
+        reads = on["reads"] - off["reads"]
+        batched = on["ltrim"] == decided and calls <= batches + 2 and reads < decided / 10
+        print(
+            f"  {case.label}: {decided:,} decisions kept per message ({on['ltrim']:,.0f} LTRIM,"
+            f" only the script makes them) in {calls:+.0f} evalsha (one per 1,000: {batches})"
+            f" and {reads:+,.0f} read events against off: no round trip per member: "
+            f"{_verdict(batched)}"
+        )
+
+
+def run_decisions(args: argparse.Namespace) -> int:
+    """Decisions on against off: two push workers, one consuming at a time; see the module's
+    docstring."""
+    from config import load_settings
+    from webapp.delivery.channels.webpush.vapid import generate_vapid_keypair
+
+    cases = decision_cases(args.decisions_cases)
+    vapid = generate_vapid_keypair()
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="beacon-pipe-")))
+        certs = make_certs(folder)
+        for name in CA_VARIABLES:
+            os.environ[name] = str(certs["ca"])
+        service = CountingPushService(certs)
+        stack.callback(service.close)
+        bench, push_workers, others = stack.enter_context(
+            pipeline(args, certs["ca"], service, vapid, push_variants=DECISION_MODES)
+        )
+        workers = dict(zip(DECISION_MODES, push_workers, strict=True))
+        consumers = PushConsumers(bench.env["REDIS_URL"], workers)
+        settings = load_settings({**os.environ, **bench.env})
+        print(
+            f"cost of notification decisions: web + unread ({args.unread_args}) + two push "
+            f"workers ({args.worker_args}), DECISIONS_DAYS={settings.decisions_days:g} (on) and "
+            f"0 (off), one consuming at a time; {args.backend}; PUSH_BATCH_SIZE="
+            f"{settings.push_batch_size}, PUSH_SEND_CONCURRENCY={settings.push_send_concurrency}"
+            f"; push service {service.origin} @ {args.decisions_latency:g} ms; "
+            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        check_endpoint_accepted(bench, service)
+        topics = []
+        for case in cases:
+            topic, sender = seed(bench.app, service, case.members, 1, subscribed=case.subscribed)
+            topics.append((topic, sender, watched_members(bench.app, topic, sender)))
+        # Warm up each worker: imports, database, JWT cache, then the TLS connections a big
+        # message opens (the case with the most devices).
+        big = max(range(len(cases)), key=lambda i: cases[i].subscribed)
+        for mode in DECISION_MODES:
+            consumers.switch(mode)
+            service.reset(0)
+            topic, sender = seed(bench.app, service, args.warmup, 1)
+            send_and_watch(bench, service, [workers[mode]], others, topic, sender, args.warmup, 60)
+            service.reset(0)
+            topic, sender, _ = topics[big]
+            _, stats, _, _ = send_and_watch(
+                bench, service, [workers[mode]], others, topic, sender, cases[big].subscribed, 60
+            )
+            if stats["count"] < cases[big].subscribed:
+                raise SystemExit(f"warm-up ({mode}): {stats['count']}/{cases[big].subscribed}")
+        runs = []
+        for case, (topic, sender, watched) in zip(cases, topics, strict=True):
+            for mode in interleaved(args.decisions_repeats):
+                consumers.switch(mode)
+                run = measure_decisions(
+                    bench, service, workers, others, case, topic, sender, watched, mode, args
+                )
+                runs.append(run)
+                report_decision_row(run)
+        report_decisions(runs, os.getloadavg())
+    return 0
+
+
+def watched_members(app: Any, topic: Any, sender: Any) -> list[str]:
+    """Two members of the topic whose decision lists the bench watches: one with a device and
+    one without (when the case has such members)."""
+    from sqlalchemy import select
+
+    from webapp.extensions import db
+    from webapp.models import PushSubscription, TopicMember
+
+    members = select(TopicMember.user_id).where(
+        TopicMember.topic_id == uuid.UUID(topic.topic_id),
+        TopicMember.user_id != uuid.UUID(sender.id),
+    )
+    with app.app_context():
+        with_device = db.session.execute(
+            select(PushSubscription.user_id).where(PushSubscription.user_id.in_(members)).limit(1)
+        ).scalar()
+        without = db.session.execute(
+            members.where(
+                TopicMember.user_id.not_in(select(PushSubscription.user_id).distinct())
+            ).limit(1)
+        ).scalar()
+    return [str(uid) for uid in (with_device, without) if uid is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="end-to-end Web Push pipeline")
     parser.add_argument("--members", default="1000,5000", help="offline members per message")
@@ -949,6 +1413,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for one message's pushes"
+    )
+    parser.add_argument(
+        "--decisions-cost",
+        action="store_true",
+        help="decisions on (DECISIONS_DAYS default) against off (0), instead of the matrix"
+        " (Web Push only; --members, --devices, --latency, --channels do not apply)",
+    )
+    parser.add_argument(
+        "--decisions-cases",
+        default="5000:0.9,5000:0.1",
+        help="MEMBERS:SHARE,...: topic members, and the share of them with one device",
+    )
+    parser.add_argument(
+        "--decisions-repeats", type=int, default=4, help="messages per case and mode"
+    )
+    parser.add_argument(
+        "--decisions-latency", type=float, default=0.0, help="push service delay, ms"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     parser.add_argument("--serve-push-service", action="store_true", help=argparse.SUPPRESS)
