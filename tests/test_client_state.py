@@ -149,6 +149,30 @@ def test_sync_pages_with_has_more_and_keeps_the_newest_thousand(beacon):
     assert [u["user_id"] for u in alone["users"]] == [loner.id]
 
 
+def test_a_sync_answer_over_a_megabyte_reaches_the_socket(beacon):
+    """An ack is the answer to the client's own request: a big one (1,000 long messages) is
+    not taken for a client that stopped reading (MAX_PENDING_BYTES, 1 MiB)."""
+    if beacon.backend != "sqlite":
+        pytest.skip("the transport's limit: nothing of the database's")
+    from webapp.extensions import db
+    from webapp.models import Message
+
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topics = [beacon.topic(alice, bob) for _ in range(5)]
+    with beacon.app.app_context():
+        db.session.add_all(
+            Message(topic_id=uuid.UUID(t.topic_id), sender_id=uuid.UUID(bob.id), body="x" * 1900)
+            for t in topics
+            for _ in range(200)
+        )
+        db.session.commit()
+    client = beacon.client(alice)
+    answer = client.call("sync", {}, timeout=30)
+    assert answer["ok"], answer
+    assert sum(len(t["messages"]) for t in answer["topics"]) == 1000
+    assert client.connected and client.call("sync", {"since": answer["cursor"]})["ok"]
+
+
 def test_a_message_sent_during_the_sync_is_seen_exactly_once(beacon):
     alice, bob, carol = beacon.user("alice"), beacon.user("bob"), beacon.user("carol")
     topic = beacon.topic(alice, bob, carol)

@@ -112,3 +112,15 @@ def test_emit_each_publishes_what_the_library_publishes() -> None:
             manager, "unread_update", {"topic_id": "t", "unread_count": 3}, "user:1"
         )
     ]
+
+
+def test_acks_are_told_from_events_by_their_first_character() -> None:
+    """The bound on a connection's outgoing bytes counts acks apart (``fanout._is_ack``): an
+    ACK's text packet must start with its type, and an event's must not."""
+    from socketio import packet as sio_packet
+
+    ack = sio_packet.Packet(sio_packet.ACK, data=[{"ok": True}], id=7).encode()
+    event = sio_packet.Packet(sio_packet.EVENT, data=["sync", {"ok": True}]).encode()
+    assert broadcast._is_ack(eio_packet.Packet(eio_packet.MESSAGE, ack))
+    assert not broadcast._is_ack(eio_packet.Packet(eio_packet.MESSAGE, event))
+    assert not broadcast._is_ack(eio_packet.Packet(eio_packet.PING))

@@ -19,9 +19,10 @@ from webapp.models import NotificationSettings, Topic, TopicMember, User, isofor
 from webapp.platform import context
 from webapp.presence.store import presence
 
-# Receipts in a sync answer, per topic (newest markers first): enough for "Seen by" on what
-# the client shows; the receipts route pages further.
-SYNC_RECEIPTS_PER_TOPIC = 100
+# Receipts in a sync answer, per topic (newest markers first): enough for "Seen by" at the
+# bottom of a topic; the receipts route, which a client reads when it opens a topic, pages
+# further. (At 100 they were most of a big answer's bytes and time: bench/README.md.)
+SYNC_RECEIPTS_PER_TOPIC = 20
 
 # What other members see of a marker move (not the reader's own count).
 RECEIPT_FIELDS = (
@@ -92,7 +93,8 @@ def list_receipts(user: User, topic_id: uuid.UUID, limit: int) -> dict[str, Any]
 
 def receipts_by_topic(user_id: uuid.UUID, topic_ids: list[uuid.UUID]) -> dict[str, list]:
     """For a sync answer: per topic, at most ``SYNC_RECEIPTS_PER_TOPIC`` receipts of the other
-    sharing members, newest first, in one query (the caller shares: checked before)."""
+    sharing members, newest first, in one query of plain columns (the caller shares: checked
+    before)."""
     if not topic_ids:
         return {}
     rank = (
@@ -105,18 +107,31 @@ def receipts_by_topic(user_id: uuid.UUID, topic_ids: list[uuid.UUID]) -> dict[st
     )
     ranked = (
         _sharing_members(topic_ids, user_id)
-        .with_only_columns(TopicMember.id.label("member_id"), rank)
+        .with_only_columns(
+            TopicMember.topic_id,
+            TopicMember.user_id,
+            TopicMember.last_read_message_id,
+            TopicMember.last_read_at,
+            TopicMember.version,
+            rank,
+        )
         .subquery()
     )
     query = (
-        select(TopicMember)
-        .join(ranked, ranked.c.member_id == TopicMember.id)
+        select(ranked)
         .where(ranked.c.rank <= SYNC_RECEIPTS_PER_TOPIC)
-        .order_by(TopicMember.topic_id, ranked.c.rank)
+        .order_by(ranked.c.topic_id, ranked.c.rank)
     )
     found: dict[str, list] = {}
-    for member in db.session.execute(query).scalars():
-        found.setdefault(str(member.topic_id), []).append(receipt(member))
+    for topic_id, member, last_read, read_at, version, _rank in db.session.execute(query):
+        found.setdefault(str(topic_id), []).append(
+            {
+                "user_id": str(member),
+                "last_read_message_id": last_read,
+                "read_at": isoformat(read_at),
+                "version": version,
+            }
+        )
     return found
 
 

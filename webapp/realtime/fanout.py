@@ -24,7 +24,9 @@ engine.io queues every packet for it. Each connection's queue counts the bytes p
 out (O(1) per packet), plus the fast path's unfinished partial frame; past the limit the
 connection is shut down (its blocked writes fail at once) and closed through engine.io, so the
 usual disconnect handler runs (presence offline). Besides the counted bytes, the writer holds
-at most the one batch it took from the queue, itself within the limit.
+at most the one batch it took from the queue, itself within the limit. Acks (answers to the
+client's own requests, such as a ``sync`` of a megabyte) are counted apart, against
+``ACK_ALLOWANCE`` times the limit.
 
 Installed by ``install(server)`` on the web process only (gevent; the fast path also needs
 gevent-websocket). It relies on engine.io internals, pinned in requirements.txt and checked by
@@ -137,6 +139,22 @@ def _packet_size(pkt: Any) -> int:
     return 1 if data is None else 64  # a ping, or the handshake's small dict
 
 
+# An ack answers the client's own (rate-limited) request and may be big (a ``sync`` answer
+# can pass a megabyte): acks are counted apart, against this many times the limit, so one big
+# answer does not look like a client that stopped reading.
+ACK_ALLOWANCE = 8
+
+
+def _is_ack(pkt: Any) -> bool:
+    """A Socket.IO ACK packet (text): engine.io MESSAGE whose payload starts with its type."""
+    data = getattr(pkt, "data", None)
+    return (
+        getattr(pkt, "packet_type", None) == eio_packet.MESSAGE
+        and isinstance(data, str)
+        and data[:1] == str(sio_packet.ACK)
+    )
+
+
 def _pending_queue_class(
     base: type, server: socketio.Server, limit: int, user_of: Callable[[str], str | None]
 ) -> type:
@@ -153,25 +171,38 @@ def _pending_queue_class(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.pending = 0
+            self.acks = 0  # bytes of acks waiting (ACK_ALLOWANCE)
             self.overflowed = False
 
         def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
             if item is not None:
                 if self.overflowed:
                     return
-                self.add(_packet_size(item))
+                if _is_ack(item):
+                    self.acks += _packet_size(item)
+                    if self.acks > self.max_pending * ACK_ALLOWANCE:
+                        self._overflow()
+                else:
+                    self.add(_packet_size(item))
             super().put(item, block, timeout)
 
         def get(self, block: bool = True, timeout: float | None = None) -> Any:
             item = super().get(block, timeout)
             if item is not None:
-                self.pending -= _packet_size(item)
+                if _is_ack(item):
+                    self.acks -= _packet_size(item)
+                else:
+                    self.pending -= _packet_size(item)
             return item
 
         def add(self, size: int) -> None:
             """Count ``size`` more bytes waiting; drop the connection past the limit."""
             self.pending += size
-            if self.pending > self.max_pending and not self.overflowed:
+            if self.pending > self.max_pending:
+                self._overflow()
+
+        def _overflow(self) -> None:
+            if not self.overflowed:
                 self.overflowed = True
                 gevent.spawn(_drop, server, self, user_of)
 
