@@ -173,6 +173,26 @@ def test_a_sync_answer_over_a_megabyte_reaches_the_socket(beacon):
     assert client.connected and client.call("sync", {"since": answer["cursor"]})["ok"]
 
 
+def _flood(
+    topic: Any, clients: list[Any], count: int, sent: list[int], errors: list[BaseException]
+) -> list[threading.Thread]:
+    """Each client sends ``count`` messages in its own thread (started); ids go to ``sent``."""
+
+    def flood(client: Any) -> None:
+        try:
+            for i in range(count):
+                ack = client.call("send_message", topic.ref(message=f"flood {i}"))
+                assert ack["ok"], ack
+                sent.append(ack["message"]["id"])
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flood, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def test_a_message_sent_during_the_sync_is_seen_exactly_once(beacon):
     alice, bob, carol = beacon.user("alice"), beacon.user("bob"), beacon.user("carol")
     topic = beacon.topic(alice, bob, carol)
@@ -182,19 +202,7 @@ def test_a_message_sent_during_the_sync_is_seen_exactly_once(beacon):
     senders = [beacon.client(bob, "bob-sender"), beacon.client(carol, "carol-sender")]
     sent: list[int] = []
     errors: list[BaseException] = []
-
-    def flood(sender: Any) -> None:
-        try:
-            for i in range(12):
-                ack = sender.call("send_message", topic.ref(message=f"during {i}"))
-                assert ack["ok"], ack
-                sent.append(ack["message"]["id"])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=flood, args=(s,)) for s in senders]
-    for thread in threads:
-        thread.start()
+    threads = _flood(topic, senders, 12, sent, errors)
     answers = []
     while any(t.is_alive() for t in threads) or not answers:
         mark = client.mark()
@@ -298,20 +306,8 @@ def test_mark_as_unread_under_a_flood_leaves_exact_counts(beacon):
     sent: list[int] = []
     errors: list[BaseException] = []
     done = threading.Event()
-
-    def flood(user: Any) -> None:
-        try:
-            client = beacon.client(user, f"{user.username}-flood")
-            for i in range(25):
-                ack = client.call("send_message", topic.ref(message=f"flood {i}"))
-                assert ack["ok"], ack
-                sent.append(ack["message"]["id"])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=flood, args=(u,)) for u in senders]
-    for thread in threads:
-        thread.start()
+    clients = [beacon.client(u, f"{u.username}-flood") for u in senders]
+    threads = _flood(topic, clients, 25, sent, errors)
     rng = random.Random(18)
     moves = 0
     while not done.is_set():

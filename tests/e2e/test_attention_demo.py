@@ -28,21 +28,11 @@ from sqlalchemy import update
 
 from tests.conftest import DEFAULT_WORKERS, shared_services_stack
 from tests.e2e.conftest import VIEWPORT
-from tests.e2e.helpers import sign_in, watch
+from tests.e2e.helpers import SET_VISIBILITY, sign_in, watch
 from tests.fakes.smtp import running_smtp_sink
 from tests.harness.waiting import wait_until
 from webapp.extensions import db
 from webapp.models import User
-
-# Make the page hidden or visible, as switching tabs or minimising the window would.
-SET_VISIBILITY = """
-(hidden) => {
-  const state = hidden ? "hidden" : "visible";
-  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
-  Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
-  document.dispatchEvent(new Event("visibilitychange"));
-}
-"""
 
 
 def _topic(stack, *members) -> tuple[str, str]:

@@ -16,23 +16,13 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.e2e.helpers import screen_state, sign_in, watch
+from tests.e2e.helpers import SET_VISIBILITY, screen_state, sign_in, watch
 from tests.harness.waiting import wait_until
 from webapp.extensions import db
 from webapp.models import Message
 
 # While the network is cut, Chromium may log the reconnection attempts it failed as errors.
 OFFLINE_ERRORS = ("ERR_INTERNET_DISCONNECTED", "ERR_NETWORK_CHANGED")
-
-# Make the page hidden or visible, as switching tabs or minimising the window would.
-SET_VISIBILITY = """
-(hidden) => {
-  const state = hidden ? "hidden" : "visible";
-  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
-  Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
-  document.dispatchEvent(new Event("visibilitychange"));
-}
-"""
 
 
 def _topic(e2e, channel: str, *members) -> tuple[str, str]:
