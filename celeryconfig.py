@@ -1,10 +1,12 @@
 """Celery settings for every worker and beat process (read by ``workers.celery_app``)."""
 
 from config import load_settings
+from webapp.redis_client import celery_broker
 
 _settings = load_settings()
 
-broker_url = _settings.redis_url
+# REDIS_URL, or kombu's sentinel transport with REDIS_SENTINELS (webapp/redis_client.py).
+broker_url, _sentinel_options = celery_broker(_settings.redis_url)
 broker_connection_retry_on_startup = True
 # Keep reconnecting for as long as Redis is away: a worker must outlive a broker restart.
 broker_connection_max_retries = None
@@ -23,6 +25,7 @@ broker_transport_options = {
     "unacked_restore_interval": max(1, min(10, _vt // 10)),
     "unacked_restore_throttle": 1,
     "unacked_mutex_expire": max(5, min(300, _vt // 10)),
+    **_sentinel_options,
 }
 
 task_serializer = "json"

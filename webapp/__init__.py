@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
         import socketio as socketio_lib
 
         from webapp.realtime.audience import connected_only
+        from webapp.redis_client import MESSAGE_QUEUE_OPTIONS
         from webapp.sockets import heartbeat
         from webapp.sockets.wire import WirePacket
 
@@ -137,7 +138,11 @@ def create_app(settings: Settings | None = None, *, serve_sockets: bool = True) 
         options: dict = {
             "client_manager": connected_only(
                 manager_class, lambda sid: heartbeat.CONNECTIONS.user_of(sid) is not None
-            )(settings.redis_url, channel="flask-socketio")
+            )(
+                settings.redis_url,
+                channel="flask-socketio",
+                redis_options=dict(MESSAGE_QUEUE_OPTIONS),
+            )
         }
         socketio.init_app(
             app,

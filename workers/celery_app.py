@@ -7,9 +7,12 @@ import logging
 from typing import Any
 
 from celery import Task, signals
+from celery.exceptions import Reject
 from flask import Flask
 
 from webapp.platform.queue import celery  # noqa: F401  (the one app; tasks import it from here)
+
+log = logging.getLogger(__name__)
 
 _flask_app: Flask | None = None
 
@@ -31,11 +34,26 @@ class AppContextTask(Task):
         with flask_app().app_context():
             return super().__call__(*args, **kwargs)
 
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery drops a task whose retry it cannot publish (``Reject(requeue=False)``: the
+        broker is away, e.g. during a Redis failover). Requeue it instead: the broker puts
+        the message back in its queue, or, when it cannot take even that, restores it from its
+        unacknowledged set after the visibility timeout. Tasks are idempotent on markers."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as rejected:
+            if rejected.requeue:
+                raise
+            log.warning("task %s: its retry could not be enqueued; requeued", self.name)
+            raise Reject(rejected.reason, requeue=True) from None
+
 
 def outage_retry() -> dict[str, Any]:
-    """Task options: while the database or Redis is unreachable, retry with capped backoff
-    (``DB_RETRY_BACKOFF_MAX``) for as long as it takes; the task is not lost meanwhile."""
+    """Task options: while the database, Redis or the broker (a task that enqueues more work)
+    is unreachable, retry with capped backoff (``DB_RETRY_BACKOFF_MAX``) for as long as it
+    takes; the task is not lost meanwhile."""
     import redis
+    from kombu.exceptions import OperationalError as BrokerError
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     from config import load_settings
@@ -46,6 +64,7 @@ def outage_retry() -> dict[str, Any]:
             InterfaceError,
             redis.ConnectionError,
             redis.TimeoutError,
+            BrokerError,
         ),
         "retry_backoff": True,
         "retry_backoff_max": load_settings().db_retry_backoff_max,

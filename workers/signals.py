@@ -8,6 +8,7 @@ from celery import Task, signals
 
 from webapp import metrics
 from webapp.redis_client import get_redis
+from workers.celery_app import flask_app
 
 
 def _record(task: Task | None, outcome: str) -> None:
@@ -15,7 +16,9 @@ def _record(task: Task | None, outcome: str) -> None:
         return
     info = getattr(task.request, "delivery_info", None) or {}
     queue = info.get("routing_key") or "unknown"
-    metrics.record_task(get_redis(task.app.conf.broker_url), queue, task.name, outcome)
+    metrics.record_task(
+        get_redis(flask_app().extensions["beacon_settings"].redis_url), queue, task.name, outcome
+    )
 
 
 @signals.task_success.connect

@@ -14,9 +14,11 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import socketio as socketio_lib
 from flask_socketio import SocketIO
 
 from webapp.extensions import socketio
+from webapp.redis_client import MESSAGE_QUEUE_OPTIONS
 
 _writers: dict[str, SocketIO] = {}
 _lock = threading.Lock()
@@ -71,7 +73,15 @@ def _writer(redis_url: str) -> SocketIO:
         with _lock:
             writer = _writers.get(redis_url)
             if writer is None:
-                writer = SocketIO(message_queue=redis_url)
+                # The manager is named rather than picked from the URL by Flask-SocketIO, which
+                # knows redis:// but would hand redis+sentinel:// to kombu.
+                manager = socketio_lib.RedisManager(
+                    redis_url,
+                    channel="flask-socketio",
+                    write_only=True,
+                    redis_options=dict(MESSAGE_QUEUE_OPTIONS),
+                )
+                writer = SocketIO(message_queue=redis_url, client_manager=manager)
                 _writers[redis_url] = writer
     return writer
 
