@@ -163,6 +163,33 @@ def test_push_when_idle_off_keeps_an_idle_user_unpushed(beacon):
     assert push["message_id"] == message_id
 
 
+def _both_acks(tab, read: dict) -> dict[str, dict]:
+    """Emit ``mark_as_read`` and, without waiting for its ack, ``set_presence idle``."""
+    acks: dict[str, dict] = {}
+    tab.sio.emit("mark_as_read", read, callback=lambda a: acks.setdefault("read", a))
+    tab.sio.emit("set_presence", {"state": "idle"}, callback=lambda a: acks.setdefault("idle", a))
+    wait_until(lambda: len(acks) == 2, timeout=10, message="no acks")
+    return acks
+
+
+def test_a_read_sent_before_idle_does_not_make_the_user_active_again(beacon):
+    """The client reads, then hides the page (``set_presence idle``) without waiting for the
+    read's ack. The server handles the two concurrently and the read finishes last; being
+    older, it does not overrule the idle (events count in arrival order)."""
+    alice, bob = beacon.user("alice"), beacon.user("bob")
+    topic = beacon.topic(alice, bob)
+    sender = beacon.client(bob)
+    tab = beacon.client(alice)
+    for round_ in range(8):
+        sent = sender.call("send_message", topic.ref(message=f"read me {round_}"))
+        assert sent["ok"], sent
+        assert tab.call("set_presence", {"state": "active"})["status"] == "active"
+        acks = _both_acks(tab, topic.ref(message_ids=[sent["message"]["id"]]))
+        assert acks["read"]["ok"] and acks["idle"]["ok"], acks
+        me = beacon.api(alice, "GET", "/api/users/me").json()
+        assert me["status"] == "idle", f"round {round_}: {me['status']}"
+
+
 def test_set_presence_refuses_bad_input(beacon):
     alice = beacon.user("alice")
     tab = beacon.client(alice)

@@ -1,9 +1,11 @@
 """Whether a user is paying attention: each connection is active or idle.
 
 A client says ``set_presence {state}``; sending a message or marking a topic read counts as
-active too. A connection that says nothing for PRESENCE_IDLE_AFTER turns idle (the web
-process that holds it decides, on its heartbeat), so a forgotten tab stops holding back
-pushes. Redis only hears of real changes: restarting an active connection's timer is local.
+active too, unless the client said ``set_presence`` after sending it (events are ordered by
+arrival, not by when their handlers finish). A connection that says nothing for
+PRESENCE_IDLE_AFTER turns idle (the web process that holds it decides, on its heartbeat), so a
+forgotten tab stops holding back pushes. Redis only hears of real changes: restarting an
+active connection's timer is local.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ from webapp.presence.user_status import apply_transition
 log = logging.getLogger(__name__)
 
 
-def report(local: LocalConnections, user_id: str, sid: str, *, idle: bool) -> None:
-    """The connection's client is (or is not) paying attention; the user's status follows."""
-    was_idle = local.attend(sid, idle=idle)
+def report(
+    local: LocalConnections,
+    user_id: str,
+    sid: str,
+    *,
+    idle: bool,
+    arrived: int | None = None,
+    said: bool = False,
+) -> None:
+    """The connection's client is (or is not) paying attention; the user's status follows.
+    ``arrived``/``said``: the event's arrival number, and whether it is a set_presence
+    (``LocalConnections.attend``)."""
+    was_idle = local.attend(sid, idle=idle, arrived=arrived, said=said)
     if was_idle is None or was_idle == idle:
         return
     try:

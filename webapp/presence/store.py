@@ -172,6 +172,9 @@ class LiveConnection:
     # time.monotonic() of the client's last sign of attention (connect, set_presence active,
     # a message, a read): idle once it is PRESENCE_IDLE_AFTER old.
     active_at: float = field(default_factory=time.monotonic)
+    # The arrival number (sockets/acks.arrival) of the client's last set_presence: a sign of
+    # attention from an event that arrived before it does not overrule it.
+    said_at: int = 0
 
 
 class LocalConnections:
@@ -214,13 +217,24 @@ class LocalConnections:
             if conn is not None:
                 conn.topics.discard(topic_id)
 
-    def attend(self, sid: str, *, idle: bool) -> bool | None:
+    def attend(
+        self, sid: str, *, idle: bool, arrived: int | None = None, said: bool = False
+    ) -> bool | None:
         """Record the connection's attention; returns whether it was idle before (None: no
-        such connection). Active also restarts its idle timer."""
+        such connection, or a report from an event that arrived before the client's last
+        ``set_presence``, which stands). Active also restarts its idle timer.
+
+        ``arrived`` orders the client's events: a process handles them concurrently, so a
+        read sent just before "idle" can finish after it. ``said``: this is a set_presence."""
         with self._lock:
             conn = self._conns.get(sid)
             if conn is None:
                 return None
+            if arrived is not None:
+                if arrived < conn.said_at:
+                    return None
+                if said:
+                    conn.said_at = arrived
             was_idle, conn.idle = conn.idle, idle
             if not idle:
                 conn.active_at = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from functools import wraps
 from typing import Any
 
 import redis
-from flask import session
+from flask import g, session
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,6 +23,14 @@ from webapp.sockets import tokens
 log = logging.getLogger(__name__)
 
 Handler = Callable[[User, Any], dict[str, Any]]
+_arrivals = itertools.count(1)
+
+
+def arrival() -> int:
+    """The order in which the current event reached this process. python-socketio runs each
+    event in a greenlet of its own, started in arrival order; the number is taken before the
+    handler's first yield, so it keeps that order while the handlers finish in any."""
+    return g.beacon_arrival
 
 
 def current_user() -> User:
@@ -43,6 +52,7 @@ def acked(handler: Handler) -> Callable[..., dict[str, Any]]:
 
     @wraps(handler)
     def wrapper(payload: Any = None, *_ignored: Any) -> dict[str, Any]:
+        g.beacon_arrival = next(_arrivals)
         try:
             return {"ok": True, **handler(current_user(), check_payload(payload))}
         except BeaconError as exc:

@@ -33,7 +33,7 @@ from webapp.presence import attention
 from webapp.presence.store import presence
 from webapp.realtime import topic_room
 from webapp.sockets import heartbeat, tokens
-from webapp.sockets.acks import acked
+from webapp.sockets.acks import acked, arrival
 
 
 @socketio.on("join_topic")
@@ -86,7 +86,7 @@ def send_message(user: User, payload: Any) -> dict[str, Any]:
     body = parse_message_body(data.get("message"), settings.max_message_length)
     topic, _member = member_topic(user.id, topic_id, room_id)
     rate_limit.check("send_message", user.id, settings.rate_limit_send_message)
-    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
+    _attending(user)
     return {"message": messages.post(user, topic, body)}
 
 
@@ -103,7 +103,7 @@ def mark_as_read(user: User, payload: Any) -> dict[str, Any]:
     )
     # Caught up: the next push of the topic starts a new coalesced count.
     coalescing.reset(user.id, result["topic_id"])
-    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
+    _attending(user)
     return result
 
 
@@ -118,7 +118,7 @@ def mark_as_unread(user: User, payload: Any) -> dict[str, Any]:
         parse_uuid(data.get("room_id"), "room_id", required=False),
         parse_positive_int(data.get("message_id"), "message_id"),
     )
-    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
+    _attending(user)
     return result
 
 
@@ -147,7 +147,7 @@ def typing(user: User, payload: Any) -> dict[str, Any]:
     room_id = parse_uuid(data.get("room_id"), "room_id", required=False)
     topic, _member = member_topic(user.id, topic_id, room_id)
     rate_limit.check("typing", f"{user.id}:{topic.id}", TYPING_LIMIT)
-    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=False)
+    _attending(user)
     emit(
         "user_typing",
         {
@@ -166,6 +166,18 @@ def typing(user: User, payload: Any) -> dict[str, Any]:
 PRESENCE_STATES = {"active": False, "idle": True}
 
 
+def _attending(user: User, *, idle: bool = False, said: bool = False) -> None:
+    """This connection's client shows attention (or says it is idle, ``said``: set_presence)."""
+    attention.report(
+        heartbeat.CONNECTIONS,
+        str(user.id),
+        request.sid,
+        idle=idle,
+        arrived=arrival(),
+        said=said,
+    )
+
+
 @socketio.on("set_presence")
 @acked
 def set_presence(user: User, payload: Any) -> dict[str, Any]:
@@ -175,7 +187,7 @@ def set_presence(user: User, payload: Any) -> dict[str, Any]:
     state = data.get("state")
     if not isinstance(state, str) or state not in PRESENCE_STATES:
         raise InvalidInput("invalid_state", "state must be 'active' or 'idle'")
-    attention.report(heartbeat.CONNECTIONS, str(user.id), request.sid, idle=PRESENCE_STATES[state])
+    _attending(user, idle=PRESENCE_STATES[state], said=True)
     return {"state": state, "status": presence().status(str(user.id))}
 
 

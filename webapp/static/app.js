@@ -1321,12 +1321,6 @@
     const after = topic.last_read_message_id || 0;
     const ids = state.messages.filter((m) => m.id > after).map((m) => m.id).slice(-1000);
     const ack = await emit("mark_as_read", { topic_id: topic.topic_id, room_id: topic.room_id, message_ids: ids });
-    // The server counts a read as activity, and handles a connection's events concurrently: a
-    // read sent just before the page was hidden can land after its "idle". Say idle again.
-    if (state.attention === "idle") {
-      state.presenceSent = null;
-      sendPresence();
-    }
     if (!applyOwnState({ unread_count: 0, ...ack })) return; // a newer change (mark unread) won
     renderTopics();
     if (topic.topic_id === state.current) renderMessages({});
