@@ -571,11 +571,17 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _check_dev_login(s: Settings) -> None:
-    """DEV_LOGIN gives anyone a token for any user: only ever on the machine's own loopback."""
+    """DEV_LOGIN gives anyone a token for any user: only ever on the machine's own loopback,
+    and not behind a reverse proxy (which listens on loopback too, and serves the world)."""
     if s.dev_login and not is_loopback_host(s.host):
         raise ValueError(
             f"DEV_LOGIN is on (anyone can get a token for any user) and HOST={s.host!r} is not "
             "a loopback address: set HOST to 127.0.0.1, ::1 or localhost, or turn DEV_LOGIN off"
+        )
+    if s.dev_login and s.trusted_proxies:
+        raise ValueError(
+            "DEV_LOGIN is on (anyone can get a token for any user) and TRUSTED_PROXIES says a "
+            "reverse proxy serves this process: turn DEV_LOGIN off"
         )
 
 

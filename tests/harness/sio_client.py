@@ -8,6 +8,9 @@ recorded events. Waiting is condition-based (no fixed sleeps).
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -16,7 +19,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+import requests
 import socketio
+import websocket
+from requests.adapters import HTTPAdapter
 
 AuthMode = Literal["auth", "header", "query"]
 
@@ -287,3 +293,81 @@ class RecordingClient:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
         return f"<RecordingClient {self.name} {state}, {self.mark()} events>"
+
+
+# -- clients from another loopback address ------------------------------------------------------
+# Linux routes all of 127.0.0.0/8 to lo, so a client bound to 127.0.0.2 reaches a server on
+# 127.0.0.1 and the server sees 127.0.0.2 (per-address limits, a balancer's address hash).
+
+
+class _SourceAdapter(HTTPAdapter):
+    def __init__(self, source_ip: str) -> None:
+        self.source_ip = source_ip  # read by init_poolmanager, which __init__ calls
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, source_address=(self.source_ip, 0), **kwargs)
+
+
+def bound_session(source_ip: str, ca: str | os.PathLike[str] | None = None) -> requests.Session:
+    """A requests session whose connections leave from ``source_ip``, trusting ``ca`` when
+    given. Environment settings are off: these machines export REQUESTS_CA_BUNDLE, which
+    would otherwise win over the session's ``verify``, and no proxy applies to loopback."""
+    session = requests.Session()
+    session.trust_env = False
+    if ca is not None:
+        session.verify = os.fspath(ca)
+    adapter = _SourceAdapter(source_ip)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _bound_websocket(source_ip: str) -> type[websocket.WebSocket]:
+    class BoundWebSocket(websocket.WebSocket):
+        """websocket-client's connection opened from ``source_ip``: websocket-client cannot
+        bind, but takes a connected (and, for wss://, TLS-wrapped) socket."""
+
+        def connect(self, url: str, **options: Any) -> None:
+            if options.get("socket") is None:
+                timeout = options.get("timeout", self.sock_opt.timeout)
+                options["socket"] = self._open(url, timeout)
+            super().connect(url, **options)
+
+        def _open(self, url: str, timeout: float | None) -> socket.socket:
+            parts = urllib.parse.urlsplit(url)
+            secure = parts.scheme == "wss"
+            host = parts.hostname or "localhost"
+            sock = socket.create_connection(
+                (host, parts.port or (443 if secure else 80)),
+                timeout=timeout,
+                source_address=(source_ip, 0),
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not secure:
+                return sock
+            sslopt = self.sock_opt.sslopt  # engineio puts the session's verify in ca_certs
+            context = ssl.create_default_context(cafile=sslopt.get("ca_certs"))
+            if sslopt.get("cert_reqs") == ssl.CERT_NONE:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            try:
+                return context.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+
+    return BoundWebSocket
+
+
+def bound_client_options(
+    source_ip: str, ca: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """``RecordingClient(**bound_client_options(ip, ca))``: both transports connect from
+    ``source_ip`` (and trust ``ca``), on every connection attempt, reconnections included:
+    polling through a fresh :func:`bound_session` each time, the WebSocket through
+    websocket-client's ``class_`` hook."""
+    return {
+        "http_session": lambda: bound_session(source_ip, ca),
+        "websocket_extra_options": {"class_": _bound_websocket(source_ip)},
+    }

@@ -1,4 +1,5 @@
-"""DEV_LOGIN on an address other than loopback: the web process refuses to start.
+"""DEV_LOGIN on an address other than loopback, or behind a reverse proxy: the web process
+refuses to start.
 
 ``DEV_LOGIN=1`` hands a token for any user to whoever asks (``/api/dev/token``); it exists for
 a demo on the developer's own machine. Listening on anything but loopback with it on would
@@ -66,3 +67,10 @@ def test_settings_refuse_dev_login_off_loopback(host: str) -> None:
 def test_settings_accept_dev_login_on_loopback(host: str) -> None:
     settings = load_settings({"DEV_LOGIN": "1", "HOST": host})
     assert settings.dev_login is True
+
+
+def test_settings_refuse_dev_login_behind_a_reverse_proxy() -> None:
+    """Behind nginx the web process listens on loopback, yet the proxy serves the world."""
+    with pytest.raises(ValueError, match="TRUSTED_PROXIES"):
+        load_settings({"DEV_LOGIN": "1", "HOST": "127.0.0.1", "TRUSTED_PROXIES": "1"})
+    assert load_settings({"DEV_LOGIN": "0", "TRUSTED_PROXIES": "1"}).trusted_proxies == 1

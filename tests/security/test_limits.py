@@ -36,6 +36,7 @@ LIMITS = {
     "TEST_PUSH_WAIT": "0.1",
     "PUSH_MAX_SUBSCRIPTIONS": "3",
     "TRUSTED_PROXIES": "1",
+    "DEV_LOGIN": "0",  # refused behind a proxy
 }
 
 

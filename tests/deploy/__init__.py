@@ -1,0 +1,1 @@
+"""Tests of the deployment files in deploy/ (nginx, systemd), run against the real programs."""
