@@ -37,6 +37,9 @@ worker_prefetch_multiplier = 1
 # Task events let Flower show every task, its arguments and its retries.
 worker_send_task_events = True
 task_send_sent_event = True
+# A cold shutdown (SIGQUIT, a second Ctrl-C) gives running tasks this long before cancelling
+# them. SIGTERM, which systemd sends (deploy/systemd), is the warm shutdown instead: running
+# tasks finish, taken ones go back to the queue (tests/deploy/test_systemd_units.py).
 worker_soft_shutdown_timeout = 10.0
 worker_enable_soft_shutdown_on_idle = True
 
