@@ -4,13 +4,20 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import logging  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from typing import Any  # noqa: E402
 
+import gevent  # noqa: E402
 from gevent import pywsgi  # noqa: E402
 from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
 from config import load_settings  # noqa: E402
 from webapp import create_app, gc_tuning  # noqa: E402
+from webapp.platform import inflight  # noqa: E402
 
 try:
     _settings = load_settings()
@@ -31,13 +38,50 @@ class _Handler(WebSocketHandler):
         super().__init__(sock, *args, **kwargs)
 
 
+# How long a stopping process waits for the events and requests it is handling (below the
+# unit's TimeoutStopSec, deploy/systemd/beacon-web@.service).
+STOP_GRACE = 5.0
+log = logging.getLogger("beacon.web")
+
+
+def _counted(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """Count REST requests as in flight (Socket.IO's transport requests are long-lived; its
+    events are counted where they are handled, ``sockets/acks.py``)."""
+
+    def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith("/socket.io/"):
+            return wsgi_app(environ, start_response)
+        with inflight.tracked():
+            return wsgi_app(environ, start_response)
+
+    return counted
+
+
+def _stop(server: pywsgi.WSGIServer) -> None:
+    """SIGTERM (systemd, a deploy): take no new connections (a balancer sends them to another
+    process), let the events and requests being handled finish for up to STOP_GRACE seconds,
+    then close the rest and exit. Clients reconnect to another process; presence forgets this
+    process's connections after the heartbeat TTL, so users who come straight back elsewhere
+    do not flap offline."""
+    log.info("stopping: no new connections, %d events and requests to finish", inflight.count())
+    # Not server.close(): it would end serve_forever, and the process with it, at once.
+    server.stop_accepting()
+    server.socket.close()  # refused, not left waiting in the backlog
+    deadline = time.monotonic() + STOP_GRACE
+    while inflight.count() and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    log.info("stopped (%d events and requests cut short)", inflight.count())
+    server.stop(timeout=0)
+
+
 def serve() -> None:
     """What ``socketio.run`` does under gevent (a pywsgi server with gevent-websocket's
-    handler), with ``_Handler``."""
+    handler), with ``_Handler``, and a graceful stop on SIGTERM."""
     settings = app.extensions["beacon_settings"]
     server = pywsgi.WSGIServer(
-        (settings.host, settings.port), app, handler_class=_Handler, log=None
+        (settings.host, settings.port), _counted(app), handler_class=_Handler, log=None
     )
+    gevent.signal_handler(signal.SIGTERM, _stop, server)
     server.serve_forever()
 
 

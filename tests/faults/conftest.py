@@ -158,6 +158,25 @@ def make_stack(
         stack.stop(kill=True)  # its database and Redis data are thrown away anyway
 
 
+def message_ids(stack: Stack, topic: Any) -> list[int]:
+    """The ids of the messages stored in ``topic``, in order."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from webapp.extensions import db
+    from webapp.models import Message
+
+    with stack.app.app_context():
+        return list(
+            db.session.execute(
+                select(Message.id)
+                .where(Message.topic_id == uuid.UUID(topic.topic_id))
+                .order_by(Message.id)
+            ).scalars()
+        )
+
+
 def process_report(stack: Stack) -> dict[str, Any]:
     """Which of the stack's processes are still running (a fault must not make one exit)."""
     return {name: proc.alive for name, proc in stack.processes.items()}

@@ -19,11 +19,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 
-from sqlalchemy import select
-
-from tests.faults.conftest import process_report
+from tests.faults.conftest import message_ids, process_report
 from tests.harness.redis_sentinel import SentinelCluster
 from tests.harness.waiting import wait_until
 
@@ -70,20 +67,6 @@ class Sender(threading.Thread):
     def first_ok_after(self, moment: float) -> float | None:
         return next(
             (started for started, ack in self.acks if ack.get("ok") and started >= moment), None
-        )
-
-
-def _stored_ids(stack, topic) -> list[int]:
-    from webapp.extensions import db
-    from webapp.models import Message
-
-    with stack.app.app_context():
-        return list(
-            db.session.execute(
-                select(Message.id)
-                .where(Message.topic_id == uuid.UUID(topic.topic_id))
-                .order_by(Message.id)
-            ).scalars()
         )
 
 
@@ -137,7 +120,7 @@ def test_primary_killed_while_clients_send(make_stack, reliability):
         assert all(ack["error"] == "unavailable" for ack in refused), refused
         acked = {s.label: s.ok_ids() for s in senders}
         every = sorted(acked["alice@web1"] + acked["bob@web2"])
-        assert _stored_ids(stack, topic) == every
+        assert message_ids(stack, topic) == every
 
         # Nothing acked is lost: counts exact and one push per message, the tasks the dead
         # primary took with it enqueued again by the reconciliation (beat, on the new primary).

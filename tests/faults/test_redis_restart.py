@@ -18,23 +18,9 @@ import uuid
 
 from sqlalchemy import func, select
 
-from tests.faults.conftest import process_report
+from tests.faults.conftest import message_ids, process_report
 from tests.harness.processes import wait_log_contains
 from tests.harness.waiting import wait_until
-
-
-def _message_ids(stack, topic) -> list[int]:
-    from webapp.extensions import db
-    from webapp.models import Message
-
-    with stack.app.app_context():
-        return list(
-            db.session.execute(
-                select(Message.id)
-                .where(Message.topic_id == uuid.UUID(topic.topic_id))
-                .order_by(Message.id)
-            ).scalars()
-        )
 
 
 def _user_row(stack, user):
@@ -140,7 +126,7 @@ def test_redis_restart_loses_nothing_and_doubles_nothing(make_stack, fault_redis
     )
 
     # Nothing lost, nothing doubled: the forgotten tasks were enqueued again by reconciliation.
-    assert _message_ids(stack, topic) == acked  # and none of the refused ones was stored
+    assert message_ids(stack, topic) == acked  # and none of the refused ones was stored
     expected = {alice.id: 0, bob.id: 0, carol.id: 9, dave.id: 9, erin.id: 9}
 
     def counts():

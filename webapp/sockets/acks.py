@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from webapp.errors import BeaconError, Unauthorized
 from webapp.extensions import db
 from webapp.models import User
+from webapp.platform import inflight
 from webapp.platform.validation import check_payload
 from webapp.sockets import tokens
 
@@ -53,22 +54,28 @@ def acked(handler: Handler) -> Callable[..., dict[str, Any]]:
     @wraps(handler)
     def wrapper(payload: Any = None, *_ignored: Any) -> dict[str, Any]:
         g.beacon_arrival = next(_arrivals)
-        try:
-            return {"ok": True, **handler(current_user(), check_payload(payload))}
-        except BeaconError as exc:
-            db.session.rollback()
-            return {"ok": False, **exc.to_dict()}
-        except (SQLAlchemyError, redis.RedisError, BrokerError):
-            db.session.rollback()
-            log.exception("%s failed: a backing service is unavailable", handler.__name__)
-            return {
-                "ok": False,
-                "error": "unavailable",
-                "message": "the service is temporarily unavailable; try again",
-            }
-        except Exception:
-            db.session.rollback()
-            log.exception("%s failed", handler.__name__)
-            return {"ok": False, "error": "internal_error", "message": "unexpected server error"}
+        with inflight.tracked():
+            return _answer(handler, payload)
 
     return wrapper
+
+
+def _answer(handler: Handler, payload: Any) -> dict[str, Any]:
+    """``handler``'s result as an ack, or its refusal."""
+    try:
+        return {"ok": True, **handler(current_user(), check_payload(payload))}
+    except BeaconError as exc:
+        db.session.rollback()
+        return {"ok": False, **exc.to_dict()}
+    except (SQLAlchemyError, redis.RedisError, BrokerError):
+        db.session.rollback()
+        log.exception("%s failed: a backing service is unavailable", handler.__name__)
+        return {
+            "ok": False,
+            "error": "unavailable",
+            "message": "the service is temporarily unavailable; try again",
+        }
+    except Exception:
+        db.session.rollback()
+        log.exception("%s failed", handler.__name__)
+        return {"ok": False, "error": "internal_error", "message": "unexpected server error"}
