@@ -39,3 +39,22 @@ def delivered(beacon, sub, count=1):
         message=f"fewer than {count} pushes arrived",
     )
     return [json.loads(m["payload"]) for m in beacon.push.messages(sub)]
+
+
+def pushes_ended(found):
+    """A decision whose pushes, if any, have all ended (a push records its deliveries when it
+    ends: the tasks record decisions after enqueueing the pushes)."""
+    return found["decision"] not in ("pushed", "coalesced") or found["deliveries"]
+
+
+def decision(beacon, user, message_id, settled=pushes_ended, **params):
+    """The user's notification decision for the message (GET /api/notifications/decisions with
+    ``params``), once ``settled``."""
+
+    def found():
+        answer = beacon.api(user, "GET", "/api/notifications/decisions", params=params)
+        assert answer.status_code == 200, answer.text
+        mine = [d for d in answer.json()["decisions"] if d["message_id"] == message_id]
+        return mine[0] if mine and settled(mine[0]) else None
+
+    return wait_until(found, timeout=20, message=f"a settled decision for message {message_id}")

@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import Stack, shared_services_stack
 from tests.harness.processes import wait_log_contains
-from tests.harness.waiting import wait_until
-from tests.push_helpers import delivered, subscribe
+from tests.push_helpers import decision, delivered, subscribe
 
 WINDOW = 6  # seconds; a burst of 20 messages takes well under one second
 
@@ -62,16 +61,9 @@ def _window_with_one_held(beacon):
     return alice, bob, topic, sub, sender, held
 
 
-def _decision(beacon, user, message_id, settled=lambda d: d["decision"] != "coalesced"):
-    """The user's notification decision for the message (GET /api/notifications/decisions),
-    once ``settled``: the tasks record decisions after enqueueing their pushes."""
-
-    def found():
-        answer = beacon.api(user, "GET", "/api/notifications/decisions").json()["decisions"]
-        mine = [d for d in answer if d["message_id"] == message_id]
-        return mine[0] if mine and settled(mine[0]) else None
-
-    return wait_until(found, timeout=20, message=f"a settled decision for {message_id}")
+def _not_held(found):
+    """A held message's decision, once its window ended (or a read ended it)."""
+    return found["decision"] != "coalesced"
 
 
 def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
@@ -105,7 +97,7 @@ def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
         (1, "delivered"),
     ]
     # Why each message did or did not ring: one pushed at once, the rest carried by the last.
-    decided = [_decision(beacon, bob, i, lambda d: d["deliveries"]) for i in ids]
+    decided = [decision(beacon, bob, i, lambda d: d["deliveries"]) for i in ids]
     assert sorted(d["decision"] for d in decided) == ["coalesced"] * 19 + ["pushed"]
     carried = {d["carried_by"] for d in decided if d["decision"] == "coalesced"}
     assert carried == {ids[-1]}
@@ -113,8 +105,9 @@ def test_burst_of_20_gives_two_pushes_the_last_with_the_count(beacon):
 
 
 def test_first_mention_in_a_window_is_not_held(beacon):
-    _, bob, topic, sub, sender, _held = _window_with_one_held(beacon)
-    assert sender.call("send_message", topic.ref(message=f"@{bob.username} answer please"))["ok"]
+    _, bob, topic, sub, sender, held = _window_with_one_held(beacon)
+    ack = sender.call("send_message", topic.ref(message=f"@{bob.username} answer please"))
+    assert ack["ok"], ack
     first, mention = delivered(beacon, sub, count=2)  # long before the window ends
     assert first["count"] == 1
     assert mention["type"] == "mention" and mention["count"] == 3
@@ -123,6 +116,12 @@ def test_first_mention_in_a_window_is_not_held(beacon):
     line = _flush_line(beacon, bob, topic)
     assert line.rstrip().endswith("nothing held"), line
     assert len(beacon.push.messages(sub)) == 2
+    # Its decision says so, and the held message names it as its carrier.
+    pushed = decision(beacon, bob, ack["message"]["id"])
+    assert (pushed["decision"], pushed["detail"]) == ("pushed", "carries_held")
+    assert decision(beacon, bob, first["message_id"])["detail"] is None
+    carried = decision(beacon, bob, held, lambda d: d["deliveries"])
+    assert (carried["decision"], carried["carried_by"]) == ("coalesced", ack["message"]["id"])
 
 
 def test_no_flush_push_once_the_user_is_back(beacon):
@@ -133,7 +132,7 @@ def test_no_flush_push_once_the_user_is_back(beacon):
     assert "skipped: the user is active" in line, line
     assert len(beacon.push.messages(sub)) == 1
     assert json.loads(beacon.push.messages(sub)[0]["payload"])["body"] == "first"
-    found = _decision(beacon, bob, held)
+    found = decision(beacon, bob, held, _not_held)
     assert (found["decision"], found["detail"], found["deliveries"]) == ("online", "active", [])
 
 
@@ -146,7 +145,7 @@ def test_reading_during_the_window_drops_the_held_push(beacon):
     line = _flush_line(beacon, bob, topic)
     assert line.rstrip().endswith("nothing held"), line
     assert len(beacon.push.messages(sub)) == 1
-    assert _decision(beacon, bob, held)["decision"] == "read_first"
+    assert decision(beacon, bob, held, _not_held)["decision"] == "read_first"
 
 
 def test_muting_during_the_window_drops_the_held_push(beacon):
@@ -161,5 +160,5 @@ def test_muting_during_the_window_drops_the_held_push(beacon):
     line = _flush_line(beacon, bob, topic)
     assert "skipped: the user's preferences or do-not-disturb" in line, line
     assert len(beacon.push.messages(sub)) == 1
-    found = _decision(beacon, bob, held)
+    found = decision(beacon, bob, held, _not_held)
     assert (found["decision"], found["rule"]) == ("level", "topic")

@@ -4,27 +4,9 @@ real web process, push worker, Redis, database and push service."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from tests.harness.waiting import wait_until
-from tests.push_helpers import delivered, subscribe
-
-
-def _decision(beacon: Any, user: Any, message_id: int, **params: Any) -> dict[str, Any]:
-    """The user's decision for the message, once recorded (and, for a push, once its every
-    delivery ended)."""
-
-    def found() -> dict[str, Any] | None:
-        answer = beacon.api(user, "GET", "/api/notifications/decisions", params=params)
-        assert answer.status_code == 200, answer.text
-        mine = [d for d in answer.json()["decisions"] if d["message_id"] == message_id]
-        if not mine:
-            return None
-        if mine[0]["decision"] in ("pushed", "coalesced") and not mine[0]["deliveries"]:
-            return None
-        return mine[0]
-
-    return wait_until(found, timeout=20, message=f"a decision for message {message_id}")
+from tests.push_helpers import decision, delivered, subscribe
 
 
 def test_each_member_gets_the_decision_that_was_made(beacon):
@@ -59,10 +41,10 @@ def test_each_member_gets_the_decision_that_was_made(beacon):
         "hank": ("dnd", None, "snooze"),
     }
     for name, (kind, rule, detail) in expected.items():
-        found = _decision(beacon, people[name], message)
+        found = decision(beacon, people[name], message)
         assert (found["decision"], found["rule"], found["detail"]) == (kind, rule, detail), name
         assert found["topic_id"] == topic.topic_id and found["created_at"]
-    carol = _decision(beacon, people["carol"], message)
+    carol = decision(beacon, people["carol"], message)
     [delivery] = carol["deliveries"]
     assert delivery == {**delivery, "channel": "webpush", "outcome": "delivered", "status": 201}
     assert bob_client.connected
@@ -76,7 +58,7 @@ def test_a_push_that_failed_on_every_device_says_failed(beacon):
     beacon.push.set_behaviour(gone, sticky=410)
     beacon.push.set_behaviour(refused, sticky=403)
     message = beacon.client(alice).call("send_message", topic.ref(message="hi"))["message"]["id"]
-    found = _decision(beacon, bob, message)
+    found = decision(beacon, bob, message)
     assert found["decision"] == "failed"
     assert sorted(d["outcome"] for d in found["deliveries"]) == ["expired", "failed"]
 
@@ -88,8 +70,8 @@ def test_decisions_are_the_callers_own_and_members_only(beacon):
     sender = beacon.client(alice)
     message = sender.call("send_message", topic.ref(message="for bob"))["message"]["id"]
     other = sender.call("send_message", theirs.ref(message="for mallory"))["message"]["id"]
-    assert _decision(beacon, bob, message)["decision"] == "pushed"
-    assert _decision(beacon, mallory, other)["decision"] == "no_device"
+    assert decision(beacon, bob, message)["decision"] == "pushed"
+    assert decision(beacon, mallory, other)["decision"] == "no_device"
     seen = beacon.api(mallory, "GET", "/api/notifications/decisions").json()["decisions"]
     assert [d["message_id"] for d in seen] == [other]
     refused = beacon.api(
@@ -116,7 +98,7 @@ def test_paging_with_before(beacon):
     sent = [
         sender.call("send_message", topic.ref(message=f"m{i}"))["message"]["id"] for i in range(5)
     ]
-    _decision(beacon, bob, sent[-1])
+    decision(beacon, bob, sent[-1])
     wait_until(
         lambda: len(beacon.api(bob, "GET", "/api/notifications/decisions").json()["decisions"]) == 5
     )

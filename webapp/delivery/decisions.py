@@ -76,6 +76,10 @@ class Decision(NamedTuple):
     flush: bool = False
 
 
+# The detail of a push that also carried messages its coalescing window had held.
+CARRIES_HELD = "carries_held"
+
+
 def _key(user_id: str, flush: bool) -> str:
     return f"{PREFIX}:{'flushes' if flush else 'messages'}:{user_id}"
 
@@ -223,13 +227,15 @@ def _resolve(
             ),
             None,
         )
-        # Or a later message's push, before that flush: the window's first @mention is sent
-        # at once and carries what the window held.
+        # Or a later message's push that carried what the window held, before that flush: the
+        # window's first @mention is sent at once. (Not any later push: fan-outs run
+        # concurrently, so a later message can open the window with a push of its own alone.)
         later = next(
             (
                 p
                 for p in pushed
                 if p["t"] == entry["t"]
+                and p.get("k") == CARRIES_HELD
                 and p["m"] > entry["m"]
                 and p["at"] - entry["at"] <= window_ms
                 and (flush is None or p["at"] <= flush["at"])

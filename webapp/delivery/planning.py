@@ -250,7 +250,8 @@ def _fanout_decisions(
         else:
             offer = offers.get(uid)
             kind = "pushed" if offer is None or offer.send else "coalesced"
-            why, detail = None, None
+            why = None
+            detail = decisions.CARRIES_HELD if offer is not None and offer.count > 1 else None
         found.append(decisions.Decision(user_id, topic_id, message_id, kind, why, detail))
     return found
 

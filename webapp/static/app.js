@@ -1085,7 +1085,7 @@
       case "pushed":
         return pending
           ? { summary: "Pushed to your devices; the push services have not answered yet.", hint: "Refresh in a moment to see how it went on each device." }
-          : { summary: "Pushed to your devices:" };
+          : { summary: d.detail === "carries_held" ? "Pushed to your devices at once (it mentioned you), with the messages held before it:" : "Pushed to your devices:" };
       case "online":
         return d.detail === "idle"
           ? { summary: "Not pushed: you were online but idle, and pushes while idle are off.", hint: "Turn on “Push to my devices while I'm idle” in Settings to get them." }
