@@ -34,7 +34,6 @@ import contextlib
 import os
 import re
 import shlex
-import signal
 import smtplib
 import statistics
 import sys
@@ -56,6 +55,7 @@ from bench.stack import (  # noqa: E402
     children_cpu_seconds,
     cpu_seconds,
     group_cpu_seconds,
+    run_until_terminated,
 )
 
 MESSAGES = (  # (topic index, body): three held messages per user, across two topics
@@ -687,11 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = parser.parse_args(argv)
 
-    def _terminate(_signum: int, _frame: object) -> None:
-        raise SystemExit(143)  # unwinds the context managers: every process is stopped
-
-    signal.signal(signal.SIGTERM, _terminate)
-    return run(args)
+    return run_until_terminated(run, args)
 
 
 if __name__ == "__main__":

@@ -1048,11 +1048,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.members < args.concurrency + args.observers:
         parser.error("--members must be at least --concurrency + --observers")
 
-    def _terminate(_signum: int, _frame: object) -> None:
-        raise SystemExit(143)  # unwinds the context managers: every process is stopped
+    from bench.stack import run_until_terminated
 
-    signal.signal(signal.SIGTERM, _terminate)
-    return run(args)
+    return run_until_terminated(run, args)
 
 
 if __name__ == "__main__":

@@ -1440,11 +1440,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(args.cert, args.key, 0.0))
         return 0
 
-    def _terminate(_signum: int, _frame: object) -> None:
-        raise SystemExit(143)  # unwinds the context managers: every process is stopped
+    from bench.stack import run_until_terminated
 
-    signal.signal(signal.SIGTERM, _terminate)
-    return run(args)
+    return run_until_terminated(run, args)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,14 @@ def external_stack(url: str) -> Iterator[BenchStack]:
     app = create_app(settings, serve_sockets=False)
     env = {"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
     yield BenchStack(url.rstrip("/"), env, app)
+
+
+def run_until_terminated(run: Callable[[Any], int], args: Any) -> int:
+    """``run(args)``, with SIGTERM raising ``SystemExit(143)``: it unwinds the bench's context
+    managers, so every process the bench started is stopped."""
+
+    def _terminate(_signum: int, _frame: object) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    return run(args)

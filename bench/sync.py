@@ -74,7 +74,6 @@ import json
 import math
 import os
 import random
-import signal
 import statistics
 import sys
 import threading
@@ -91,7 +90,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.stack import BenchUser, cpu_seconds, group_cpu_seconds  # noqa: E402
+from bench.stack import (  # noqa: E402
+    BenchUser,
+    cpu_seconds,
+    group_cpu_seconds,
+    run_until_terminated,
+)
 
 BODIES = (
     "ok",
@@ -1020,11 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--members must be at most --pool + 1, --watchers below --read-members")
     args.rounds = max(1, min(args.rounds, args.repeat, args.reads or args.repeat))
 
-    def _terminate(_signum: int, _frame: object) -> None:
-        raise SystemExit(143)  # unwinds the context managers: every process is stopped
-
-    signal.signal(signal.SIGTERM, _terminate)
-    return run(args)
+    return run_until_terminated(run, args)
 
 
 if __name__ == "__main__":
