@@ -1,11 +1,12 @@
 """Celery settings for every worker and beat process (read by ``workers.celery_app``)."""
 
 from config import load_settings
-from webapp.redis_client import celery_broker
+from config.redis_urls import celery_broker
 
 _settings = load_settings()
 
-# REDIS_URL, or kombu's sentinel transport with REDIS_SENTINELS (webapp/redis_client.py).
+# REDIS_URL, or kombu's sentinel transport with REDIS_SENTINELS (config/redis_urls.py). Nothing
+# here may import redis: this module is read before a gevent worker patches the standard library.
 broker_url, _sentinel_options = celery_broker(_settings.redis_url)
 broker_connection_retry_on_startup = True
 # Keep reconnecting for as long as Redis is away: a worker must outlive a broker restart.

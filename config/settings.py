@@ -11,9 +11,10 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
+
+from config.redis_urls import redis_url_from
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILE = PROJECT_ROOT / ".env"
@@ -90,43 +91,6 @@ def parse_rate_limit(name: str, raw: str | None, default: RateLimit | None) -> R
 
 def _rate(env: dict[str, str], name: str, default: RateLimit | None) -> RateLimit | None:
     return parse_rate_limit(name, env.get(name), default)
-
-
-def _redis_url(env: dict[str, str], default: str) -> str:
-    """``REDIS_URL``; with ``REDIS_SENTINELS`` the same database through Sentinel, as one
-    ``redis+sentinel://[user:password@]host:port,.../db/master`` URL (python-socketio's form),
-    so every process reaches Redis through ``settings.redis_url`` either way and
-    ``webapp/redis_client.py`` turns it into each library's configuration. REDIS_URL then gives
-    only the database number and the password of the data nodes; its host is not used."""
-    url = env.get("REDIS_URL") or default
-    raw = (env.get("REDIS_SENTINELS") or "").strip()
-    master = (env.get("REDIS_SENTINEL_MASTER") or "").strip()
-    if not raw:
-        if master:
-            raise ValueError("REDIS_SENTINEL_MASTER is set but REDIS_SENTINELS is not")
-        return url
-    if not master or not all(c.isalnum() or c in "-_." for c in master):
-        raise ValueError(
-            "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER, the name Sentinel monitors "
-            f"(letters, digits, '-', '_', '.'); got {master!r}"
-        )
-    nodes = []
-    for item in raw.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"REDIS_SENTINELS must be host:port,host:port,...; got {item!r}")
-        nodes.append(f"{host}:{int(port)}")
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(
-            "with REDIS_SENTINELS, REDIS_URL must be redis://[:password@]host/db (its database "
-            f"and password are used; TLS to Redis is not supported with Sentinel); got {url!r}"
-        )
-    db = (parts.path or "/").strip("/") or "0"
-    if not db.isdigit():
-        raise ValueError(f"REDIS_URL's database must be a number; got {db!r}")
-    auth = parts.netloc.rpartition("@")[0]
-    return f"redis+sentinel://{auth + '@' if auth else ''}{','.join(nodes)}/{db}/{master}"
 
 
 def _default_database_url() -> str:
@@ -417,7 +381,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     host = env.get("HOST") or defaults.host
     settings = Settings(
         database_url=env.get("DATABASE_URL") or defaults.database_url,
-        redis_url=_redis_url(env, defaults.redis_url),
+        redis_url=redis_url_from(env, defaults.redis_url),
         host=host,
         port=port,
         jwt_algorithm=algorithm,

@@ -1,5 +1,5 @@
 """REDIS_SENTINELS and REDIS_SENTINEL_MASTER: one URL for every process, and each library's
-configuration made from it (webapp/redis_client.py). The failover itself is
+configuration made from it (config/redis_urls.py). The failover itself is
 tests/faults/test_redis_failover.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from config import load_settings
-from webapp.redis_client import SentinelTarget, celery_broker, sentinel_target
+from config.redis_urls import SentinelTarget, celery_broker, sentinel_target
 
 BASE = {"BEACON_ENV_FILE": "", "JWT_SECRET": "x" * 32}
 
@@ -79,3 +79,23 @@ def test_the_default_database_is_0() -> None:
 def test_a_wrong_sentinel_setting_is_refused_at_start(env: dict[str, str], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         load_settings({**BASE, **env})
+
+
+def test_celeryconfig_imports_no_redis_client() -> None:
+    """Celery reads celeryconfig before a gevent worker patches the standard library: a module
+    that imported redis (and ssl with it) there made every TLS push fail with RecursionError."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = "import sys, celeryconfig; print(sorted({'ssl', 'redis'} & set(sys.modules)))"
+    env = {"BEACON_ENV_FILE": "", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]", out
