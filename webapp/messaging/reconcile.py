@@ -1,17 +1,19 @@
 """Finding messages whose unread or push work was lost, so beat can enqueue it again.
 
-The web tier commits a message and then enqueues its tasks. Two faults lose those tasks: the
-broker fails between the commit and the enqueue, or Redis restarts without persistence and
-forgets its queues. Every task leaves a marker when its effect is applied (``unread:<id>``
-for the increment, ``fanout:<id>`` once the pushes are planned), so the work that never ran is
-exactly the recent messages without a marker. Enqueuing it again is safe: both tasks are
+The web tier commits a message and then enqueues its tasks. Three faults lose those tasks:
+the broker fails between the commit and the enqueue, Redis restarts without persistence and
+forgets its queues, or Sentinel promotes a replica that had not received the last writes.
+Every task leaves a marker when its effect is applied (``unread:<id>`` for the increment,
+``fanout:<id>`` once the pushes are planned), so the work that never ran is exactly the recent
+messages without a marker. Enqueuing it again is safe: both tasks are
 idempotent on those markers.
 
 Single sends leave a marker only when they end (``push:<m>:<s>`` delivered, ``pushfailed:``
 given up), so a send lost with Redis's data looks like one still waiting for its retry. When
-Redis comes back empty (detected with a key only this module sets), the fan-outs of the recent
-messages run again in "replan" mode, skipping the sends that ended; a send that was in fact
-still alive in a worker is deduplicated by its marker and lease.
+Redis comes back empty or another primary answers (a key only this module sets holds the
+replication ID it last saw), the fan-outs of the recent messages run again in "replan" mode,
+skipping the sends that ended; a send that was in fact still alive in a worker is
+deduplicated by its marker and lease.
 """
 
 from __future__ import annotations
@@ -97,12 +99,16 @@ def fanned_out_recently() -> list[int]:
     return result
 
 
-def redis_lost_its_data() -> bool:
-    """True on the first run after Redis started empty (a restart without persistence): the
-    sends it was holding are gone, and markers alone cannot tell which. Also true on the very
-    first run of a deployment, which is harmless."""
-    settings = context.settings()
-    return bool(get_redis(settings.redis_url).set(EPOCH_KEY, utcnow().isoformat(), nx=True))
+def redis_may_have_lost_data() -> bool:
+    """True on the first run after the Redis that answers may lack writes it acknowledged:
+    it started empty (a restart without persistence), or it is a replica Sentinel promoted
+    (replication is asynchronous: the old primary's last writes may not have reached it). The
+    sends it was holding may be gone, and markers alone cannot tell which. Told by the
+    replication ID, which a restart or a promotion changes; also true on the very first run
+    of a deployment, which is harmless."""
+    client = get_redis(context.settings().redis_url)
+    replid = str(client.info("replication").get("master_replid", ""))
+    return client.set(EPOCH_KEY, replid, get=True) != replid
 
 
 def claim_redispatch(kind: str, message_id: int) -> bool:
@@ -119,13 +125,14 @@ def reconcile() -> list[Missed]:
     from webapp.platform import queue
 
     settings = context.settings()
-    if settings.fanout_enabled and redis_lost_its_data():
+    if settings.fanout_enabled and redis_may_have_lost_data():
         replanned = fanned_out_recently()
         for message_id in replanned:
             queue.replan_pushes(message_id)
         if replanned:
             log.warning(
-                "reconcile: Redis lost its data; pushes of %d recent messages planned again "
+                "reconcile: Redis may have lost writes (restarted or failed over); pushes of %d "
+                "recent messages planned again "
                 "(sends that already ended are skipped)",
                 len(replanned),
             )

@@ -7,6 +7,7 @@ and the task classes are resolved only in worker processes (``task_cls`` is give
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from celery import Celery
@@ -16,6 +17,33 @@ log = logging.getLogger(__name__)
 
 celery = Celery("beacon", task_cls="workers.celery_app:AppContextTask")
 celery.config_from_object("celeryconfig")
+
+
+def _closed_channel_fails_as_a_lost_connection() -> None:
+    """kombu (pinned in requirements.txt; tests/test_kombu_contract.py) closes a Redis channel
+    when its connection drops (Redis restarted, a Sentinel failover) and sets the channel's
+    connection (or the connection's client) to None, while an ack, a publish or the channel's
+    own restore of its unacked messages may still be on its way through it: that call then
+    fails with ``AttributeError`` inside ``Channel._connparams``. A worker's consumer
+    takes that for an unrecoverable error and stops; a web process would answer a stored
+    message with ``internal_error``. Raised as ``redis.ConnectionError`` it is what it is, a
+    lost connection: the ack is retried by redelivery, the publish by its caller."""
+    from kombu.transport import redis as transport
+
+    original = transport.Channel._connparams
+    if getattr(original, "beacon_patched", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise redis.ConnectionError("the broker channel was closed: its connection was lost")
+        return original(self, asynchronous)
+
+    _connparams.beacon_patched = True  # type: ignore[attr-defined]
+    transport.Channel._connparams = _connparams
+
+
+_closed_channel_fails_as_a_lost_connection()
 
 
 def message_posted(message_id: int, exclude_user_ids: list[str], *, push: bool) -> bool:
