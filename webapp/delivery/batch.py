@@ -19,14 +19,17 @@ marked; the lease outlives the batch's longest possible send, so the copies neve
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import redis
 from sqlalchemy import and_, case, delete, exists, func, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from webapp import metrics
 from webapp.delivery import channels, history
@@ -327,6 +330,15 @@ def unread_totals(
     )
 
 
+# A device's last_success_at moves at most this often: in a burst every push of a device would
+# otherwise write (and lock) its row, and the batches of one device would queue on that lock.
+SUCCESS_RESOLUTION = timedelta(seconds=60)
+# Booking is retried in place when the database refuses it for a moment (a lock timeout, a
+# connection not to be had): the pushes are sent already, and retrying the task would send them
+# again.
+BOOK_ATTEMPTS = 4
+
+
 def _book(
     message_id: int,
     sent: list[tuple[Delivery, _Device]],
@@ -342,8 +354,6 @@ def _book(
     expired: list[int] = []
     failed: list[tuple[int, str]] = []  # index, reason
     retry: list[int] = []
-    removed: list[int] = []  # expired devices this batch deleted
-    newly_failed: list[tuple[int, str]] = []  # failures this batch recorded
     for i, outcome in enumerate(outcomes):
         _log_outcome(sent[i][0], outcome)
         if outcome.kind == "delivered":
@@ -356,7 +366,42 @@ def _book(
             failed.append((i, f"gave up after {attempts} attempts: {outcome.reason}"))
         else:
             retry.append(i)
+    for attempt in range(BOOK_ATTEMPTS):
+        try:
+            removed, newly_failed = _write_outcomes(
+                sent, items, outcomes, delivered, expired, failed
+            )
+            break
+        except (OperationalError, PoolTimeout) as exc:
+            db.session.rollback()
+            if attempt == BOOK_ATTEMPTS - 1:
+                raise
+            log.warning("booking the pushes of message %s failed (%s); again", message_id, exc)
+            time.sleep(0.2 * 2**attempt)
+    for i, reason in newly_failed:
+        log.warning(
+            "push device=%s message=%s failed for good: %s",
+            sent[i][0].device_id,
+            message_id,
+            reason,
+        )
+    metrics.record_pushes(get_redis(context.settings().redis_url), (o.status for o in outcomes))
+    _publish_ended(message_id, sent, outcomes, newly_failed, removed)
+    floors = [outcomes[i].retry_after for i in retry if outcomes[i].retry_after is not None]
+    return [sent[i][0] for i in retry], max(floors, default=None)
 
+
+def _write_outcomes(
+    sent: list[tuple[Delivery, _Device]],
+    items: list[Item],
+    outcomes: list[Outcome],
+    delivered: list[int],
+    expired: list[int],
+    failed: list[tuple[int, str]],
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """One transaction: the markers, the devices' rows, the history. Returns the expired
+    devices this batch deleted and the failures it recorded (a copy of the batch that ran
+    first has recorded the others)."""
     rows: list[dict[str, Any]] = []
 
     def remember(i: int, outcome: str, reason: str | None = None) -> None:
@@ -374,18 +419,49 @@ def _book(
             )
         )
 
+    def device_id(i: int) -> uuid.UUID:
+        return uuid.UUID(sent[i][0].device_id)
+
     now = utcnow()
-    if delivered:
-        fresh = claim_many([sent[i][0].marker for i in delivered])
-        newly = [i for i in delivered if sent[i][0].marker in fresh]
-        if newly:
+    fresh = claim_many([sent[i][0].marker for i in delivered])
+    newly = [i for i in delivered if sent[i][0].marker in fresh]
+    fresh = claim_many([sent[i][0].failed_marker for i, _ in failed])
+    newly_failed = [(i, r) for i, r in failed if sent[i][0].failed_marker in fresh]
+    # The rows to write, locked in one statement in id order: two batches that share devices
+    # then never wait for each other in a cycle (a deadlock, found with bursts on PostgreSQL).
+    succeeded = {device_id(i) for i in newly}
+    changed = {device_id(i) for i in expired} | {device_id(i) for i, _ in newly_failed}
+    locked = set()
+    if succeeded or changed:
+        locked = set(
             db.session.execute(
-                update(PushSubscription)
-                .where(PushSubscription.id.in_({uuid.UUID(sent[i][0].device_id) for i in newly}))
-                .values(last_success_at=now, failure_count=0)
-            )
-        for i in newly:
-            remember(i, "delivered")
+                select(PushSubscription.id)
+                .where(
+                    or_(
+                        PushSubscription.id.in_(changed),
+                        and_(
+                            PushSubscription.id.in_(succeeded),
+                            or_(
+                                PushSubscription.failure_count != 0,
+                                PushSubscription.last_success_at.is_(None),
+                                PushSubscription.last_success_at < now - SUCCESS_RESOLUTION,
+                            ),
+                        ),
+                    )
+                )
+                .order_by(PushSubscription.id)
+                .with_for_update()
+            ).scalars()
+        )
+    if succeeded & locked:
+        db.session.execute(
+            update(PushSubscription)
+            .where(PushSubscription.id.in_(succeeded & locked))
+            .values(last_success_at=now, failure_count=0)
+        )
+    for i in newly:
+        remember(i, "delivered")
+    removed: list[int] = []
     if expired:
         gone = set(
             db.session.execute(
@@ -393,10 +469,7 @@ def _book(
                 .where(
                     or_(
                         *(
-                            and_(
-                                PushSubscription.id == uuid.UUID(sent[i][0].device_id),
-                                sent[i][1].sent_to(),
-                            )
+                            and_(PushSubscription.id == device_id(i), sent[i][1].sent_to())
                             for i in expired
                         )
                     )
@@ -405,36 +478,20 @@ def _book(
             ).scalars()
         )
         for i in expired:
-            if uuid.UUID(sent[i][0].device_id) in gone:
+            if device_id(i) in gone:
                 remember(i, "expired")
                 removed.append(i)
-    if failed:
-        fresh = claim_many([sent[i][0].failed_marker for i, _ in failed])
-        newly_failed = [(i, r) for i, r in failed if sent[i][0].failed_marker in fresh]
-        if newly_failed:
-            db.session.execute(
-                update(PushSubscription)
-                .where(
-                    PushSubscription.id.in_(
-                        {uuid.UUID(sent[i][0].device_id) for i, _ in newly_failed}
-                    )
-                )
-                .values(failure_count=PushSubscription.failure_count + 1, last_failure_at=now)
-            )
-        for i, reason in newly_failed:
-            remember(i, "failed", reason)
-            log.warning(
-                "push device=%s message=%s failed for good: %s",
-                sent[i][0].device_id,
-                message_id,
-                reason,
-            )
+    if newly_failed:
+        db.session.execute(
+            update(PushSubscription)
+            .where(PushSubscription.id.in_({device_id(i) for i, _ in newly_failed}))
+            .values(failure_count=PushSubscription.failure_count + 1, last_failure_at=now)
+        )
+    for i, reason in newly_failed:
+        remember(i, "failed", reason)
     history.insert(rows)
     db.session.commit()
-    metrics.record_pushes(get_redis(context.settings().redis_url), (o.status for o in outcomes))
-    _publish_ended(message_id, sent, outcomes, newly_failed, removed)
-    floors = [outcomes[i].retry_after for i in retry if outcomes[i].retry_after is not None]
-    return [sent[i][0] for i in retry], max(floors, default=None)
+    return removed, newly_failed
 
 
 def _publish_ended(
