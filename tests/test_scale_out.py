@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import requests
 
-from tests.conftest import ROOT, start_web
+from tests.conftest import ROOT, selected_backends, start_web
 from tests.harness.ports import free_port
 from tests.harness.processes import ManagedProcess
 from tests.harness.waiting import wait_until
@@ -135,6 +135,52 @@ def test_metrics_show_connections_tasks_and_pushes(beacon):
     assert _metric(text, "beacon_connections") >= 1
     assert _metric(text, "beacon_online_users") >= 1
     assert 'beacon_queue_depth{queue="push"}' in text
+    # The web process's own figures (docs/OPERATIONS.md alerts on its memory).
+    assert _metric(text, "process_resident_memory_bytes") > 10 * 2**20
+    assert _metric(text, "process_open_fds") > 0
+
+
+def test_presence_sweep_lag_follows_beat(beacon, request):
+    """``beacon_presence_sweep_lag_seconds``: +Inf while no sweep is recorded, then the time
+    since beat's last sweep (every PRESENCE_SWEEP_INTERVAL, 1 s here), growing once beat is
+    gone."""
+    if beacon.backend != selected_backends(request.config)[0]:
+        pytest.skip("Redis and beat only: one backend is enough")
+    from webapp.metrics import PRESENCE_SWEEP_KEY
+    from webapp.redis_client import get_redis
+
+    redis_client = get_redis(beacon.env["REDIS_URL"])
+    interval = float(beacon.env["PRESENCE_SWEEP_INTERVAL"])
+    redis_client.delete(PRESENCE_SWEEP_KEY)  # as after Redis restarted empty
+
+    def lag() -> float:
+        text = requests.get(beacon.url + "/metrics", timeout=10).text
+        assert "# TYPE beacon_presence_sweep_lag_seconds gauge" in text
+        return _metric(text, "beacon_presence_sweep_lag_seconds")
+
+    assert lag() == float("inf")
+    beat = beacon.start_beat("beat-sweep-lag")
+    try:
+        wait_until(lambda: lag() < 2 * interval, timeout=30, message="no sweep recorded")
+        # Kept fresh: every sweep records its completion, and the lag starts again from it.
+        first = redis_client.get(PRESENCE_SWEEP_KEY)
+        wait_until(
+            lambda: redis_client.get(PRESENCE_SWEEP_KEY) != first,
+            timeout=5 * interval,
+            message="beat's next sweep was not recorded",
+        )
+        wait_until(lambda: lag() < interval, timeout=5 * interval, message="the lag stayed high")
+    finally:
+        beat.stop()
+        del beacon.extra["beat-sweep-lag"]
+    # No beat: the lag grows past the interval (the alert's condition), and keeps growing.
+    late = wait_until(
+        lambda: (value := lag()) > 2 * interval and value,
+        timeout=10 * interval,
+        message="the lag did not grow without beat",
+    )
+    assert late != float("inf")
+    wait_until(lambda: lag() > late, timeout=5, message="the lag stopped growing")
 
 
 def test_readyz_is_503_when_redis_is_down(stack, run_dir):

@@ -5,16 +5,29 @@ prometheus-client objects; what the cluster knows (online users, queue depth, ta
 push responses and webhook deliveries recorded by every worker) is kept as Redis counters and
 read by a custom collector at scrape time, so any web process's ``/metrics`` shows the whole
 cluster's figures. The disabled webhooks are counted in the database at scrape time.
+
+The presence sweep that beat runs (``beacon.presence.sweep``) stores when it last completed, on
+Redis's clock; the collector reads it with Redis's clock too, so the lag it shows does not
+depend on the clocks of the worker's and the web process's hosts.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Iterable, Iterator
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -31,9 +44,16 @@ PUSH_KEY = "beacon:metrics:push"  # field "<status class>"
 DECISIONS_KEY = "beacon:metrics:push_decisions"  # field "<decision>"
 WEBHOOKS_KEY = "beacon:metrics:webhooks"  # field "<outcome>"
 EMAILS_KEY = "beacon:metrics:emails"  # field "<outcome>"
+# Redis's TIME ("<seconds>.<microseconds>") when a beat-driven presence sweep last completed.
+PRESENCE_SWEEP_KEY = "beacon:metrics:presence_sweep_completed"
 QUEUES = ("unread", "push", "webhooks", "email")
 
 registry = CollectorRegistry(auto_describe=True)
+# The process's own figures (process_resident_memory_bytes, process_cpu_seconds_total,
+# process_open_fds, python_gc_*, python_info), as the default registry would have them.
+ProcessCollector(registry=registry)
+PlatformCollector(registry=registry)
+GCCollector(registry=registry)
 CONNECTIONS = Gauge(
     "beacon_connections", "Live Socket.IO connections on this web process", registry=registry
 )
@@ -100,6 +120,26 @@ def record_email(client: redis.Redis, outcome: str) -> None:
         log.debug("could not record email metric", exc_info=True)
 
 
+def record_presence_sweep(client: redis.Redis) -> None:
+    """Store that a beat-driven presence sweep completed now (Redis's clock); never raises."""
+    try:
+        seconds, micros = client.time()
+        client.set(PRESENCE_SWEEP_KEY, f"{seconds}.{micros:06d}")
+    except redis.RedisError:
+        log.debug("could not record the presence sweep", exc_info=True)
+
+
+def sweep_lag(completed: str | None, now: tuple[int, int]) -> float:
+    """Seconds from the last completed sweep to ``now`` (Redis's TIME); +Inf if none is
+    recorded (no sweep ever completed against this Redis, or it restarted empty)."""
+    if completed is None:
+        return math.inf
+    try:
+        return max(0.0, now[0] + now[1] / 1e6 - float(completed))
+    except ValueError:
+        return math.inf
+
+
 def _disabled_webhooks() -> int | None:
     """Webhooks disabled now (None when the database does not answer), on a connection of
     its own (the scraping request's session is left alone)."""
@@ -139,11 +179,13 @@ class ClusterCollector(Collector):
             pipe.hgetall(DECISIONS_KEY)
             pipe.hgetall(WEBHOOKS_KEY)
             pipe.hgetall(EMAILS_KEY)
+            pipe.get(PRESENCE_SWEEP_KEY)
+            pipe.time()
             online, active, *rest = pipe.execute()
         except redis.RedisError:
             log.warning("metrics: Redis unavailable, cluster figures omitted")
             return
-        depths, (tasks, pushes, decisions, hooks, emails) = (
+        depths, (tasks, pushes, decisions, hooks, emails, swept, now) = (
             rest[: len(QUEUES)],
             rest[len(QUEUES) :],
         )
@@ -198,6 +240,12 @@ class ClusterCollector(Collector):
         for field, value in sorted(emails.items()):
             digests.add_metric([field], float(value))
         yield digests
+        yield GaugeMetricFamily(
+            "beacon_presence_sweep_lag_seconds",
+            "Seconds since the presence sweep that beat runs every PRESENCE_SWEEP_INTERVAL last "
+            "completed (+Inf: none recorded since Redis started empty)",
+            sweep_lag(swept, now),
+        )
 
 
 _collector: ClusterCollector | None = None
