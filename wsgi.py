@@ -16,7 +16,7 @@ from gevent import pywsgi  # noqa: E402
 from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
 from config import load_settings  # noqa: E402
-from webapp import create_app, gc_tuning  # noqa: E402
+from webapp import create_app, gc_tuning, realtime  # noqa: E402
 from webapp.platform import inflight  # noqa: E402
 
 try:
@@ -41,6 +41,7 @@ class _Handler(WebSocketHandler):
 # How long a stopping process waits for the events and requests it is handling (below the
 # unit's TimeoutStopSec, deploy/systemd/beacon-web@.service).
 STOP_GRACE = 5.0
+FLUSH = 0.5
 log = logging.getLogger("beacon.web")
 
 
@@ -59,18 +60,27 @@ def _counted(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable
 
 def _stop(server: pywsgi.WSGIServer) -> None:
     """SIGTERM (systemd, a deploy): take no new connections (a balancer sends them to another
-    process), let the events and requests being handled finish for up to STOP_GRACE seconds,
-    then close the rest and exit. Clients reconnect to another process; presence forgets this
-    process's connections after the heartbeat TTL, so users who come straight back elsewhere
-    do not flap offline."""
+    process), let the events and requests being handled finish and their answers go out, for
+    up to STOP_GRACE seconds, then close the rest and exit. Clients reconnect to another
+    process; presence forgets this process's connections after the heartbeat TTL, so users
+    who come straight back elsewhere do not flap offline."""
     log.info("stopping: no new connections, %d events and requests to finish", inflight.count())
     # Not server.close(): it would end serve_forever, and the process with it, at once.
     server.stop_accepting()
     server.socket.close()  # refused, not left waiting in the backlog
     deadline = time.monotonic() + STOP_GRACE
-    while inflight.count() and time.monotonic() < deadline:
+    # The work, then what it wrote: an ack is queued for its connection's writer, and closing
+    # the connection before that writes it would lose it.
+    while (inflight.count() or realtime.unsent()) and time.monotonic() < deadline:
         gevent.sleep(0.05)
-    log.info("stopped (%d events and requests cut short)", inflight.count())
+    # A packet taken off its queue may still be on its way out (a long-poll's response, a
+    # writer's send): a moment for those writes before the process ends with the sockets.
+    gevent.sleep(FLUSH)
+    log.info(
+        "stopped (%d events and requests cut short, %d packets unsent)",
+        inflight.count(),
+        realtime.unsent(),
+    )
     server.stop(timeout=0)
 
 

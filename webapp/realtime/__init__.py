@@ -62,6 +62,16 @@ def abandoned(sids: Iterable[str]) -> list[str]:
     return found
 
 
+def unsent() -> int:
+    """Packets queued for this web process's connections and not written yet (each Engine.IO
+    socket's queue, pinned by tests/test_engineio_contract.py): a stopping process lets them
+    go out before it closes the connections (``wsgi.py``)."""
+    server = getattr(socketio, "server", None)
+    if server is None:
+        return 0
+    return sum(sock.queue.qsize() for sock in list(server.eio.sockets.values()))
+
+
 def forget(sid: str) -> None:
     """Take an abandoned connection out of this process's rooms (no disconnect event)."""
     socketio.server.manager.disconnect(sid, "/", ignore_queue=True)
