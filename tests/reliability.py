@@ -294,8 +294,8 @@ def render(
         "## Closing note",
         "",
         f"- Faults: {classes['faults']} scenarios, each injected for real (SIGKILL of a web "
-        "process and of a worker, redis-server and PostgreSQL stopped, a failing push "
-        "service).",
+        "process and of a worker, redis-server and PostgreSQL stopped, the Redis primary "
+        "killed under Sentinel, a web process stopped mid-send, a failing push service).",
         f"- Hostile input: {totals['input']} cases in {classes['input']} classes "
         "(hypothesis-generated and hand-written).",
         f"- Authorization matrix: {totals['matrix']} calls over {classes['matrix']} "
