@@ -5,6 +5,7 @@ replica, and ``primary()`` says where the primary is now (asking a sentinel, as 
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,9 +35,13 @@ class SentinelCluster:
         self.master = master
         self.down_after_ms = down_after_ms
         self.dir = Path(tempfile.mkdtemp(prefix="beacon-sentinel-"))
-        self.primary = RedisServer()
+        self.primary = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"])  # sync now
         self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)])
         self.sentinel_ports = [free_port() for _ in range(3)]
+        # Each sentinel is told its own id and the others' (and the replica) in its config,
+        # rather than left to find them through the primary's hello channel and INFO: they
+        # agree at once, and a failover does not wait on discovery.
+        self._ids = {port: secrets.token_hex(20) for port in self.sentinel_ports}
         self._sentinels: list[subprocess.Popen[bytes]] = []
 
     # -- settings for Beacon ----------------------------------------------------------------
@@ -64,11 +69,16 @@ class SentinelCluster:
         )
         for port in self.sentinel_ports:
             self._start_sentinel(port)
-        wait_until(
-            lambda: all(self._sentinel_knows_everyone(port) for port in self.sentinel_ports),
-            timeout=20,
-            message="the sentinels never discovered each other and the replica",
-        )
+        try:
+            wait_until(
+                lambda: all(self._sentinel_knows_everyone(port) for port in self.sentinel_ports),
+                timeout=30,
+                message="the sentinels do not know each other and the replica",
+            )
+        except TimeoutError as exc:
+            states = {port: self._master_fields(port) for port in self.sentinel_ports}
+            alive = [proc.poll() is None for proc in self._sentinels]
+            raise TimeoutError(f"{exc}: {states}, alive {alive}\n{self.log_tail()}") from None
         return self
 
     def _start_sentinel(self, port: int) -> None:
@@ -81,6 +91,13 @@ class SentinelCluster:
             f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.master} 10000\n"
             f"sentinel parallel-syncs {self.master} 1\n"
+            f"sentinel myid {self._ids[port]}\n"
+            f"sentinel known-replica {self.master} 127.0.0.1 {self.replica.port}\n"
+            + "".join(
+                f"sentinel known-sentinel {self.master} 127.0.0.1 {other} {self._ids[other]}\n"
+                for other in self.sentinel_ports
+                if other != port
+            )
         )
         log = open(self.dir / f"sentinel-{port}.log", "ab")  # noqa: SIM115 - the child's
         try:
@@ -96,14 +113,18 @@ class SentinelCluster:
             log.close()
         self._sentinels.append(proc)
 
-    def _sentinel_knows_everyone(self, port: int) -> bool:
+    def _master_fields(self, port: int) -> dict[bytes, bytes]:
+        """The sentinel's SENTINEL MASTER fields ({} if it does not answer)."""
         try:
             reply = self._raw(port, "SENTINEL", "MASTER", self.master)
         except OSError:
-            return False
-        # num-slaves 1 and num-other-sentinels 2, in the flat reply's name/value lines
+            return {}
+        # the flat reply's name/value lines
         lines = reply.split(b"\r\n")
-        fields = {lines[i]: lines[i + 2] for i in range(2, len(lines) - 2, 4)}
+        return {lines[i]: lines[i + 2] for i in range(2, len(lines) - 2, 4)}
+
+    def _sentinel_knows_everyone(self, port: int) -> bool:
+        fields = self._master_fields(port)
         return fields.get(b"num-slaves") == b"1" and fields.get(b"num-other-sentinels") == b"2"
 
     def kill_primary(self) -> None:
