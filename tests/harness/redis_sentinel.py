@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
 from .ports import free_port
+from .processes import ManagedProcess
 from .redis_server import RedisServer, _encode_command
 from .waiting import wait_until
 
@@ -42,7 +41,7 @@ class SentinelCluster:
         # rather than left to find them through the primary's hello channel and INFO: they
         # agree at once, and a failover does not wait on discovery.
         self._ids = {port: secrets.token_hex(20) for port in self.sentinel_ports}
-        self._sentinels: list[subprocess.Popen[bytes]] = []
+        self._sentinels: list[ManagedProcess] = []
 
     # -- settings for Beacon ----------------------------------------------------------------
     @property
@@ -77,7 +76,7 @@ class SentinelCluster:
             )
         except TimeoutError as exc:
             states = {port: self._master_fields(port) for port in self.sentinel_ports}
-            alive = [proc.poll() is None for proc in self._sentinels]
+            alive = [proc.alive for proc in self._sentinels]
             raise TimeoutError(f"{exc}: {states}, alive {alive}\n{self.log_tail()}") from None
         return self
 
@@ -99,19 +98,11 @@ class SentinelCluster:
                 if other != port
             )
         )
-        log = open(self.dir / f"sentinel-{port}.log", "ab")  # noqa: SIM115 - the child's
-        try:
-            proc = subprocess.Popen(
-                [self.binary, str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                start_new_session=True,
+        self._sentinels.append(
+            ManagedProcess(
+                f"sentinel-{port}", [self.binary, str(conf)], cwd=self.dir, log_dir=self.dir
             )
-        finally:
-            log.close()
-        self._sentinels.append(proc)
+        )
 
     def _master_fields(self, port: int) -> dict[bytes, bytes]:
         """The sentinel's SENTINEL MASTER fields ({} if it does not answer)."""
@@ -159,14 +150,7 @@ class SentinelCluster:
 
     def close(self) -> None:
         for proc in self._sentinels:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self._sentinels:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.stop()
         self.replica.close()
         self.primary.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -187,11 +171,7 @@ class SentinelCluster:
         self.close()
 
     def log_tail(self, lines: int = 30) -> str:
-        out = []
-        for path in sorted(self.dir.glob("sentinel-*.log")):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(out)
+        return "\n".join(f"--- {p.name}\n{p.log_tail(lines)}" for p in self._sentinels)
 
     # -- raw RESP (the harness does not depend on the client library under test) ------------
     def _raw(self, port: int, *args: str, timeout: float = 1.0) -> bytes:
